@@ -1,0 +1,306 @@
+"""A sentence encoder: any Hugging Face encoder plus a pooling head.
+
+`SentenceEncoder.forward` is the function `f(X)` of the probe spec: the sentence
+embedding the model returns at inference. It accepts `inputs_embeds` and explicit
+`position_ids`, which the Integrated-Gradients probe needs (RoBERTa and MPNet
+derive positions from the input ids, so a PAD baseline must not move them).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from transformers import AutoConfig, AutoModel, AutoTokenizer, PreTrainedTokenizerBase
+
+from ctrain import assets
+
+Pooling = Literal["mean", "cls", "cls_mlp", "max"]
+POOLINGS: tuple[str, ...] = ("mean", "cls", "cls_mlp", "max")
+
+TINY_PREFIX = "tiny-"
+HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[\w.-]+)?")
+TINY_ARCHITECTURES = ("bert", "roberta", "mpnet")
+
+
+class Pooler(nn.Module):
+    """Token states -> one vector per sentence (cf. sentence-transformers `models.Pooling`).
+
+    `cls_mlp` is SimCSE's CLS + Linear + Tanh head; with `mlp_only_train` the head is
+    used in training only and inference returns the plain CLS state (unsupervised SimCSE).
+    """
+
+    def __init__(self, mode: Pooling, hidden_size: int, mlp_only_train: bool = False) -> None:
+        super().__init__()
+        if mode not in POOLINGS:
+            raise ValueError(f"unknown pooling '{mode}': choose one of {', '.join(POOLINGS)}")
+        self.mode = mode
+        self.mlp_only_train = mlp_only_train
+        self.mlp = nn.Sequential(nn.Linear(hidden_size, hidden_size), nn.Tanh()) if mode == "cls_mlp" else None
+
+    def forward(self, token_states: Tensor, attention_mask: Tensor) -> Tensor:
+        if self.mode == "mean":
+            mask = attention_mask.unsqueeze(-1).to(token_states.dtype)
+            return (token_states * mask).sum(1) / mask.sum(1).clamp_min(1.0)
+        if self.mode == "max":
+            masked = token_states.masked_fill(~attention_mask.bool().unsqueeze(-1), torch.finfo(token_states.dtype).min)
+            return masked.max(1).values
+        cls = token_states[:, 0]
+        if self.mlp is not None and (self.training or not self.mlp_only_train):
+            return self.mlp(cls)
+        return cls
+
+
+class SentenceEncoder(nn.Module):
+    """Backbone + pooler (+ optional L2 normalisation when the model itself ends in one)."""
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        tokenizer: PreTrainedTokenizerBase,
+        pooling: Pooling = "mean",
+        mlp_only_train: bool = False,
+        normalize: bool = False,
+    ) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.tokenizer = tokenizer
+        self.pooler = Pooler(pooling, backbone.config.hidden_size, mlp_only_train)
+        self.normalize = normalize
+        self.register_buffer(
+            "special_ids", torch.tensor(sorted(set(tokenizer.all_special_ids)), dtype=torch.long), persistent=False
+        )
+
+    @property
+    def hidden_size(self) -> int:
+        return self.backbone.config.hidden_size
+
+    @property
+    def num_layers(self) -> int:
+        return self.backbone.config.num_hidden_layers
+
+    @property
+    def word_embeddings(self) -> nn.Embedding:
+        return self.backbone.get_input_embeddings()
+
+    def tokenize(self, sentences: list[str], max_length: int | None = 128) -> dict[str, Tensor]:
+        """Pad to the longest sentence; truncate to `max_length` tokens."""
+        batch = self.tokenizer(
+            list(sentences),
+            padding=True,
+            truncation=max_length is not None,
+            max_length=max_length,
+            return_tensors="pt",
+        )
+        batch.pop("token_type_ids", None)  # single-segment input everywhere: all zeros
+        return dict(batch)
+
+    def special_mask(self, input_ids: Tensor) -> Tensor:
+        """True at [CLS]/[SEP]/<s>/</s>/PAD/MASK positions."""
+        return torch.isin(input_ids, self.special_ids.to(input_ids.device))
+
+    def position_ids(self, input_ids: Tensor) -> Tensor:
+        """The position ids the backbone would derive from `input_ids` itself."""
+        config = self.backbone.config
+        if config.model_type in ("roberta", "xlm-roberta", "camembert", "mpnet"):
+            padding_idx = config.pad_token_id
+            not_pad = input_ids.ne(padding_idx).long()
+            return torch.cumsum(not_pad, dim=1) * not_pad + padding_idx
+        return torch.arange(input_ids.shape[1], device=input_ids.device).expand_as(input_ids)
+
+    def token_states(
+        self,
+        input_ids: Tensor | None = None,
+        attention_mask: Tensor | None = None,
+        inputs_embeds: Tensor | None = None,
+        position_ids: Tensor | None = None,
+        output_hidden_states: bool = False,
+    ):
+        """The backbone's output (last_hidden_state, and all layers if asked)."""
+        if position_ids is None and input_ids is not None:
+            position_ids = self.position_ids(input_ids)
+        return self.backbone(
+            input_ids=None if inputs_embeds is not None else input_ids,
+            attention_mask=attention_mask,
+            inputs_embeds=inputs_embeds,
+            position_ids=position_ids,
+            output_hidden_states=output_hidden_states,
+        )
+
+    def forward(
+        self,
+        input_ids: Tensor | None = None,
+        attention_mask: Tensor | None = None,
+        inputs_embeds: Tensor | None = None,
+        position_ids: Tensor | None = None,
+    ) -> Tensor:
+        """Sentence embeddings f(X), shape (batch, hidden)."""
+        if attention_mask is None:
+            reference = input_ids if input_ids is not None else inputs_embeds[..., 0]
+            attention_mask = torch.ones(reference.shape[:2], dtype=torch.long, device=reference.device)
+        states = self.token_states(input_ids, attention_mask, inputs_embeds, position_ids).last_hidden_state
+        pooled = self.pooler(states, attention_mask)
+        return F.normalize(pooled, dim=-1) if self.normalize else pooled
+
+    @torch.no_grad()
+    def encode(self, sentences: list[str], batch_size: int = 64, max_length: int | None = 128) -> Tensor:
+        """Inference embeddings of many sentences (eval mode, train mode restored)."""
+        was_training = self.training
+        self.eval()
+        device = next(self.parameters()).device
+        chunks = []
+        for start in range(0, len(sentences), batch_size):
+            batch = self.tokenize(sentences[start : start + batch_size], max_length)
+            chunks.append(self(**{k: v.to(device) for k, v in batch.items()}).float().cpu())
+        self.train(was_training)
+        return torch.cat(chunks) if chunks else torch.empty(0, self.hidden_size)
+
+
+def _tiny_tokenizer(architecture: str) -> PreTrainedTokenizerBase:
+    """A real tokenizer for a tiny model: BERT uncased (offline MiniLM), MPNet's, or a byte-level BPE."""
+    if architecture == "bert":
+        return AutoTokenizer.from_pretrained(assets.minilm_path())
+    if architecture == "mpnet":
+        return AutoTokenizer.from_pretrained(assets.mpnet_path())
+    return _byte_level_bpe_tokenizer()
+
+
+def _byte_level_bpe_tokenizer(vocab_size: int = 4000) -> PreTrainedTokenizerBase:
+    """A RoBERTa-style tokenizer trained once on STS-B train sentences, cached on disk."""
+    target = assets.CACHE_DIR / f"tiny-roberta-bpe-{vocab_size}"
+    if not (target / "tokenizer_config.json").exists():
+        import tempfile
+
+        from tokenizers import ByteLevelBPETokenizer, processors
+        from transformers import RobertaTokenizerFast
+
+        from ctrain.data import read_sts_b
+
+        specials = {"bos_token": "<s>", "pad_token": "<pad>", "eos_token": "</s>", "unk_token": "<unk>"}
+        bpe = ByteLevelBPETokenizer()
+        bpe.train_from_iterator(
+            [s for pair in read_sts_b("train") for s in pair[:2]],
+            vocab_size=vocab_size,
+            special_tokens=[*specials.values(), "<mask>"],
+        )
+        bpe.post_processor = processors.RobertaProcessing(("</s>", bpe.token_to_id("</s>")), ("<s>", bpe.token_to_id("<s>")))
+        tokenizer = RobertaTokenizerFast(
+            tokenizer_object=bpe._tokenizer, cls_token="<s>", sep_token="</s>", mask_token="<mask>", model_max_length=512, **specials
+        )
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=target.parent) as scratch:
+            tokenizer.save_pretrained(scratch)
+            if not target.exists():  # another process may have finished first
+                Path(scratch).rename(target)
+                Path(scratch).mkdir()  # TemporaryDirectory cleans up the path it made
+    return AutoTokenizer.from_pretrained(target)
+
+
+def tiny_backbone(
+    architecture: str, tokenizer: PreTrainedTokenizerBase, hidden_size: int = 64, num_layers: int = 2, seed: int = 0
+) -> nn.Module:
+    """A randomly initialised encoder of the given family, sized for CPU tests and demos."""
+    if architecture not in TINY_ARCHITECTURES:
+        raise ValueError(f"unknown tiny architecture '{architecture}': choose one of {', '.join(TINY_ARCHITECTURES)}")
+    config = AutoConfig.for_model(
+        architecture,
+        vocab_size=len(tokenizer),
+        hidden_size=hidden_size,
+        num_hidden_layers=num_layers,
+        num_attention_heads=4,
+        intermediate_size=4 * hidden_size,
+        max_position_embeddings=130 if architecture == "bert" else 130 + tokenizer.pad_token_id + 1,
+        pad_token_id=tokenizer.pad_token_id,
+        type_vocab_size=1 if architecture == "roberta" else 2,
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return AutoModel.from_config(config, add_pooling_layer=False)
+
+
+def _pretrained_backbone(source: str, trust_remote_code: bool) -> nn.Module:
+    """The bare encoder: without the unused next-sentence pooler, whose parameters DDP would flag."""
+    try:
+        return AutoModel.from_pretrained(source, trust_remote_code=trust_remote_code, add_pooling_layer=False)
+    except TypeError:  # architectures without that argument have no such pooler
+        return AutoModel.from_pretrained(source, trust_remote_code=trust_remote_code)
+
+
+def _sentence_transformers_head(path: Path) -> tuple[Pooling | None, bool]:
+    """(pooling, normalize) declared by a sentence-transformers directory, if it is one."""
+    modules_file = path / "modules.json"
+    if not modules_file.exists():
+        return None, False
+    modules = json.loads(modules_file.read_text())
+    normalize = any(m["type"].endswith("Normalize") for m in modules)
+    pooling: Pooling | None = None
+    for module in modules:
+        if module["type"].endswith("Pooling"):
+            config = json.loads((path / module["path"] / "config.json").read_text())
+            if config.get("pooling_mode_cls_token"):
+                pooling = "cls"
+            elif config.get("pooling_mode_max_tokens"):
+                pooling = "max"
+            else:
+                pooling = "mean"
+    return pooling, normalize
+
+
+def _backbone_dir(path: Path) -> Path:
+    """sentence-transformers keeps the transformer at the root or in 0_Transformer/."""
+    return path / "0_Transformer" if (path / "0_Transformer" / "config.json").exists() else path
+
+
+def load_encoder(
+    name: str,
+    pooling: Pooling | None = None,
+    normalize: bool | None = None,
+    mlp_only_train: bool = False,
+    trust_remote_code: bool = False,
+    tiny_hidden_size: int = 64,
+    tiny_num_layers: int = 2,
+    seed: int = 0,
+) -> SentenceEncoder:
+    """Load an encoder by hub id, local path, offline short name, or `tiny-<bert|roberta|mpnet>`.
+
+    For a sentence-transformers directory (the offline encoders, ctrain's saved models)
+    pooling and normalisation default to what the directory declares; elsewhere to mean
+    pooling without normalisation.
+    """
+    if name.startswith(TINY_PREFIX):
+        architecture = name[len(TINY_PREFIX) :]
+        tokenizer = _tiny_tokenizer(architecture)
+        backbone = tiny_backbone(architecture, tokenizer, tiny_hidden_size, tiny_num_layers, seed)
+        return SentenceEncoder(backbone, tokenizer, pooling or "mean", mlp_only_train, bool(normalize))
+
+    path = assets.offline_encoder_path(name) or Path(name).expanduser()
+    if path.exists():
+        declared_pooling, declared_normalize = _sentence_transformers_head(path)
+        source = str(_backbone_dir(path))
+    elif HUB_ID.fullmatch(name):
+        declared_pooling, declared_normalize, source = None, False, name
+    else:
+        raise FileNotFoundError(f"model path '{name}' does not exist: give an existing directory or a hub id")
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
+        backbone = _pretrained_backbone(source, trust_remote_code)
+    except OSError as error:
+        if path.exists():
+            raise
+        raise OSError(
+            f"cannot load '{name}' from the Hugging Face hub ({type(error).__name__}): offline, download it on a "
+            f"connected machine and pass its local directory as model.encoder, or use all-MiniLM-L6-v2, "
+            f"all-mpnet-base-v2 or tiny-bert"
+        ) from None
+    return SentenceEncoder(
+        backbone,
+        tokenizer,
+        pooling or declared_pooling or "mean",
+        mlp_only_train,
+        declared_normalize if normalize is None else normalize,
+    )

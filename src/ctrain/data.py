@@ -27,3 +27,69 @@ def read_sts_b(split: StsSplit, directory: Path | None = None) -> list[tuple[str
                 raise ValueError(f"{path}:{line_number}: expected at least 7 tab-separated fields, got {len(fields)}")
             rows.append((fields[5], fields[6], float(fields[4])))
     return rows
+
+
+def _check_text_file(path: Path) -> None:
+    """Fail early, in one line, on a missing, empty or non-UTF-8 data file."""
+    if not path.exists():
+        raise FileNotFoundError(f"data file '{path}' does not exist: fix the path in data.train")
+    if path.stat().st_size == 0:
+        raise ValueError(f"data file '{path}' is empty: give a file with one example per line")
+    with path.open("rb") as handle:
+        for line_number, line in enumerate(handle, 1):
+            try:
+                line.decode("utf-8")
+            except UnicodeDecodeError as error:
+                raise ValueError(
+                    f"data file '{path}' line {line_number} is not valid UTF-8 ({error.reason} at byte "
+                    f"{error.start}): re-encode the file as UTF-8"
+                ) from None
+
+
+def load_examples(source: str, columns: list[str] | None, split: str = "train") -> list[tuple[str, ...]]:
+    """Training examples as tuples of texts: (sentence,), (anchor, positive) or (anchor, positive, negative).
+
+    `source` is a .txt file (one sentence a line), a .csv / .tsv / .jsonl / .json file whose
+    `columns` hold the texts, or `hub:<dataset>[:<config>]` for a Hugging Face dataset.
+    """
+    import datasets
+
+    if source.startswith("hub:"):
+        name, _, config = source[4:].partition(":")
+        table = datasets.load_dataset(name, config or None, split=split)
+    else:
+        path = Path(source).expanduser()
+        _check_text_file(path)
+        suffix = path.suffix.lower()
+        if suffix == ".txt":
+            lines = path.read_text(encoding="utf-8").splitlines()
+            return [(line.strip(),) for line in lines if line.strip()]
+        builders = {".csv": ("csv", {}), ".tsv": ("csv", {"delimiter": "\t"}), ".jsonl": ("json", {}), ".json": ("json", {})}
+        if suffix not in builders:
+            raise ValueError(f"unsupported data file type '{suffix}' for '{path}': use .txt, .csv, .tsv or .jsonl")
+        builder, options = builders[suffix]
+        table = datasets.load_dataset(builder, data_files=str(path), split="train", **options)
+    columns = columns or table.column_names[:1]
+    missing = [column for column in columns if column not in table.column_names]
+    if missing:
+        raise ValueError(
+            f"columns {missing} not in '{source}' (it has {table.column_names}): set data.columns to the text columns"
+        )
+    texts = [table[column] for column in columns]
+    return [tuple("" if text is None else str(text) for text in row) for row in zip(*texts)]
+
+
+def sts_b_examples(supervised: bool, min_positive_score: float = 4.0) -> list[tuple[str, ...]]:
+    """Offline default training data from STS-B train: unique sentences, or pairs scored >= a threshold."""
+    rows = read_sts_b("train")
+    if supervised:
+        return [(first, second) for first, second, score in rows if score >= min_positive_score]
+    return [(sentence,) for sentence in dict.fromkeys(s for row in rows for s in row[:2])]
+
+
+def sts_b_hub(split: StsSplit) -> list[tuple[str, str, float]]:
+    """STS-B from the Hugging Face hub (the online source of the evaluation pairs)."""
+    import datasets
+
+    table = datasets.load_dataset("sentence-transformers/stsb", split={"dev": "validation"}.get(split, split))
+    return list(zip(table["sentence1"], table["sentence2"], map(float, table["score"])))

@@ -401,6 +401,7 @@ def positive_pairs(split: StsSplit = "dev", min_score: float = 4.0) -> list[tupl
 class _Plan(NamedTuple):
     """Tokenised corpus in processing order, batches, and the up-front random draws."""
 
+    order: list[int]  # corpus index of each sentence in processing order
     ids: list[Tensor]  # per sentence, processing order
     keep: list[Tensor]  # per sentence, token-set mask
     batches: list[tuple[int, int]]  # sentence ranges in processing order
@@ -464,7 +465,7 @@ def _plan(encoder: SentenceEncoder, sentences: list[str], config: GeometryConfig
             )
         batches.append((start, start + size))
         start += size
-    return _Plan(ids, keep, batches, starts, selection, anisotropy_draws, informativity_draws)
+    return _Plan(order, ids, keep, batches, starts, selection, anisotropy_draws, informativity_draws)
 
 
 class _Accumulators:

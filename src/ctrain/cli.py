@@ -1,0 +1,133 @@
+"""`ctrain fit | validate | test | probe`: one LightningCLI over ContrastiveModule and ContrastiveDataModule.
+
+Every run writes one directory (the CSV logger's): config.yaml, checkpoints/{last,best}.ckpt,
+metrics.csv, model_final/ and model_best/ (sentence-transformers format).
+`ctrain fit --resume RUN_DIR` continues a run from its last checkpoint in the same directory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+from pytorch_lightning.callbacks import ModelCheckpoint
+from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
+
+from ctrain.callbacks.outputs import RunOutputs
+from ctrain.datamodule import ContrastiveDataModule
+from ctrain.module import ContrastiveModule
+
+STS_METRIC = "val/stsb_spearman"
+
+
+class CtrainCLI(LightningCLI):
+    """LightningCLI with ctrain's always-on callbacks, an STS check at step 0 and a closing summary."""
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.set_defaults(
+            {
+                "checkpoint.monitor": STS_METRIC,
+                "checkpoint.mode": "max",
+                "checkpoint.filename": "best",
+                "checkpoint.save_last": True,
+                "checkpoint.auto_insert_metric_name": False,
+            }
+        )
+        parser.add_lightning_class_args(RunOutputs, "outputs")
+
+    def before_fit(self) -> None:
+        self.datamodule.load_training_examples(self.trainer.world_size)  # bad data fails before any work
+        self.sts_at_start = None
+        if self.config_init[self.subcommand].get("ckpt_path") is None:
+            results = self.trainer.validate(self.model, datamodule=self.datamodule, verbose=False)
+            self.sts_at_start = results[0][STS_METRIC]
+
+    def after_fit(self) -> None:
+        if self.trainer.state.status != "finished" or not self.trainer.is_global_zero:
+            return
+        end = self.trainer.callback_metrics.get(STS_METRIC)
+        best = self.trainer.checkpoint_callback.best_model_score
+        run_dir = self.trainer.log_dir
+        print(f"\nctrain: run directory {run_dir}")
+        print("  config.yaml, metrics.csv, checkpoints/{last,best}.ckpt, model_final/, model_best/")
+        if self.sts_at_start is not None:
+            print(f"  STS-B dev Spearman x100 at start: {self.sts_at_start:.2f}")
+        if end is not None:
+            print(f"  STS-B dev Spearman x100 at end:   {float(end):.2f}")
+        if best is not None:
+            print(f"  STS-B dev Spearman x100 best:     {float(best):.2f}")
+
+
+def _resume_arguments(run_dir: Path) -> list[str]:
+    """Arguments that continue `run_dir` from its last checkpoint, writing into the same directory."""
+    config, checkpoint = run_dir / "config.yaml", run_dir / "checkpoints" / "last.ckpt"
+    for path in (config, checkpoint):
+        if not path.exists():
+            raise FileNotFoundError(f"cannot resume: '{path}' does not exist; give the run directory printed by ctrain fit")
+    step = torch.load(checkpoint, map_location="cpu", weights_only=False)["global_step"]
+    _drop_metrics_after(run_dir / "metrics.csv", step)
+    return [
+        "--config", str(config),
+        "--ckpt_path", str(checkpoint),
+        "--trainer.logger.init_args.save_dir", str(run_dir.parent.parent),
+        "--trainer.logger.init_args.name", run_dir.parent.name,
+        "--trainer.logger.init_args.version", run_dir.name,
+    ]  # fmt: skip
+
+
+def _drop_metrics_after(metrics_file: Path, step: int) -> None:
+    """Remove rows logged after the checkpoint (they are logged again when the resumed run replays those steps)."""
+    if not metrics_file.exists():
+        return
+    with metrics_file.open(newline="") as handle:
+        reader = csv.DictReader(handle)
+        fields, rows = reader.fieldnames or [], [row for row in reader if int(row["step"]) <= step]
+    with tempfile.NamedTemporaryFile("w", newline="", dir=metrics_file.parent, delete=False) as handle:
+        writer = csv.DictWriter(handle, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(rows)
+    os.replace(handle.name, metrics_file)
+
+
+def run_cli(args: list[str]) -> CtrainCLI:
+    if "--resume" in args:
+        index = args.index("--resume")
+        if index + 1 >= len(args):
+            raise ValueError("--resume needs the run directory, e.g. --resume runs/demo/version_0")
+        args = args[:index] + _resume_arguments(Path(args[index + 1])) + args[index + 2 :]
+    return CtrainCLI(
+        ContrastiveModule,
+        ContrastiveDataModule,
+        args=args,
+        trainer_defaults={"use_distributed_sampler": False, "logger": {"class_path": "CSVLogger", "init_args": {"save_dir": "runs", "name": "ctrain"}}},
+        save_config_kwargs={"overwrite": True},
+        parser_kwargs={"exit_on_error": False},
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console entry point: errors in user input end in one line, not a traceback."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    try:
+        if args[:1] == ["probe"]:
+            from ctrain.probe_cli import probe_main
+
+            probe_main(args[1:])
+        else:
+            run_cli(args)
+    except (argparse.ArgumentError, ValueError, FileNotFoundError, OSError, FloatingPointError) as error:
+        hint = " (ctrain fit --help lists the keys)" if isinstance(error, argparse.ArgumentError) else ""
+        print(f"ctrain: error: {' '.join(str(error).split())}{hint}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,233 @@
+"""LightningDataModule: training examples in, tokenised batches out.
+
+Batches are drawn by `EpochSampler`, a seeded per-epoch shuffle that shards one global
+batch over processes and can start mid-epoch. Lightning does not skip the batches a
+resumed run already trained on; this sampler does, from the restored global step, so
+a run killed and resumed sees exactly the batches of an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from typing import Literal
+
+import pytorch_lightning as pl
+import torch
+import torch.distributed as dist
+from torch import Tensor
+from torch.utils.data import DataLoader, Sampler
+
+from ctrain import data
+
+log = logging.getLogger(__name__)
+
+
+def _world() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_world_size(), dist.get_rank()
+    return 1, 0
+
+
+class EpochSampler(Sampler[int]):
+    """Seeded shuffle per epoch; global batch g is split over ranks; drops the last partial batch."""
+
+    def __init__(self, num_examples: int, batch_size: int, seed: int, shuffle: bool = True) -> None:
+        self.num_examples, self.batch_size, self.seed, self.shuffle = num_examples, batch_size, seed, shuffle
+        self.epoch = 0
+        self._skip = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Called by Lightning at every epoch start."""
+        self.epoch = epoch
+
+    def skip_batches(self, count: int) -> None:
+        """Start the next iteration `count` batches into the epoch (after a resume)."""
+        self._skip = count
+
+    def batches_per_epoch(self) -> int:
+        world, _ = _world()
+        return self.num_examples // (world * self.batch_size)
+
+    def __iter__(self):
+        world, rank = _world()
+        if self.shuffle:
+            generator = torch.Generator().manual_seed(self.seed + self.epoch)
+            order = torch.randperm(self.num_examples, generator=generator)
+        else:
+            order = torch.arange(self.num_examples)
+        usable = self.batches_per_epoch() * world * self.batch_size
+        mine = order[:usable].view(-1, world, self.batch_size)[:, rank]
+        start, self._skip = self._skip, 0
+        return iter(mine[start:].reshape(-1).tolist())
+
+    def __len__(self) -> int:
+        return self.batches_per_epoch() * self.batch_size
+
+
+@dataclass
+class Collator:
+    """Tokenises a list of example tuples into one flat batch: views stacked along dim 0."""
+
+    tokenizer: object
+    max_length: int
+
+    def __call__(self, examples: list[tuple[str, ...]]) -> dict[str, Tensor]:
+        num_views = len(examples[0])
+        texts = [example[view] for view in range(num_views) for example in examples]
+        encoded = self.tokenizer(
+            texts,
+            padding=True,
+            truncation=True,
+            max_length=self.max_length,
+            return_overflowing_tokens=True,
+            return_tensors="pt",
+        )
+        # A sentence longer than max_length comes back as several rows: keep its first.
+        owner = encoded["overflow_to_sample_mapping"]
+        first = torch.ones_like(owner, dtype=torch.bool)
+        first[1:] = owner[1:] != owner[:-1]
+        attention_mask = encoded["attention_mask"][first]
+        width = int(attention_mask.sum(1).max())
+        return {
+            "input_ids": encoded["input_ids"][first][:, :width],
+            "attention_mask": attention_mask[:, :width],
+            "num_views": torch.tensor(num_views),
+            "truncated": (torch.bincount(owner) > 1).sum(),
+        }
+
+
+@dataclass
+class StsCollator:
+    """Tokenises STS pairs: both sentences of each pair plus their gold score."""
+
+    tokenizer: object
+    max_length: int
+
+    def __call__(self, rows: list[tuple[str, str, float]]) -> dict[str, Tensor]:
+        encoded = self.tokenizer(
+            [row[0] for row in rows] + [row[1] for row in rows],
+            padding=True,
+            truncation=True,
+            max_length=self.max_length,
+            return_tensors="pt",
+        )
+        return {
+            "input_ids": encoded["input_ids"],
+            "attention_mask": encoded["attention_mask"],
+            "scores": torch.tensor([row[2] for row in rows], dtype=torch.float64),
+        }
+
+
+class ContrastiveDataModule(pl.LightningDataModule):
+    """Training examples and STS-B evaluation pairs, tokenised by the model's own tokenizer.
+
+    Args:
+        train: "sts-b" (offline STS-B train), a .txt/.csv/.tsv/.jsonl file, or "hub:<dataset>[:<config>]".
+        supervised: pairs / triplets (anchor, positive[, hard negative]) instead of single sentences.
+        columns: the text columns of a csv/jsonl/hub source, in the order above.
+        min_positive_score: STS-B train pairs at or above this score are the offline supervised positives.
+        eval_source: STS-B dev/test from the installed package ("offline") or the hub ("hub").
+        batch_size: examples per process and step (the global batch is this times the number of processes).
+        max_length: training tokens per sentence; longer ones are truncated and counted in `data/truncated`.
+        eval_max_length: tokens per STS sentence at evaluation.
+        max_examples: use only the first N training examples (quick runs).
+    """
+
+    def __init__(
+        self,
+        train: str = "sts-b",
+        supervised: bool = False,
+        columns: list[str] | None = None,
+        min_positive_score: float = 4.0,
+        eval_source: Literal["offline", "hub"] = "offline",
+        batch_size: int = 64,
+        eval_batch_size: int = 128,
+        max_length: int = 32,
+        eval_max_length: int = 128,
+        num_workers: int = 0,
+        shuffle: bool = True,
+        max_examples: int | None = None,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.examples: list[tuple[str, ...]] = []
+        self.dev: list[tuple[str, str, float]] = []
+        self.test: list[tuple[str, str, float]] = []
+        self.sampler: EpochSampler | None = None
+
+    @property
+    def tokenizer(self):
+        return self.trainer.lightning_module.encoder.tokenizer
+
+    def setup(self, stage: str) -> None:
+        hp = self.hparams
+        if stage == "fit":
+            self.load_training_examples(self.trainer.world_size)
+        if not self.dev:
+            read = data.read_sts_b if hp.eval_source == "offline" else data.sts_b_hub
+            self.dev, self.test = read("dev"), read("test")
+
+    def load_training_examples(self, world_size: int) -> None:
+        """Read and check the training examples once (the CLI calls this before anything else runs)."""
+        if self.examples:
+            return
+        hp = self.hparams
+        if hp.train == "sts-b":
+            examples = data.sts_b_examples(hp.supervised, hp.min_positive_score)
+        else:
+            examples = data.load_examples(hp.train, hp.columns)
+        if hp.max_examples is not None:
+            examples = examples[: hp.max_examples]
+        self._check_examples(examples, world_size)
+        self.examples = examples
+
+    def _check_examples(self, examples: list[tuple[str, ...]], world_size: int) -> None:
+        hp = self.hparams
+        views = {len(example) for example in examples}
+        expected = {2, 3} if hp.supervised else {1}
+        if not views <= expected:
+            kind = "pairs or triplets" if hp.supervised else "single sentences"
+            raise ValueError(
+                f"data.train '{hp.train}' gives examples of {sorted(views)} texts but supervised={hp.supervised} "
+                f"needs {kind}: set data.columns / data.supervised to match"
+            )
+        if len(views) > 1:
+            raise ValueError(f"data.train '{hp.train}' mixes pairs and triplets: give every example a hard negative or none")
+        if any(not text.strip() for example in examples for text in example):
+            raise ValueError(f"data.train '{hp.train}' has empty texts: remove those rows")
+        if len(examples) < hp.batch_size * world_size:
+            raise ValueError(
+                f"data.train '{hp.train}' has {len(examples)} examples, fewer than one global batch "
+                f"({hp.batch_size} x {world_size} processes): lower data.batch_size or add data"
+            )
+
+    def train_dataloader(self) -> DataLoader:
+        hp = self.hparams
+        seed = int(os.environ.get("PL_GLOBAL_SEED", 0))
+        self.sampler = EpochSampler(len(self.examples), hp.batch_size, seed, hp.shuffle)
+        trainer = self.trainer
+        batches_done = trainer.global_step * trainer.accumulate_grad_batches
+        if batches_done:  # resumed: Lightning restores the epoch, the sampler skips what was trained
+            self.sampler.skip_batches(batches_done % self.sampler.batches_per_epoch())
+        return DataLoader(
+            self.examples,
+            batch_size=hp.batch_size,
+            sampler=self.sampler,
+            drop_last=True,
+            collate_fn=Collator(self.tokenizer, hp.max_length),
+            num_workers=hp.num_workers,
+            persistent_workers=hp.num_workers > 0,
+        )
+
+    def _sts_loader(self, rows: list[tuple[str, str, float]]) -> DataLoader:
+        hp = self.hparams
+        return DataLoader(rows, batch_size=hp.eval_batch_size, collate_fn=StsCollator(self.tokenizer, hp.eval_max_length))
+
+    def val_dataloader(self) -> DataLoader:
+        """STS-B dev; every process scores all pairs (cheap), so the metric needs no gathering."""
+        return self._sts_loader(self.dev)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._sts_loader(self.test)

@@ -1,0 +1,174 @@
+"""The one LightningModule: SimCSE-style contrastive fine-tuning of a sentence encoder."""
+
+from __future__ import annotations
+
+import os
+from typing import Literal
+
+import pytorch_lightning as pl
+import torch
+from torch import Tensor
+
+from ctrain.encoder import Pooling, load_encoder
+from ctrain.losses import Similarity, info_nce, logistic_loss
+from ctrain.probes.sts import sts_spearman
+
+Objective = Literal["infonce", "logistic"]
+
+# Distinct seeds per (step, rank) for the dropout RNG; any odd constant larger than a world size works.
+_STEP_STRIDE = 1_000_003
+
+
+class ContrastiveModule(pl.LightningModule):
+    """Fine-tunes `encoder` with InfoNCE (or the theorem's logistic objective) on dropout or given positives.
+
+    Args:
+        encoder: hub id, local path, run's saved model, `all-MiniLM-L6-v2` / `all-mpnet-base-v2`
+            (offline), or `tiny-bert` / `tiny-roberta` / `tiny-mpnet` (random init, for tests and demos).
+        pooling: mean | cls | cls_mlp (SimCSE's CLS + MLP head) | max; None keeps what a
+            sentence-transformers directory declares (mean elsewhere).
+        mlp_only_train: with cls_mlp, use the MLP in training only (unsupervised SimCSE).
+        normalize: L2-normalise the inference embedding; None keeps what the model declares.
+        similarity: cos, or dot (inner product, no normalisation: the theorem's setting).
+        temperature: logits are similarity / temperature.
+        objective: infonce (in-batch negatives, plus hard negatives when the data has them) or
+            logistic (sigma(<s, s'>) with the sentence itself positive, random others negative).
+        hard_negative_weight: added to the logit of each anchor's own hard negative (SimCSE's z3 weight).
+        logistic_negatives: random negatives per anchor for the logistic objective.
+        learning_rate, weight_decay: AdamW.
+        warmup: linear warm-up, in steps (>= 1) or as a fraction of all steps (< 1); linear decay to 0 after.
+        dropout: override the encoder's hidden and attention dropout (the positives' only noise when unsupervised).
+        trust_remote_code: allow a hub model's own code to run.
+        tiny_hidden_size, tiny_num_layers: size of a `tiny-*` encoder.
+    """
+
+    def __init__(
+        self,
+        encoder: str = "tiny-bert",
+        pooling: Pooling | None = None,
+        mlp_only_train: bool = False,
+        normalize: bool | None = None,
+        similarity: Similarity = "cos",
+        temperature: float = 0.05,
+        objective: Objective = "infonce",
+        hard_negative_weight: float = 0.0,
+        logistic_negatives: int = 1,
+        learning_rate: float = 3e-5,
+        weight_decay: float = 0.0,
+        warmup: float = 0.0,
+        dropout: float | None = None,
+        trust_remote_code: bool = False,
+        tiny_hidden_size: int = 64,
+        tiny_num_layers: int = 2,
+    ) -> None:
+        super().__init__()
+        if temperature <= 0:
+            raise ValueError(f"model.temperature must be positive, got {temperature}")
+        self.save_hyperparameters()
+        self.encoder = load_encoder(
+            encoder,
+            pooling=pooling,
+            normalize=normalize,
+            mlp_only_train=mlp_only_train,
+            trust_remote_code=trust_remote_code,
+            tiny_hidden_size=tiny_hidden_size,
+            tiny_num_layers=tiny_num_layers,
+            seed=int(os.environ.get("PL_GLOBAL_SEED", 0)),
+        )
+        if dropout is not None:
+            self._set_dropout(dropout)
+        self._sts_outputs: list[tuple[Tensor, Tensor]] = []
+
+    def _set_dropout(self, probability: float) -> None:
+        for module in self.encoder.backbone.modules():
+            if isinstance(module, torch.nn.Dropout):
+                module.p = probability
+
+    def forward(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
+        return self.encoder(input_ids=input_ids, attention_mask=attention_mask)
+
+    def _step_seed(self) -> int:
+        return int(os.environ.get("PL_GLOBAL_SEED", 0)) + _STEP_STRIDE * self.global_step + self.global_rank
+
+    def on_train_batch_start(self, batch: dict, batch_idx: int) -> None:
+        """Seed dropout from (seed, step, rank): a resumed run and an interrupted one draw the same masks,
+        whatever else used the RNG between steps (validation, probes, dataloader start-up)."""
+        torch.manual_seed(self._step_seed())
+
+    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+        views = int(batch["num_views"])
+        input_ids, attention_mask = batch["input_ids"], batch["attention_mask"]
+        if views == 1:  # unsupervised: the positive is the same sentence under another dropout mask
+            input_ids, attention_mask = input_ids.repeat(2, 1), attention_mask.repeat(2, 1)
+        embeddings = self(input_ids, attention_mask).chunk(max(views, 2))
+        loss = self._loss(*embeddings)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"training loss is {loss.item()} at step {self.global_step}: {self._likely_cause()}")
+        size = embeddings[0].shape[0]
+        self.log("train/loss", loss, prog_bar=True, batch_size=size)
+        self.log("data/truncated", batch["truncated"].float(), reduce_fx="sum", batch_size=size)
+        return loss
+
+    def _loss(self, anchors: Tensor, positives: Tensor, hard_negatives: Tensor | None = None) -> Tensor:
+        hp = self.hparams
+        if hp.objective == "logistic":
+            generator = torch.Generator().manual_seed(self._step_seed())
+            return logistic_loss(anchors, positives, hp.temperature, hp.similarity, hp.logistic_negatives, generator)
+        return info_nce(anchors, positives, hp.temperature, hp.similarity, hard_negatives, hp.hard_negative_weight)
+
+    def _likely_cause(self) -> str:
+        hp = self.hparams
+        if hp.similarity == "dot" and hp.temperature < 0.5:
+            return (
+                f"dot similarity with temperature {hp.temperature} lets logits grow without bound; "
+                "use model.similarity=cos or a larger model.temperature (e.g. 1.0)"
+            )
+        if self.trainer is not None and "16" in str(self.trainer.precision):
+            return f"{self.trainer.precision} overflow; use trainer.precision=bf16-mixed or 32"
+        return f"learning rate {hp.learning_rate} may be too high; lower model.learning_rate"
+
+    def _sts_step(self, batch: dict[str, Tensor]) -> None:
+        embeddings = self(batch["input_ids"], batch["attention_mask"]).float()
+        first, second = embeddings.chunk(2)
+        self._sts_outputs.append((torch.stack([first, second]).cpu(), batch["scores"].cpu()))
+
+    def _sts_log(self, name: str) -> None:
+        pairs = torch.cat([pair for pair, _ in self._sts_outputs], dim=1)
+        scores = torch.cat([score for _, score in self._sts_outputs])
+        self._sts_outputs.clear()
+        spearman, _ = sts_spearman(pairs[0], pairs[1], scores)
+        self.log(name, spearman, prog_bar=True)
+
+    def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
+        self._sts_step(batch)
+
+    def on_validation_epoch_end(self) -> None:
+        self._sts_log("val/stsb_spearman")
+
+    def test_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
+        self._sts_step(batch)
+
+    def on_test_epoch_end(self) -> None:
+        self._sts_log("test/stsb_spearman")
+
+    def configure_optimizers(self):
+        hp = self.hparams
+        no_decay = ("bias", "LayerNorm.weight", "layer_norm.weight", "LayerNorm.bias")
+        decay, plain = [], []
+        for name, parameter in self.named_parameters():
+            if parameter.requires_grad:
+                (plain if name.endswith(no_decay) else decay).append(parameter)
+        optimizer = torch.optim.AdamW(
+            [{"params": decay, "weight_decay": hp.weight_decay}, {"params": plain, "weight_decay": 0.0}],
+            lr=hp.learning_rate,
+        )
+        total = max(int(self.trainer.estimated_stepping_batches), 1)
+        warmup = int(hp.warmup * total) if hp.warmup < 1 else int(hp.warmup)
+
+        def schedule(step: int) -> float:
+            if step < warmup:
+                return (step + 1) / warmup
+            return max(0.0, (total - step) / max(total - warmup, 1))
+
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

@@ -1,0 +1,77 @@
+"""OLS of word weights on information (probe spec section 4), also used for Theorem 1.
+
+Decisions where the spec is open:
+
+- Non-finite points (e.g. NaN KL of a type without context) are dropped before the
+  fit; ``n`` counts the points actually used.
+- With fewer than 3 points or a constant regressor the fit is undefined: every value
+  is NaN and ``n`` still says how many points there were.
+- Type-mean points (``points="type"``) average ``y`` over the occurrences of a type;
+  ``x`` is a per-type quantity and is the same for all of them.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import statsmodels.api as sm
+
+Points = Literal["occurrence", "type"]
+POINTS: tuple[str, ...] = ("occurrence", "type")
+
+
+@dataclass(frozen=True)
+class Regression:
+    """``y = intercept + slope x``: R^2, coefficients, their standard errors and the sample size."""
+
+    r2: float
+    slope: float
+    intercept: float
+    slope_se: float
+    intercept_se: float
+    n: int
+
+    def metrics(self, prefix: str, slope_name: str = "slope") -> dict[str, float]:
+        """Flat metric keys ``{prefix}_r2``, ``{prefix}_{slope_name}``, ... for loggers."""
+        values = {
+            "r2": self.r2,
+            slope_name: self.slope,
+            f"{slope_name}_se": self.slope_se,
+            "intercept": self.intercept,
+            "intercept_se": self.intercept_se,
+            "n": self.n,
+        }
+        return {f"{prefix}_{key}": float(value) for key, value in values.items()}
+
+
+def ols(x: np.ndarray, y: np.ndarray) -> Regression:
+    """OLS with intercept via statsmodels (non-finite points dropped)."""
+    x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
+    keep = np.isfinite(x) & np.isfinite(y)
+    x, y = x[keep], y[keep]
+    n = len(x)
+    if n < 3 or np.ptp(x) == 0:
+        return Regression(math.nan, math.nan, math.nan, math.nan, math.nan, n)
+    fit = sm.OLS(y, sm.add_constant(x, has_constant="add")).fit()
+    return Regression(
+        r2=float(fit.rsquared),
+        slope=float(fit.params[1]),
+        intercept=float(fit.params[0]),
+        slope_se=float(fit.bse[1]),
+        intercept_se=float(fit.bse[0]),
+        n=n,
+    )
+
+
+def regression_points(x: np.ndarray, y: np.ndarray, types: np.ndarray, points: Points) -> tuple[np.ndarray, np.ndarray]:
+    """The points of the fit: one per occurrence, or one per type with ``y`` averaged over its occurrences."""
+    if points == "occurrence":
+        return np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
+    if points != "type":
+        raise ValueError(f"unknown points '{points}': choose one of {', '.join(POINTS)}")
+    _, first, inverse = np.unique(types, return_index=True, return_inverse=True)
+    means = np.bincount(inverse, weights=y) / np.bincount(inverse)
+    return np.asarray(x, dtype=np.float64)[first], means

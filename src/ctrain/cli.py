@@ -82,12 +82,15 @@ def _resume_arguments(run_dir: Path) -> list[str]:
 
 
 def _drop_metrics_after(metrics_file: Path, step: int) -> None:
-    """Remove rows logged after the checkpoint (they are logged again when the resumed run replays those steps)."""
+    """Remove rows logged after the checkpoint: the resumed run logs those steps again.
+
+    Lightning logs the batch that makes optimizer step k + 1 under step k, so a checkpoint taken
+    after `step` optimizer steps covers the rows logged under steps below `step`."""
     if not metrics_file.exists():
         return
     with metrics_file.open(newline="") as handle:
         reader = csv.DictReader(handle)
-        fields, rows = reader.fieldnames or [], [row for row in reader if int(row["step"]) <= step]
+        fields, rows = reader.fieldnames or [], [row for row in reader if int(row["step"]) < step]
     with tempfile.NamedTemporaryFile("w", newline="", dir=metrics_file.parent, delete=False) as handle:
         writer = csv.DictWriter(handle, fieldnames=fields)
         writer.writeheader()
@@ -105,7 +108,7 @@ def run_cli(args: list[str]) -> CtrainCLI:
         ContrastiveModule,
         ContrastiveDataModule,
         args=args,
-        trainer_defaults={"use_distributed_sampler": False, "logger": {"class_path": "CSVLogger", "init_args": {"save_dir": "runs", "name": "ctrain"}}},
+        trainer_defaults={"use_distributed_sampler": False, "logger": {"class_path": "ctrain.loggers.RunCSVLogger", "init_args": {"save_dir": "runs", "name": "ctrain"}}},
         save_config_kwargs={"overwrite": True},
         parser_kwargs={"exit_on_error": False},
     )

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -231,24 +232,43 @@ def _pretrained_backbone(source: str, trust_remote_code: bool) -> nn.Module:
         return AutoModel.from_pretrained(source, trust_remote_code=trust_remote_code)
 
 
-def _sentence_transformers_head(path: Path) -> tuple[Pooling | None, bool]:
-    """(pooling, normalize) declared by a sentence-transformers directory, if it is one."""
-    modules_file = path / "modules.json"
-    if not modules_file.exists():
-        return None, False
-    modules = json.loads(modules_file.read_text())
-    normalize = any(m["type"].endswith("Normalize") for m in modules)
+@dataclass
+class _DeclaredHead:
+    """What a sentence-transformers directory declares after its transformer."""
+
     pooling: Pooling | None = None
-    for module in modules:
-        if module["type"].endswith("Pooling"):
+    normalize: bool = False
+    dense_dir: Path | None = None  # a Tanh Dense after CLS pooling: SimCSE's MLP, used at inference
+
+
+def _sentence_transformers_head(path: Path) -> _DeclaredHead:
+    modules_file = path / "modules.json"
+    head = _DeclaredHead()
+    if not modules_file.exists():
+        return head
+    for module in json.loads(modules_file.read_text()):
+        kind = module["type"].rsplit(".", 1)[-1]
+        if kind == "Normalize":
+            head.normalize = True
+        elif kind == "Dense":
+            head.dense_dir = path / module["path"]
+        elif kind == "Pooling":
             config = json.loads((path / module["path"] / "config.json").read_text())
-            if config.get("pooling_mode_cls_token"):
-                pooling = "cls"
-            elif config.get("pooling_mode_max_tokens"):
-                pooling = "max"
-            else:
-                pooling = "mean"
-    return pooling, normalize
+            mode = config.get("pooling_mode")  # sentence-transformers >= 6
+            if mode is None:
+                mode = "cls" if config.get("pooling_mode_cls_token") else "max" if config.get("pooling_mode_max_tokens") else "mean"
+            head.pooling = mode if isinstance(mode, str) else mode[0]
+    if head.dense_dir is not None and head.pooling == "cls":
+        head.pooling = "cls_mlp"
+    return head
+
+
+def _load_dense_into(encoder: SentenceEncoder, dense_dir: Path) -> None:
+    from safetensors.torch import load_file
+
+    weights = dense_dir / "model.safetensors"
+    state = load_file(weights) if weights.exists() else torch.load(dense_dir / "pytorch_model.bin", map_location="cpu")
+    encoder.pooler.mlp[0].load_state_dict({k.removeprefix("linear."): v for k, v in state.items()})
 
 
 def _backbone_dir(path: Path) -> Path:
@@ -280,10 +300,10 @@ def load_encoder(
 
     path = assets.offline_encoder_path(name) or Path(name).expanduser()
     if path.exists():
-        declared_pooling, declared_normalize = _sentence_transformers_head(path)
+        declared = _sentence_transformers_head(path)
         source = str(_backbone_dir(path))
     elif HUB_ID.fullmatch(name):
-        declared_pooling, declared_normalize, source = None, False, name
+        declared, source = _DeclaredHead(), name
     else:
         raise FileNotFoundError(f"model path '{name}' does not exist: give an existing directory or a hub id")
     try:
@@ -297,10 +317,13 @@ def load_encoder(
             f"connected machine and pass its local directory as model.encoder, or use all-MiniLM-L6-v2, "
             f"all-mpnet-base-v2 or tiny-bert"
         ) from None
-    return SentenceEncoder(
+    encoder = SentenceEncoder(
         backbone,
         tokenizer,
-        pooling or declared_pooling or "mean",
+        pooling or declared.pooling or "mean",
         mlp_only_train,
-        declared_normalize if normalize is None else normalize,
+        declared.normalize if normalize is None else normalize,
     )
+    if declared.dense_dir is not None and encoder.pooler.mode == "cls_mlp":
+        _load_dense_into(encoder, declared.dense_dir)
+    return encoder

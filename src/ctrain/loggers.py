@@ -1,0 +1,48 @@
+"""A CSV logger that never loses rows: it appends to a resumed run's metrics.csv and writes atomically."""
+
+from __future__ import annotations
+
+import csv
+import os
+import tempfile
+
+from pytorch_lightning.loggers import CSVLogger
+from pytorch_lightning.loggers.csv_logs import ExperimentWriter
+from pytorch_lightning.loggers.logger import rank_zero_experiment
+
+
+class _AppendingWriter(ExperimentWriter):
+    """Lightning's writer deletes an existing metrics.csv and rewrites it in place; this one keeps
+    the rows already there (a resumed run's) and replaces the file only with a complete new copy."""
+
+    def _check_log_dir_exists(self) -> None:
+        self.rows: list[dict] = []
+        if os.path.isfile(self.metrics_file_path):
+            with open(self.metrics_file_path, newline="") as handle:
+                reader = csv.DictReader(handle)
+                self.rows = list(reader)
+                self.metrics_keys = list(reader.fieldnames or [])
+
+    def save(self) -> None:
+        if not self.metrics:
+            return
+        self._record_new_keys()
+        self.rows.extend(self.metrics)
+        self.metrics = []
+        with tempfile.NamedTemporaryFile("w", newline="", dir=self.log_dir, delete=False, suffix=".tmp") as handle:
+            writer = csv.DictWriter(handle, fieldnames=self.metrics_keys)
+            writer.writeheader()
+            writer.writerows(self.rows)
+        os.replace(handle.name, self.metrics_file_path)
+
+
+class RunCSVLogger(CSVLogger):
+    """CSVLogger whose metrics.csv survives a crash and a resume (see `_AppendingWriter`)."""
+
+    @property
+    @rank_zero_experiment
+    def experiment(self) -> ExperimentWriter:
+        if self._experiment is None:
+            self._fs.makedirs(self.root_dir, exist_ok=True)
+            self._experiment = _AppendingWriter(log_dir=self.log_dir)
+        return self._experiment

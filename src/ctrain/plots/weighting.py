@@ -1,0 +1,80 @@
+"""Figures of the word-weighting probe (Agg backend, no pyplot state, atomic writes).
+
+A reader (the training loop, a dashboard) may load a figure while the next probe
+rewrites it, so every file is written to a temporary file in the same directory and
+moved into place with ``os.replace``.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from ctrain.probes.regression import ols
+from ctrain.probes.weighting import Quantity, WeightingResult
+
+LABELS = {"kl": "KL(w)", "dkl": "dKL(w)", "selfinfo": "I(w) = -log P(w)"}
+
+
+def save_figure(figure: Figure, path: str | Path) -> Path:
+    """Write ``figure`` to ``path`` atomically (format from the suffix)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=path.suffix)
+    os.close(handle)
+    try:
+        FigureCanvasAgg(figure)
+        figure.savefig(temporary, format=path.suffix.lstrip(".") or "png")
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def plot_weight_vs_information(
+    result: WeightingResult, path: str | Path, method: str = "ig", quantity: Quantity = "kl"
+) -> Path:
+    """Scatter of ``c'`` against information with its OLS line; the points are exactly those of the metric."""
+    x, y = result.regression_data(method, quantity)
+    fit = ols(x, y)
+    figure = Figure(figsize=(5, 4), layout="constrained")
+    axes = figure.add_subplot()
+    axes.scatter(x, y, s=6, alpha=0.4, linewidths=0)
+    if math.isfinite(fit.slope):
+        line = np.array([x.min(), x.max()])
+        axes.plot(line, fit.intercept + fit.slope * line, color="C3")
+    axes.set_xlabel(LABELS[quantity])
+    axes.set_ylabel(f"normalised {method.upper()} weight c'")
+    axes.set_title(f"R^2 x 100 = {100 * fit.r2:.1f}, beta x 100 = {100 * fit.slope:.1f}, n = {fit.n}", fontsize=9)
+    return save_figure(figure, path)
+
+
+def plot_sentence_weights(
+    result: WeightingResult, path: str | Path, sentences: int | Sequence[int] = 4, method: str = "ig"
+) -> Path:
+    """Per-sentence bars of ``c'`` next to ``KL`` normalised the same way (divided by its sentence mean)."""
+    available = sorted({r.sentence for r in result.records})
+    chosen = available[:sentences] if isinstance(sentences, int) else list(sentences)
+    figure = Figure(figsize=(8, 2.2 * max(len(chosen), 1)), layout="constrained")
+    for row, sentence in enumerate(chosen, 1):
+        records = [r for r in result.records if r.sentence == sentence]
+        kl = np.array([r.kl for r in records])
+        finite = np.isfinite(kl)
+        kl_normalised = kl / kl[finite].mean() if finite.any() else kl
+        positions = np.arange(len(records))
+        axes = figure.add_subplot(len(chosen), 1, row)
+        axes.bar(positions - 0.2, [r.weights[method] for r in records], width=0.4, label=f"{method.upper()} c'")
+        axes.bar(positions + 0.2, kl_normalised, width=0.4, label="KL / sentence mean")
+        axes.set_xticks(positions, [r.token for r in records], rotation=45, ha="right", fontsize=8)
+        axes.set_title(f"sentence {sentence}", fontsize=9)
+        if row == 1:
+            axes.legend(fontsize=8)
+    return save_figure(figure, path)

@@ -1,0 +1,103 @@
+"""Data sources, the resumable sampler and the collator."""
+
+import pytest
+import torch
+
+from ctrain.data import load_examples, read_sts_b, sts_b_examples
+from ctrain.datamodule import Collator, ContrastiveDataModule, EpochSampler
+
+
+def test_sts_b_splits_and_extra_fields():
+    sizes = {split: len(read_sts_b(split)) for split in ("train", "dev", "test")}
+    assert sizes == {"train": 5749, "dev": 1500, "test": 1379}
+    first = read_sts_b("dev")[0]
+    assert first == ("A man with a hard hat is dancing.", "A man wearing a hard hat is dancing.", 5.0)
+    # Rows with trailing source fields keep the sentences of columns 6 and 7.
+    rows = read_sts_b("train")
+    row = next(r for r in rows if r[0] == "Driver backs into stroller with child, drives off")
+    assert row[1] == "Driver backs into mom, stroller with child then drives off" and row[2] == 4.0
+    assert all(0.0 <= score <= 5.0 for _, _, score in rows)
+
+
+def test_sts_b_training_defaults():
+    pairs = sts_b_examples(supervised=True)
+    assert pairs and all(len(p) == 2 for p in pairs)
+    sentences = sts_b_examples(supervised=False)
+    assert len(sentences) == len({s for s, in sentences})
+
+
+def test_file_sources(tmp_path):
+    (tmp_path / "a.txt").write_text("one\n\ntwo\n")
+    assert load_examples(str(tmp_path / "a.txt"), None) == [("one",), ("two",)]
+    (tmp_path / "b.csv").write_text("sent0,sent1,hard_neg\na,b,c\nd,e,f\n")
+    assert load_examples(str(tmp_path / "b.csv"), ["sent0", "sent1", "hard_neg"]) == [("a", "b", "c"), ("d", "e", "f")]
+    (tmp_path / "c.jsonl").write_text('{"text": "x"}\n{"text": "y"}\n')
+    assert load_examples(str(tmp_path / "c.jsonl"), ["text"]) == [("x",), ("y",)]
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [(None, "does not exist"), (b"", "is empty"), (b"good\n\xff\xfebad\n", "line 2 is not valid UTF-8")],
+)
+def test_bad_files_give_one_line_errors(tmp_path, content, message):
+    path = tmp_path / "data.txt"
+    if content is not None:
+        path.write_bytes(content)
+    with pytest.raises((ValueError, FileNotFoundError), match=message) as error:
+        load_examples(str(path), None)
+    assert "\n" not in str(error.value)
+
+
+def test_missing_columns(tmp_path):
+    (tmp_path / "b.csv").write_text("x,y\n1,2\n")
+    with pytest.raises(ValueError, match=r"columns \['sent0'\] not in"):
+        load_examples(str(tmp_path / "b.csv"), ["sent0"])
+
+
+def test_too_few_examples_for_a_batch(tmp_path):
+    (tmp_path / "a.txt").write_text("one\ntwo\n")
+    module = ContrastiveDataModule(train=str(tmp_path / "a.txt"), batch_size=4)
+    with pytest.raises(ValueError, match="fewer than one global batch"):
+        module.load_training_examples(world_size=1)
+
+
+def test_wrong_shape_for_supervised(tmp_path):
+    (tmp_path / "a.txt").write_text("one\ntwo\nthree\n")
+    module = ContrastiveDataModule(train=str(tmp_path / "a.txt"), batch_size=2, supervised=True)
+    with pytest.raises(ValueError, match="needs pairs or triplets"):
+        module.load_training_examples(world_size=1)
+
+
+def test_sampler_shards_one_global_batch(monkeypatch):
+    single = list(EpochSampler(40, batch_size=8, seed=5))
+    shards = []
+    for rank in range(2):
+        monkeypatch.setattr("ctrain.datamodule._world", lambda rank=rank: (2, rank))
+        shards.append(list(EpochSampler(40, batch_size=4, seed=5)))
+    # Global batch g of the 2-process run is batch g of the 1-process run with batch 8.
+    for g in range(len(single) // 8):
+        assert shards[0][4 * g : 4 * g + 4] + shards[1][4 * g : 4 * g + 4] == single[8 * g : 8 * g + 8]
+
+
+def test_sampler_epochs_and_skip():
+    sampler = EpochSampler(30, batch_size=4, seed=1)
+    epoch0 = list(sampler)
+    assert len(epoch0) == len(sampler) == 28 and len(set(epoch0)) == 28
+    sampler.set_epoch(1)
+    epoch1 = list(sampler)
+    assert epoch1 != epoch0
+    sampler.skip_batches(3)
+    assert list(sampler) == epoch1[12:]
+    assert list(sampler) == epoch1  # the skip applies once
+
+
+def test_collator_truncates_and_counts(tiny_bert):
+    collate = Collator(tiny_bert.tokenizer, max_length=6)
+    batch = collate([("a b",), ("one two three four five six seven eight",)])
+    assert batch["input_ids"].shape == (2, 6)
+    assert int(batch["truncated"]) == 1
+    assert int(batch["num_views"]) == 1
+    assert batch["input_ids"][1, -1].item() == tiny_bert.tokenizer.sep_token_id
+    pairs = collate([("a", "b"), ("c", "d")])
+    assert pairs["input_ids"].shape[0] == 4 and int(pairs["num_views"]) == 2
+    assert torch.equal(pairs["attention_mask"].sum(1), torch.full((4,), 3))

@@ -1,0 +1,75 @@
+"""SentenceEncoder loading, position ids, and the sentence-transformers export."""
+
+import pytest
+import torch
+
+from ctrain.encoder import load_encoder
+from ctrain.export import save_sentence_transformer
+
+SENTENCES = ["A man is playing a guitar.", "Two dogs run.", "The cat sleeps on the warm mat today."]
+
+
+@pytest.mark.parametrize("name", ["tiny-bert", "tiny-roberta", "tiny-mpnet"])
+def test_inputs_embeds_with_explicit_positions_reproduce_forward(name):
+    encoder = load_encoder(name).eval()
+    batch = encoder.tokenize(SENTENCES)
+    direct = encoder(**batch)
+    embeds = encoder.word_embeddings(batch["input_ids"])
+    via_embeds = encoder(
+        inputs_embeds=embeds, attention_mask=batch["attention_mask"], position_ids=encoder.position_ids(batch["input_ids"])
+    )
+    assert torch.allclose(direct, via_embeds, atol=1e-6)
+    special = encoder.special_mask(batch["input_ids"])
+    assert special[:, 0].all() and not special[0, 1]
+
+
+def test_pooling_modes(tiny_bert):
+    batch = tiny_bert.tokenize(SENTENCES)
+    states = tiny_bert.token_states(**batch).last_hidden_state
+    mask = batch["attention_mask"].bool()
+    pooled = tiny_bert.pooler(states, batch["attention_mask"])
+    for i in range(len(SENTENCES)):
+        assert torch.allclose(pooled[i], states[i][mask[i]].mean(0), atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "pooling, mlp_only_train, normalize, similarity",
+    [("mean", False, False, "dot"), ("cls", False, True, "cos"), ("cls_mlp", False, False, "cos"),
+     ("cls_mlp", True, False, "cos"), ("max", False, False, "cos")],
+)  # fmt: skip
+def test_sentence_transformers_export_round_trip(tmp_path, pooling, mlp_only_train, normalize, similarity):
+    from sentence_transformers import SentenceTransformer
+
+    encoder = load_encoder("tiny-bert", pooling=pooling, mlp_only_train=mlp_only_train, normalize=normalize).eval()
+    save_sentence_transformer(encoder, tmp_path / "model", similarity)
+    loaded = SentenceTransformer(str(tmp_path / "model"), device="cpu")
+    expected = encoder.encode(SENTENCES)
+    assert torch.allclose(torch.as_tensor(loaded.encode(SENTENCES)), expected, atol=1e-5)
+    assert loaded.similarity_fn_name == {"cos": "cosine", "dot": "dot"}[similarity]
+    # ctrain reads its own export back with the same inference head.
+    again = load_encoder(str(tmp_path / "model")).eval()
+    assert again.pooler.mode == ("cls" if pooling == "cls_mlp" and mlp_only_train else pooling)
+    assert torch.allclose(again.encode(SENTENCES), expected, atol=1e-5)
+
+
+def test_offline_minilm_matches_sentence_transformers():
+    from sentence_transformers import SentenceTransformer
+
+    from ctrain.assets import minilm_path
+
+    encoder = load_encoder("all-MiniLM-L6-v2")
+    assert encoder.pooler.mode == "mean" and encoder.normalize
+    reference = SentenceTransformer(str(minilm_path()), device="cpu").encode(SENTENCES)
+    assert torch.allclose(encoder.encode(SENTENCES), torch.as_tensor(reference), atol=1e-5)
+
+
+def test_hub_id_offline_gives_one_line_error(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(OSError, match="pass its local directory as model.encoder") as error:
+        load_encoder("some-org/not-a-model")
+    assert "\n" not in str(error.value)
+
+
+def test_missing_path_error():
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        load_encoder("./no/such/model/dir")

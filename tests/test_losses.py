@@ -1,0 +1,106 @@
+"""InfoNCE and the logistic objective against their formulas; DDP gather against one process."""
+
+import math
+import os
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+import torch.nn.functional as F
+
+from ctrain.losses import info_nce, logistic_loss, similarity_matrix
+
+
+def _manual_info_nce(anchors, positives, temperature, similarity, negatives=None, weight=0.0):
+    candidates = positives if negatives is None else torch.cat([positives, negatives])
+    total = 0.0
+    for i in range(anchors.shape[0]):
+        logits = []
+        for j in range(candidates.shape[0]):
+            a, c = anchors[i].double(), candidates[j].double()
+            s = torch.dot(a, c) / (a.norm() * c.norm()) if similarity == "cos" else torch.dot(a, c)
+            s = s / temperature
+            if negatives is not None and j == positives.shape[0] + i:
+                s = s + weight
+            logits.append(s)
+        logits = torch.stack(logits)
+        total += -(logits[i] - torch.logsumexp(logits, 0))
+    return total / anchors.shape[0]
+
+
+@pytest.mark.parametrize("similarity", ["cos", "dot"])
+@pytest.mark.parametrize("with_negatives", [False, True])
+def test_info_nce_matches_formula(similarity, with_negatives):
+    g = torch.Generator().manual_seed(0)
+    anchors, positives, negatives = (torch.randn(6, 5, generator=g) for _ in range(3))
+    negatives = negatives if with_negatives else None
+    loss = info_nce(anchors, positives, 0.5, similarity, negatives, hard_negative_weight=0.7)
+    expected = _manual_info_nce(anchors, positives, 0.5, similarity, negatives, 0.7 if with_negatives else 0.0)
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+def test_similarity_is_fp32_under_autocast():
+    a = torch.randn(4, 8, dtype=torch.bfloat16)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        sims = similarity_matrix(a, a, "dot")
+    assert sims.dtype == torch.float32
+    assert torch.allclose(sims, a.float() @ a.float().T)
+
+
+def test_logistic_loss_matches_formula():
+    g = torch.Generator().manual_seed(1)
+    anchors, positives = torch.randn(5, 3, generator=g), torch.randn(5, 3, generator=g)
+    loss = logistic_loss(anchors, positives, 2.0, "dot", num_negatives=2, generator=torch.Generator().manual_seed(7))
+    shifts = torch.randint(1, 5, (5, 2), generator=torch.Generator().manual_seed(7))
+    expected = 0.0
+    for i in range(5):
+        expected -= math.log(torch.sigmoid(anchors[i] @ positives[i] / 2.0))
+        for k in range(2):
+            j = (i + int(shifts[i, k])) % 5
+            assert j != i
+            expected -= math.log(torch.sigmoid(-(anchors[i] @ positives[j]) / 2.0))
+    assert loss.item() == pytest.approx(expected / 5, rel=1e-5)
+
+
+def test_logistic_rejects_too_many_negatives():
+    with pytest.raises(ValueError, match="num_negatives"):
+        logistic_loss(torch.randn(3, 2), torch.randn(3, 2), 1.0, num_negatives=3)
+
+
+def _ddp_worker(rank, world, port, anchors, positives, negatives, results):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        local = slice(rank * 4, (rank + 1) * 4)
+        a = anchors[local].clone().requires_grad_(True)
+        p = positives[local].clone().requires_grad_(True)
+        n = negatives[local].clone().requires_grad_(True)
+        loss = info_nce(a, p, 0.05, "cos", n, hard_negative_weight=0.3)
+        loss.backward()
+        # DDP averages gradients over ranks; do the same here to compare with one process.
+        grads = [t.grad.clone() for t in (a, p, n)]
+        losses = [torch.zeros(()) for _ in range(world)]
+        dist.all_gather(losses, loss.detach())
+        results[rank] = (sum(losses) / world, grads)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_ddp_gather_loss_and_gradients_equal_single_process():
+    g = torch.Generator().manual_seed(3)
+    anchors, positives, negatives = (torch.randn(8, 6, generator=g) for _ in range(3))
+    manager = mp.Manager()
+    results = manager.dict()
+    port = 29500 + os.getpid() % 1000
+    mp.spawn(_ddp_worker, args=(2, port, anchors, positives, negatives, results), nprocs=2, join=True)
+
+    full = [t.clone().requires_grad_(True) for t in (anchors, positives, negatives)]
+    single = info_nce(full[0], full[1], 0.05, "cos", full[2], hard_negative_weight=0.3)
+    single.backward()
+    for rank in range(2):
+        loss, grads = results[rank]
+        assert loss.item() == pytest.approx(single.item(), rel=1e-6)
+        for grad, reference in zip(grads, full):
+            # Each rank's loss is a mean over its 4 anchors; DDP averages over 2 ranks -> same as the mean over 8.
+            assert torch.allclose(grad / 2, reference.grad[rank * 4 : (rank + 1) * 4], atol=1e-6)

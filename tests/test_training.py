@@ -1,0 +1,87 @@
+"""End-to-end runs of `ctrain fit` on a tiny encoder: outputs, determinism, kill -9 and resume, bad input."""
+
+import csv
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from ctrain.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+QUICK = [
+    "--config", str(ROOT / "configs" / "demo.yaml"),
+    "--model.encoder", "tiny-bert",
+    "--data.batch_size", "8",
+    "--data.max_examples", "96",
+    "--trainer.max_steps", "8",
+    "--trainer.val_check_interval", "4",
+    "--trainer.log_every_n_steps", "1",
+    "--trainer.enable_progress_bar", "false",
+    "--trainer.enable_model_summary", "false",
+]  # fmt: skip
+
+
+def _run_args(save_dir: Path, *extra: str) -> list[str]:
+    return ["fit", *QUICK, "--trainer.logger.init_args.save_dir", str(save_dir), *extra]
+
+
+def _metrics(run_dir: Path) -> list[dict]:
+    with (run_dir / "metrics.csv").open() as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_fit_writes_the_run_directory(tmp_path):
+    main(_run_args(tmp_path))
+    run_dir = tmp_path / "demo" / "version_0"
+    for name in ("config.yaml", "metrics.csv", "checkpoints/last.ckpt", "checkpoints/best.ckpt", "model_final", "model_best"):
+        assert (run_dir / name).exists(), name
+    rows = _metrics(run_dir)
+    sts = [float(r["val/stsb_spearman"]) for r in rows if r["val/stsb_spearman"]]
+    assert len(sts) == 3  # step 0, 4 and 8
+    assert sum(1 for r in rows if r["train/loss"]) == 8
+
+    from sentence_transformers import SentenceTransformer
+
+    from ctrain.encoder import load_encoder
+
+    final = SentenceTransformer(str(run_dir / "model_final"), device="cpu")
+    ours = load_encoder(str(run_dir / "model_final"))
+    assert abs(final.encode(["a test"]) - ours.encode(["a test"]).numpy()).max() < 1e-5
+
+
+def test_same_seed_same_metrics(tmp_path):
+    main(_run_args(tmp_path / "a"))
+    main(_run_args(tmp_path / "b"))
+    assert _metrics(tmp_path / "a" / "demo" / "version_0") == _metrics(tmp_path / "b" / "demo" / "version_0")
+
+
+def test_killed_run_resumes_to_the_same_metrics(tmp_path):
+    main(_run_args(tmp_path / "whole"))
+    environment = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(ROOT / "tests"), os.environ.get("PYTHONPATH", "")])}
+    killed = subprocess.run(
+        [sys.executable, "-m", "ctrain.cli", *_run_args(tmp_path / "crash"),
+         "--trainer.callbacks", "helpers.KillAtStep", "--trainer.callbacks.step", "6"],
+        env=environment, capture_output=True, text=True,
+    )  # fmt: skip
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    run_dir = tmp_path / "crash" / "demo" / "version_0"
+    assert not (run_dir / "model_final").exists()
+    main(["fit", "--resume", str(run_dir), "--trainer.callbacks=[]", "--trainer.enable_progress_bar", "false"])
+    assert _metrics(run_dir) == _metrics(tmp_path / "whole" / "demo" / "version_0")
+
+
+def test_non_finite_loss_stops_with_step_and_cause(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        main(_run_args(tmp_path, "--model.similarity", "dot", "--model.temperature", "1e-38"))
+    message = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "at step 0" in message and "dot similarity with temperature" in message
+
+
+def test_unknown_key_is_one_line(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        main(_run_args(tmp_path, "--model.not_a_key", "1"))
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("ctrain: error: unrecognized arguments: --model.not_a_key")

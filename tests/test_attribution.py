@@ -1,0 +1,173 @@
+"""IG and SHAP word weights (spec sections 2 and 3) against captum and brute-force Shapley values."""
+
+import itertools
+import math
+
+import pytest
+import torch
+from captum.attr import IntegratedGradients
+
+from ctrain.encoder import load_encoder
+from ctrain.probes.attribution import (
+    integrated_gradients,
+    pad_baseline,
+    quadrature_rule,
+    shap_weights,
+    shapley_coefficients,
+    shapley_values,
+    unit_weights,
+)
+
+SENTENCES = ["a man plays guitar", "the quick brown fox jumps over it"]
+
+
+@pytest.fixture(scope="module", params=["tiny-bert", "tiny-roberta", "tiny-mpnet"])
+def encoder(request):
+    return load_encoder(request.param).eval()
+
+
+def _captum_weights(encoder, input_ids, attention_mask, steps):
+    """The straightforward reference: captum IG one output dim at a time, same baseline and positions."""
+    positions = encoder.position_ids(input_ids)
+    x, baseline = pad_baseline(encoder, input_ids)
+    ig = IntegratedGradients(lambda z, mask, pos: encoder(inputs_embeds=z, attention_mask=mask, position_ids=pos))
+    squares = torch.zeros(input_ids.shape)
+    for k in range(encoder.hidden_size):
+        attribution = ig.attribute(
+            x, baselines=baseline, target=k, additional_forward_args=(attention_mask, positions), n_steps=steps,
+            method="gausslegendre",
+        )  # fmt: skip
+        squares += attribution.detach().pow(2).sum(-1)
+    return squares.sqrt()
+
+
+def test_exact_weights_equal_captum_one_output_at_a_time(encoder):
+    batch = encoder.tokenize(SENTENCES)
+    ours = integrated_gradients(encoder, batch["input_ids"], batch["attention_mask"], steps=6, vjp_batch=16)
+    reference = _captum_weights(encoder, batch["input_ids"], batch["attention_mask"], steps=6)
+    torch.testing.assert_close(ours.weights, reference, rtol=1e-4, atol=1e-6)
+    special = encoder.special_mask(batch["input_ids"])
+    assert ours.weights[special].eq(0).all() and ours.weights[~special].gt(0).all()
+
+
+def test_explicit_positions_reproduce_the_models_own(encoder):
+    batch = encoder.tokenize(SENTENCES)  # padded: RoBERTa/MPNet would shift positions if derived from embeddings
+    x, _ = pad_baseline(encoder, batch["input_ids"])
+    with torch.no_grad():
+        own = encoder(**batch)
+        explicit = encoder(inputs_embeds=x, attention_mask=batch["attention_mask"], position_ids=encoder.position_ids(batch["input_ids"]))
+    torch.testing.assert_close(explicit, own)
+
+
+def test_quadrature_rules():
+    for method, steps in (("gauss_legendre", 7), ("riemann_trapezoid", 9)):
+        nodes, weights = quadrature_rule(method, steps)
+        assert weights.sum().item() == pytest.approx(1.0, abs=1e-14)
+        assert (weights * nodes**2).sum().item() == pytest.approx(1 / 3, abs=0.01 if method == "riemann_trapezoid" else 1e-14)
+
+
+def test_completeness_within_quadrature_error(tiny_bert):
+    batch = tiny_bert.tokenize(SENTENCES)
+    error = {
+        (method, steps): integrated_gradients(tiny_bert, **batch, steps=steps, quadrature=method).completeness_error
+        for method, steps in [("riemann_trapezoid", 4), ("riemann_trapezoid", 8), ("riemann_trapezoid", 16), ("gauss_legendre", 8)]
+    }
+    # trapezoid error is O(h^2): halving the step quarters it; Gauss-Legendre at 8 nodes is at float precision
+    assert (error[("riemann_trapezoid", 8)] < 0.4 * error[("riemann_trapezoid", 4)]).all()
+    assert (error[("riemann_trapezoid", 16)] < 0.4 * error[("riemann_trapezoid", 8)]).all()
+    assert (error[("gauss_legendre", 8)] < 1e-5).all()
+
+
+def test_sketch_error_falls_like_one_over_sqrt_r(tiny_bert):
+    batch = tiny_bert.tokenize(SENTENCES)
+    exact = integrated_gradients(tiny_bert, **batch, steps=4).weights.double().pow(2)
+    positions = exact.gt(0)
+
+    def mean_squared_error(probes):
+        estimates = [
+            integrated_gradients(tiny_bert, **batch, steps=4, mode="sketch", probes=probes, seed=seed).weights.double().pow(2)
+            for seed in range(8)
+        ]
+        return torch.stack([((e - exact) / exact)[positions].pow(2).mean() for e in estimates]).mean().item()
+
+    # independent probes: the variance of the c^2 estimate is sigma^2 / r, so error * sqrt(r) is constant
+    ratio = (mean_squared_error(2) * 2) / (mean_squared_error(32) * 32)
+    assert 0.4 < ratio < 2.5
+
+
+def test_orthogonal_sketch_is_exact_at_full_rank(tiny_bert):
+    batch = tiny_bert.tokenize(SENTENCES)
+    exact = integrated_gradients(tiny_bert, **batch, steps=4)
+    full = integrated_gradients(tiny_bert, **batch, steps=4, mode="sketch", probes=tiny_bert.hidden_size, probe_kind="orthogonal")
+    torch.testing.assert_close(full.weights, exact.weights, rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(full.completeness_error, exact.completeness_error, rtol=0.05, atol=1e-7)
+    half = integrated_gradients(tiny_bert, **batch, steps=4, mode="sketch", probes=tiny_bert.hidden_size // 2, probe_kind="orthogonal")
+    assert not torch.allclose(half.weights, exact.weights, rtol=1e-3)
+
+
+def _value(encoder, input_ids, players, coalition):
+    """f of the sentence with the players outside the coalition set to MASK."""
+    ids = input_ids.clone()
+    for player in set(range(len(players))) - set(coalition):
+        ids[players[player]] = encoder.tokenizer.mask_token_id
+    was_training = encoder.training
+    with torch.no_grad():
+        value = encoder.eval()(input_ids=ids.unsqueeze(0))[0].double()
+    encoder.train(was_training)
+    return value
+
+
+def test_exact_shap_equals_brute_force_over_permutations(encoder):
+    input_ids = encoder.tokenize(["a man plays guitar"])["input_ids"][0]
+    players = torch.nonzero(~encoder.special_mask(input_ids))[:, 0].tolist()
+    p = len(players)
+    assert 3 <= p <= 6
+    brute = torch.zeros(p, encoder.hidden_size, dtype=torch.float64)
+    for order in itertools.permutations(range(p)):
+        for place, player in enumerate(order):
+            brute[player] += _value(encoder, input_ids, players, order[: place + 1]) - _value(encoder, input_ids, players, order[:place])
+    brute /= math.factorial(p)
+    torch.testing.assert_close(shapley_values(encoder, input_ids), brute, rtol=1e-4, atol=1e-6)
+
+
+def test_shapley_coefficients_match_the_factorial_formula():
+    p = 4
+    coefficients = shapley_coefficients(p)
+    for mask, i in itertools.product(range(2**p), range(p)):
+        size = bin(mask).count("1")
+        if mask >> i & 1:
+            expected = math.factorial(size - 1) * math.factorial(p - size) / math.factorial(p)
+        else:
+            expected = -math.factorial(size) * math.factorial(p - size - 1) / math.factorial(p)
+        assert coefficients[mask, i].item() == pytest.approx(expected, rel=1e-12)
+
+
+def test_permutation_shap_is_efficient_and_converges(tiny_bert):
+    input_ids = tiny_bert.tokenize(["the quick brown fox jumps"])["input_ids"][0]
+    players = torch.nonzero(~tiny_bert.special_mask(input_ids))[:, 0].tolist()
+    exact = shapley_values(tiny_bert, input_ids)
+    sampled = shapley_values(tiny_bert, input_ids, max_exact_tokens=0, permutations=200, seed=1)
+    total = _value(tiny_bert, input_ids, players, range(len(players))) - _value(tiny_bert, input_ids, players, [])
+    torch.testing.assert_close(sampled.sum(0), total, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(exact.sum(0), total, rtol=1e-4, atol=1e-6)
+    assert ((sampled - exact).norm() / exact.norm()).item() < 0.01
+    torch.testing.assert_close(sampled, shapley_values(tiny_bert, input_ids, max_exact_tokens=0, permutations=200, seed=1))
+
+
+def test_shap_weights_of_a_padded_batch(tiny_bert):
+    batch = tiny_bert.tokenize(SENTENCES)
+    weights = shap_weights(tiny_bert, **batch).weights
+    for b, sentence in enumerate(SENTENCES):
+        alone = tiny_bert.tokenize([sentence])["input_ids"][0]
+        expected = shapley_values(tiny_bert, alone).norm(dim=1)
+        keep = ~tiny_bert.special_mask(batch["input_ids"][b])
+        torch.testing.assert_close(weights[b][keep], expected)
+        assert weights[b][~keep].eq(0).all()
+
+
+def test_unit_weights_normalise_over_each_sentence():
+    position_weights = torch.tensor([[0.0, 3.0, 4.0, 2.0, 0.0], [0.0, 1.0, 0.0, 0.0, 0.0]])
+    unit_of_position = torch.tensor([[-1, 0, 0, 1, -1], [-1, 2, -1, -1, -1]])  # unit 0 is a two-piece word
+    weights, normalised = unit_weights(position_weights, unit_of_position, torch.tensor([0, 0, 1]))
+    torch.testing.assert_close(weights, torch.tensor([5.0, 2.0, 1.0], dtype=torch.float64))
+    torch.testing.assert_close(normalised, torch.tensor([5 / 3.5, 2 / 3.5, 1.0], dtype=torch.float64))

@@ -1,0 +1,138 @@
+"""The probe runner end to end on tiny models: metrics, records, side effects, theorem fits, plots."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from ctrain.data import read_sts_b
+from ctrain.encoder import load_encoder
+from ctrain.plots.weighting import plot_sentence_weights, plot_weight_vs_information
+from ctrain.probes.attribution import integrated_gradients
+from ctrain.probes.information import token_statistics
+from ctrain.probes.theorem import theorem_regressions, unit_vectors
+from ctrain.probes.weighting import WeightingConfig, weighting_probe
+
+SENTENCES = [row[0] for row in read_sts_b("dev")[:12]]
+FAST = dict(steps=4, batch_size=4, min_count=2, dkl_repeats=2)
+
+
+@pytest.fixture(scope="module")
+def result(tiny_bert):
+    return weighting_probe(tiny_bert, SENTENCES, WeightingConfig(**FAST))
+
+
+def test_metrics_are_flat_floats_with_sample_sizes(result):
+    for prefix in ("ig_kl", "ig_dkl", "ig_selfinfo"):
+        for suffix in ("r2", "beta", "beta_se", "intercept", "intercept_se", "n"):
+            assert isinstance(result.metrics[f"{prefix}_{suffix}"], float)
+    for prefix in ("theorem_input", "theorem_last", "theorem_last_type"):
+        assert {f"{prefix}_{s}" for s in ("r2", "slope", "intercept", "n")} <= set(result.metrics)
+    assert result.metrics["ig_completeness_error_n"] == len(SENTENCES)
+    assert result.metrics["ig_completeness_error_mean"] < 1e-3
+    eligible = [r for r in result.records if r.count >= 2 and math.isfinite(r.kl)]
+    assert result.metrics["ig_kl_n"] == len(eligible) > 10
+    assert not any(key.startswith("shap") for key in result.metrics)
+
+
+def test_records_cover_every_sentence_with_normalised_weights(result):
+    assert sorted({r.sentence for r in result.records}) == list(range(len(SENTENCES)))
+    for sentence in range(len(SENTENCES)):
+        weights = [r.weights["ig"] for r in result.records if r.sentence == sentence]
+        assert np.mean(weights) == pytest.approx(1.0, rel=1e-12)
+    first = [r.token for r in result.records if r.sentence == 0]
+    assert first == [t for t in load_encoder("tiny-bert").tokenizer.tokenize(SENTENCES[0])]
+
+
+def test_json_is_strict_and_unrounded(result):
+    payload = json.loads(result.to_json())
+    assert payload["metrics"]["ig_kl_r2"] == result.metrics["ig_kl_r2"]
+    assert payload["records"][0]["weights"]["ig"] == result.records[0].weights["ig"]
+    assert payload["config"]["steps"] == 4
+
+
+def test_precomputed_statistics_give_the_same_metrics(tiny_bert, result):
+    statistics = token_statistics(tiny_bert.tokenizer, SENTENCES, dkl_repeats=2)
+    again = weighting_probe(tiny_bert, SENTENCES, WeightingConfig(**FAST), statistics=statistics)
+    assert again.metrics == result.metrics
+    with pytest.raises(ValueError, match="units"):
+        weighting_probe(tiny_bert, SENTENCES, WeightingConfig(**FAST, units="words"), statistics=statistics)
+
+
+def test_batch_size_does_not_change_the_weights(tiny_bert, result):
+    other = weighting_probe(tiny_bert, SENTENCES, WeightingConfig(**{**FAST, "batch_size": 5}))
+    np.testing.assert_allclose(
+        [r.weights["ig"] for r in other.records], [r.weights["ig"] for r in result.records], rtol=1e-4
+    )
+
+
+def test_probe_leaves_model_grads_rng_and_mode_alone(tiny_bert):
+    tiny_bert.train()
+    parameters = list(tiny_bert.parameters())
+    parameters[0].grad = torch.full_like(parameters[0], 0.5)
+    rng = torch.get_rng_state()
+    config = WeightingConfig(**FAST, methods=("ig", "shap"), mode="sketch", probes=8, shap_max_exact_tokens=3, shap_permutations=4)
+    first = weighting_probe(tiny_bert, SENTENCES[:6], config)
+    assert tiny_bert.training
+    assert torch.equal(torch.get_rng_state(), rng)
+    assert torch.equal(parameters[0].grad, torch.full_like(parameters[0], 0.5))
+    assert all(p.grad is None for p in parameters[1:])
+    parameters[0].grad = None
+    assert weighting_probe(tiny_bert, SENTENCES[:6], config).metrics == first.metrics  # seeded
+    assert {"shap_kl_r2", "shap_dkl_n", "shap_selfinfo_beta"} <= set(first.metrics)
+
+
+def test_low_precision_models_are_probed_in_fp32_and_restored():
+    encoder = load_encoder("tiny-bert").eval()
+    batch = encoder.tokenize(SENTENCES[:2])
+    reference = integrated_gradients(encoder, **batch, steps=4).weights
+    encoder.to(torch.bfloat16)
+    before = [p.detach().clone() for p in encoder.parameters()]
+    weights = integrated_gradients(encoder, **batch, steps=4).weights
+    assert all(p.dtype == torch.bfloat16 and torch.equal(p, q) for p, q in zip(encoder.parameters(), before))
+    assert weights.dtype == torch.float32 and weights.shape == reference.shape
+
+
+@pytest.mark.parametrize("name", ["tiny-roberta", "tiny-mpnet"])
+def test_word_units_on_other_architectures(name):
+    encoder = load_encoder(name)
+    result = weighting_probe(encoder, SENTENCES, WeightingConfig(**FAST, units="words"))
+    assert result.metrics["ig_completeness_error_mean"] < 1e-3
+    assert result.metrics["ig_kl_n"] > 10 and math.isfinite(result.metrics["ig_kl_r2"])
+    assert all(" " not in r.token for r in result.records)
+
+
+def test_theorem_fits_recover_an_exact_relation():
+    rng = np.random.default_rng(0)
+    kl = rng.uniform(0.5, 3.0, size=6)
+    directions = rng.normal(size=(6, 8))
+    rows = directions / np.linalg.norm(directions, axis=1, keepdims=True) * np.sqrt(2 * kl)[:, None]  # 0.5||w||^2 = KL
+    types = np.array([0, 1, 2, 3, 4, 5, 0, 1, 2, 3])
+    vectors = torch.from_numpy(rows[types])
+    fits = theorem_regressions(vectors, vectors, types, kl)
+    for name in ("input", "last", "last_type"):
+        assert fits[name].slope == pytest.approx(1.0, abs=1e-9) and fits[name].r2 == pytest.approx(1.0, abs=1e-9)
+        assert fits[name].intercept == pytest.approx(0.0, abs=1e-9)
+    assert fits["input"].n == fits["last_type"].n == 6 and fits["last"].n == 10
+    # averaging vectors vs averaging norms differs once occurrences of a type differ
+    noisy = vectors + torch.from_numpy(rng.normal(scale=0.3, size=vectors.shape))
+    by_vectors = theorem_regressions(vectors, noisy, types, kl, "vectors")["last_type"]
+    by_norms = theorem_regressions(vectors, noisy, types, kl, "norms")["last_type"]
+    assert by_vectors.slope != pytest.approx(by_norms.slope)
+
+
+def test_unit_vectors_sum_or_average_a_words_positions():
+    states = torch.arange(12.0).view(1, 4, 3)
+    unit_of_position = torch.tensor([[-1, 0, 0, 1]])
+    torch.testing.assert_close(unit_vectors(states, unit_of_position, 2), torch.tensor([[9.0, 11, 13], [9, 10, 11]], dtype=torch.float64))
+    torch.testing.assert_close(unit_vectors(states, unit_of_position, 2, "mean")[0], torch.tensor([4.5, 5.5, 6.5], dtype=torch.float64))
+
+
+def test_plots_are_written_atomically(result, tmp_path):
+    scatter = plot_weight_vs_information(result, tmp_path / "ig_kl.png")
+    bars = plot_sentence_weights(result, tmp_path / "sentences.png", sentences=3)
+    for path in (scatter, bars):
+        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ig_kl.png", "sentences.png"]

@@ -85,3 +85,20 @@ def test_unknown_key_is_one_line(tmp_path, capsys):
         main(_run_args(tmp_path, "--model.not_a_key", "1"))
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("ctrain: error: unrecognized arguments: --model.not_a_key")
+
+
+def test_probe_callbacks_do_not_change_training(tmp_path):
+    main(_run_args(tmp_path / "plain"))
+    preset = (ROOT / "callbacks" / "probes.yaml").read_text()
+    preset = preset.replace("every_n_steps: 100", "every_n_steps: 3").replace("num_sentences: 300", "num_sentences: 40")
+    (tmp_path / "probes.yaml").write_text(preset.replace("num_sentences: 1000", "num_sentences: 40"))
+    main(_run_args(tmp_path / "probed", "--config", str(tmp_path / "probes.yaml")))
+    plain = _metrics(tmp_path / "plain" / "demo" / "version_0")
+    probed = _metrics(tmp_path / "probed" / "demo" / "version_0")
+    columns = ("step", "train/loss", "val/stsb_spearman")
+    training = [tuple(r[c] for c in columns) for r in probed if r["train/loss"] or r["val/stsb_spearman"]]
+    assert training == [tuple(r[c] for c in columns) for r in plain]
+    probe_steps = sorted({int(r["step"]) for r in probed if r.get("weighting/ig_kl_r2")})
+    assert probe_steps == [0, 3, 6]
+    assert sorted({int(r["step"]) for r in probed if r.get("geometry/anisotropy/layer_2")}) == [0, 3, 6]
+    assert (tmp_path / "probed" / "demo" / "version_0" / "probes" / "weighting.jsonl").read_text().count("\n") == 3

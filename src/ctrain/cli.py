@@ -12,6 +12,7 @@ import csv
 import os
 import sys
 import tempfile
+import warnings
 from pathlib import Path
 
 import torch
@@ -114,11 +115,19 @@ def run_cli(args: list[str]) -> CtrainCLI:
     )
 
 
+def _quiet_libraries() -> None:
+    """Keep the terminal for ctrain's own output: no weight-loading reports or per-file progress bars."""
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    transformers.logging.disable_progress_bar()
+    warnings.filterwarnings("ignore", message=".*LightningCLI's args parameter is intended.*")
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: errors in user input end in one line, not a traceback."""
     args = list(sys.argv[1:] if argv is None else argv)
-    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    _quiet_libraries()
     try:
         if args[:1] == ["probe"]:
             from ctrain.probe_cli import probe_main

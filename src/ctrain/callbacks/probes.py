@@ -1,0 +1,169 @@
+"""Callbacks that run the word-weighting and geometry probes on a schedule while training.
+
+They only schedule: the measurements are the pure functions of `ctrain.probes`. Each run
+happens on global rank 0, logs `weighting/...` or `geometry/...` at the optimizer step it
+measured (the first at step 0, the model as it started), and appends the full result to
+`<run dir>/probes/<name>.jsonl`. The probes put the model in eval mode, take gradients
+only with respect to their inputs and use their own RNG, so training is unchanged by them
+(a test checks that the training metrics are identical with and without them).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytorch_lightning as pl
+
+from ctrain.data import read_sts_b
+from ctrain.probes.geometry import GeometryConfig, SelfSimilarityState, geometry_probe
+from ctrain.probes.information import token_statistics
+from ctrain.probes.jsonio import to_strict_json
+from ctrain.probes.weighting import WeightingConfig, weighting_probe
+
+
+def log_spaced_steps(limit: int) -> set[int]:
+    """0, 1, 3, 10, 30, 100, 300, ... up to `limit`: dense early, where the geometry changes fastest."""
+    steps, decade = {0}, 1
+    while decade <= limit:
+        steps.update(step for step in (decade, 3 * decade) if step <= limit)
+        decade *= 10
+    return steps
+
+
+class _ScheduledProbe(pl.Callback):
+    """Runs `measure` at step 0 and then every `every_n_steps` (or at log-spaced steps)."""
+
+    name = "probe"
+
+    def __init__(self, every_n_steps: int = 100, log_spaced: bool = False, num_sentences: int = 300, split: str = "dev") -> None:
+        if every_n_steps < 1:
+            raise ValueError(f"every_n_steps must be >= 1, got {every_n_steps}")
+        self.every_n_steps, self.log_spaced = every_n_steps, log_spaced
+        self.num_sentences, self.split = num_sentences, split
+        self.sentences: list[str] = []
+        self._done: set[int] = set()
+
+    def _due(self, step: int, max_steps: int) -> bool:
+        if step in self._done:
+            return False
+        if self.log_spaced:
+            return step in log_spaced_steps(max(max_steps, step))
+        return step % self.every_n_steps == 0
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if not self.sentences:
+            self.sentences = [row[0] for row in read_sts_b(self.split)][: self.num_sentences]
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._maybe_measure(trainer, pl_module)
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs, batch, batch_idx: int) -> None:
+        self._maybe_measure(trainer, pl_module)
+
+    def _maybe_measure(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        step = trainer.global_step
+        if not self._due(step, trainer.max_steps) or not trainer.is_global_zero:
+            return
+        self._done.add(step)
+        metrics, record = self.measure(pl_module)
+        for logger in trainer.loggers:
+            logger.log_metrics({f"{self.name}/{key}": value for key, value in metrics.items()}, step=step)
+        directory = Path(trainer.log_dir or trainer.default_root_dir) / "probes"
+        directory.mkdir(parents=True, exist_ok=True)
+        with (directory / f"{self.name}.jsonl").open("a") as handle:
+            handle.write(to_strict_json({"step": step, **record}) + "\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+
+    def measure(self, pl_module: pl.LightningModule) -> tuple[dict[str, float], dict]:
+        raise NotImplementedError
+
+    def state_dict(self) -> dict:
+        return {"done": sorted(self._done)}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self._done = set(state_dict["done"])
+
+
+class WordWeightingProbe(_ScheduledProbe):
+    """IG (and optionally SHAP) weights regressed on KL / dKL / -log P, plus the Theorem-1 norm fits.
+
+    Defaults are for watching curves cheaply (sketch IG, 20 Gauss-Legendre steps); `ctrain probe`
+    takes the spec's offline defaults (exact IG, 50 steps). Token statistics are computed once.
+    """
+
+    name = "weighting"
+
+    def __init__(
+        self,
+        every_n_steps: int = 100,
+        log_spaced: bool = False,
+        num_sentences: int = 300,
+        split: str = "dev",
+        methods: tuple[str, ...] = ("ig",),
+        mode: str = "sketch",
+        probes: int = 32,
+        steps: int = 20,
+        units: str = "tokens",
+        min_count: int = 5,
+        max_length: int = 64,
+        seed: int = 0,
+    ) -> None:
+        super().__init__(every_n_steps, log_spaced, num_sentences, split)
+        self.config = WeightingConfig(
+            methods=tuple(methods), mode=mode, probes=probes, steps=steps, units=units, min_count=min_count,
+            max_length=max_length, seed=seed,
+        )  # fmt: skip
+        self.statistics = None
+
+    def measure(self, pl_module: pl.LightningModule) -> tuple[dict[str, float], dict]:
+        if self.statistics is None:
+            c = self.config
+            self.statistics = token_statistics(
+                pl_module.encoder.tokenizer, self.sentences, c.units, c.include_self, c.dkl_repeats, c.seed, c.max_length
+            )
+        result = weighting_probe(pl_module.encoder, self.sentences, self.config, self.statistics)
+        return result.metrics, {"metrics": result.metrics}
+
+
+class GeometryProbe(_ScheduledProbe):
+    """Per-layer isotropy, self- and intra-sentence similarity, norms, rogue dimensions, alignment/uniformity.
+
+    The first measurement (step 0) is the reference for the per-type self-similarity change.
+    """
+
+    name = "geometry"
+
+    def __init__(
+        self,
+        every_n_steps: int = 100,
+        log_spaced: bool = False,
+        num_sentences: int = 1000,
+        split: str = "test",
+        convention: str = "default",
+        anisotropy_resamples: int = 5,
+        max_length: int = 64,
+        seed: int = 0,
+    ) -> None:
+        super().__init__(every_n_steps, log_spaced, num_sentences, split)
+        self.config = GeometryConfig(
+            convention=convention, anisotropy_resamples=anisotropy_resamples, max_length=max_length, seed=seed
+        )
+        self.reference: SelfSimilarityState | None = None
+
+    def measure(self, pl_module: pl.LightningModule) -> tuple[dict[str, float], dict]:
+        result = geometry_probe(pl_module.encoder, self.sentences, self.config, self.reference)
+        if self.reference is None:
+            self.reference = result.reference_state
+        record = {"convention": result.convention, "metrics": result.metrics, "type_changes": result.type_changes}
+        return result.metrics, record
+
+    def state_dict(self) -> dict:
+        reference = None if self.reference is None else self.reference._asdict()
+        return {**super().state_dict(), "reference": reference}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        super().load_state_dict(state_dict)
+        if state_dict.get("reference") is not None:
+            self.reference = SelfSimilarityState(**state_dict["reference"])

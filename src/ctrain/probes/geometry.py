@@ -55,9 +55,11 @@ people differ):
 - Sample sizes (`GeometryResult.sample_sizes`, same keys as `.metrics`): tokens for
   anisotropy/norm/rogue/informativity, resamples for spreads, types for
   self-similarity, sentences for intra-similarity and uniformity, pairs for alignment.
-- Memory: `max_memory_mb` caps the estimated working set (fixed accumulators plus
-  the per-token cost of one batch's hidden states and their float64 copies); batches
-  are filled in length order up to that budget. It is an estimate, not a hard limit.
+- Memory: `max_memory_mb` caps the estimated working set (accumulators, the
+  informativity and uniformity matrices, plus the per-token cost of one batch's hidden
+  states, their float64 copies and the model's activations); batches are filled in
+  length order up to that budget. It is an estimate, not a hard limit: model weights,
+  the tokenised corpus and the allocator's cache come on top.
 """
 
 from __future__ import annotations
@@ -86,6 +88,7 @@ CONVENTIONS: dict[str, dict[str, object]] = {
 ROGUE_FRACTIONS = (0.1, 0.2, 0.5)
 ROGUE_TOP = 3
 ACCUMULATE = torch.float64
+UNIFORMITY_CHUNK = 1024
 
 
 class Measure(NamedTuple):
@@ -175,17 +178,22 @@ def self_similarity(
     return selection.type_ids, per_type, Measure(per_type.mean(-1), count)
 
 
-def intra_per_sentence(vectors: Tensor, sentence_ids: Tensor, num_sentences: int) -> tuple[Tensor, Tensor]:
-    """Per sentence, mean over its tokens of cos(h(t), mean of the sentence's h): values (..., S) and token counts (S,)."""
+def intra_per_sentence(
+    vectors: Tensor, sentence_ids: Tensor, num_sentences: int, units: Tensor | None = None
+) -> tuple[Tensor, Tensor]:
+    """Per sentence, mean over its tokens of cos(h(t), mean of the sentence's h): values (..., S), token counts (S,).
+
+    Closed form, no per-token gather: sum_t cos(h_t, m) = unit(m) . sum_t u_t. Pass `units`
+    (the unit vectors of `vectors`) when they are already at hand.
+    """
     vectors = vectors.to(ACCUMULATE)
+    units = unit_vectors(vectors) if units is None else units
     sentence_ids = sentence_ids.to(vectors.device)
     counts = torch.bincount(sentence_ids, minlength=num_sentences)
-    denominator = counts.clamp_min(1).to(vectors.dtype)
-    sums = vectors.new_zeros((*vectors.shape[:-2], num_sentences, vectors.shape[-1])).index_add_(-2, sentence_ids, vectors)
-    means = sums / denominator.unsqueeze(-1)
-    cosines = (unit_vectors(vectors) * unit_vectors(means)[..., sentence_ids, :]).sum(-1)
-    per_sentence = cosines.new_zeros((*cosines.shape[:-1], num_sentences)).index_add_(-1, sentence_ids, cosines)
-    return per_sentence / denominator, counts
+    shape = (*vectors.shape[:-2], num_sentences, vectors.shape[-1])
+    means = vectors.new_zeros(shape).index_add_(-2, sentence_ids, vectors)
+    unit_sums = vectors.new_zeros(shape).index_add_(-2, sentence_ids, units)
+    return (unit_vectors(means) * unit_sums).sum(-1) / counts.clamp_min(1), counts
 
 
 def intra_sentence_similarity(vectors: Tensor, sentence_ids: Tensor) -> Measure:
@@ -258,11 +266,11 @@ def informativity_r2(vectors: Tensor, drop_dims: Tensor) -> Measure:
     count = vectors.shape[0]
     kept = vectors.to(ACCUMULATE).clone()
     kept[:, drop_dims.to(vectors.device)] = 0
-    upper = torch.triu_indices(count, count, 1, device=vectors.device)
+    upper = torch.ones(count, count, dtype=torch.bool, device=vectors.device).triu(1)
     cosines = []
     for matrix in (vectors, kept):
         units = unit_vectors(matrix)
-        cosines.append((units @ units.T)[upper[0], upper[1]])
+        cosines.append((units @ units.T).masked_select(upper))
     r = torch.corrcoef(torch.stack(cosines))[0, 1]
     return Measure(r.pow(2), count)
 
@@ -273,7 +281,7 @@ def alignment(x: Tensor, y: Tensor, alpha: float = 2.0) -> Measure:
     return Measure(difference.norm(dim=-1).pow(alpha).mean(), x.shape[0])
 
 
-def uniformity(x: Tensor, t: float = 2.0, chunk_rows: int = 1024) -> Measure:
+def uniformity(x: Tensor, t: float = 2.0, chunk_rows: int = UNIFORMITY_CHUNK) -> Measure:
     """Wang and Isola uniformity log E exp(-t ||f(x_i) - f(x_j)||^2) over distinct pairs, in row chunks."""
     units = unit_vectors(x)
     count = units.shape[0]
@@ -451,12 +459,16 @@ def _plan(encoder: SentenceEncoder, sentences: list[str], config: GeometryConfig
 
     fixed = 8 * hidden * layers * (selection.type_ids.numel() + informativity_draws.numel() + config.anisotropy_resamples + 2)
     fixed += 4 * hidden * len(ids) + 64 * occurrences
+    # after streaming: the informativity sample's cosine matrices and uniformity's row chunks
+    fixed += 32 * informativity_draws.numel() ** 2
+    fixed += 32 * min(UNIFORMITY_CHUNK, len(ids)) * len(ids) if config.sentence_level else 0
     heads = getattr(encoder.backbone.config, "num_attention_heads", 16)
     budget = config.max_memory_mb * 2**20 - fixed
     batches, start = [], 0
     while start < len(ids):
         length = ids[start].numel()
-        per_token = 32 * hidden * layers + 32 * hidden + 8 * heads * length
+        # hidden states (float32, kept + stacked), float64 copy and unit vectors; the model's FFN and attention
+        per_token = 28 * hidden * layers + 32 * hidden + 12 * heads * length
         size = min(config.batch_size, int(budget // (per_token * length)), len(ids) - start)
         if size < 1:
             raise ValueError(
@@ -489,6 +501,7 @@ class _Accumulators:
 
     def add(self, states: Tensor, sentence_ids: Tensor, first: int, last: int, slot: Tensor) -> None:
         """Fold one batch: states (L+1, T_b, d) of occurrences first..last-1, their batch-local sentence ids."""
+        states = states.to(ACCUMULATE)
         units = unit_vectors(states)
         self.norms = self.norms.merge(Moments.of(states.norm(dim=-1)))
         self.unit_sum += units.sum(1)
@@ -505,7 +518,7 @@ class _Accumulators:
         low, high = torch.searchsorted(self.info_sorted, torch.tensor([first, last], device=states.device)).tolist()
         self.informativity[:, self.info_order[low:high]] = states[:, self.info_sorted[low:high] - first].to(ACCUMULATE)
 
-        per_sentence, counts = intra_per_sentence(states, sentence_ids, int(sentence_ids.max()) + 1)
+        per_sentence, counts = intra_per_sentence(states, sentence_ids, int(sentence_ids.max()) + 1, units)
         present = counts > 0
         self.intra_sum += per_sentence[:, present].sum(-1)
         self.intra_sentences += int(present.sum())

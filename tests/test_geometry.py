@@ -369,3 +369,14 @@ def test_anisotropy_draws_one_token_from_distinct_sentences(tiny_bert, conventio
     assert redrawn == (convention == "isotropy2023")
     everything = _plan(tiny_bert, SENTENCES, GeometryConfig(convention=convention, anisotropy_sentences=10_000).resolved())
     assert everything.anisotropy_draws.shape[-1] == len(SENTENCES)  # all sentences when fewer than M
+
+
+def test_plots_written_atomically(tiny_bert, tmp_path):
+    from ctrain.plots.geometry import plot_metrics_by_layer, plot_metrics_by_step
+
+    result = geometry_probe(tiny_bert, SENTENCES, GeometryConfig(anisotropy_resamples=2, positive_pairs=PAIRS))
+    layer_figure = plot_metrics_by_layer(result, tmp_path / "layers.png")
+    records = [(step, {f"geometry/{k}": v + step for k, v in result.metrics.items()}) for step in (0, 10, 3)]
+    step_figure = plot_metrics_by_step(records, tmp_path / "steps.png", layers=[0, 2], log_steps=True)
+    assert layer_figure.read_bytes()[:4] == b"\x89PNG" and step_figure.read_bytes()[:4] == b"\x89PNG"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["layers.png", "steps.png"]  # no temporary left behind

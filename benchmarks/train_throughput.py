@@ -1,0 +1,124 @@
+"""Training throughput: ctrain vs sentence-transformers' own trainer, same model, data, batch and length.
+
+Both fine-tune the offline all-MiniLM-L6-v2 on STS-B train pairs (score >= 4) with in-batch
+negatives, cosine similarity and temperature 0.05 (MultipleNegativesRankingLoss, scale 20), batch
+32, max length 32, AdamW lr 3e-5, no evaluation or saving. Steps after `--warmup` are timed and
+the ratio ctrain / sentence-transformers is printed (>= 1.0 means ctrain is not slower).
+
+    python benchmarks/train_throughput.py [--steps 40] [--warmup 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+import time
+
+import torch
+
+BATCH, MAX_LENGTH, LR = 32, 32, 3e-5
+
+
+class _StepTimer:
+    """Wall time from the start of step `warmup` to the end of the last step."""
+
+    def __init__(self, warmup: int) -> None:
+        self.warmup, self.start, self.end, self.steps = warmup, None, None, 0
+
+    def step_begin(self, step: int) -> None:
+        if step == self.warmup:
+            self.start = time.perf_counter()
+
+    def step_end(self, step: int) -> None:
+        if step >= self.warmup:
+            self.steps += 1
+            self.end = time.perf_counter()
+
+    @property
+    def rate(self) -> float:
+        return self.steps / (self.end - self.start)
+
+
+def run_ctrain(pairs: list[tuple[str, str]], steps: int, warmup: int) -> float:
+    import pytorch_lightning as pl
+
+    from ctrain.datamodule import ContrastiveDataModule
+    from ctrain.module import ContrastiveModule
+
+    timer = _StepTimer(warmup)
+
+    class Timing(pl.Callback):
+        def on_train_batch_start(self, trainer, module, batch, batch_idx):
+            timer.step_begin(trainer.global_step)
+
+        def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+            timer.step_end(trainer.global_step - 1)
+
+    pl.seed_everything(0, verbose=False)
+    module = ContrastiveModule("all-MiniLM-L6-v2", similarity="cos", temperature=0.05, learning_rate=LR)
+    data = ContrastiveDataModule(supervised=True, batch_size=BATCH, max_length=MAX_LENGTH)
+    data.examples = list(pairs)
+    data.dev = data.test = [("a", "b", 1.0)]
+    trainer = pl.Trainer(
+        accelerator="cpu", max_steps=steps, limit_val_batches=0, logger=False, enable_checkpointing=False,
+        enable_progress_bar=False, enable_model_summary=False, callbacks=[Timing()], use_distributed_sampler=False,
+    )  # fmt: skip
+    trainer.fit(module, datamodule=data)
+    return timer.rate
+
+
+def run_sentence_transformers(pairs: list[tuple[str, str]], steps: int, warmup: int) -> float:
+    from datasets import Dataset
+    from sentence_transformers import SentenceTransformer, SentenceTransformerTrainer, SentenceTransformerTrainingArguments
+    from sentence_transformers.losses import MultipleNegativesRankingLoss
+    from transformers import TrainerCallback
+
+    from ctrain.assets import minilm_path
+
+    timer = _StepTimer(warmup)
+
+    class Timing(TrainerCallback):
+        def on_step_begin(self, args, state, control, **kwargs):
+            timer.step_begin(state.global_step)
+
+        def on_step_end(self, args, state, control, **kwargs):
+            timer.step_end(state.global_step - 1)
+
+    model = SentenceTransformer(str(minilm_path()), device="cpu")
+    model.max_seq_length = MAX_LENGTH
+    dataset = Dataset.from_dict({"anchor": [a for a, _ in pairs], "positive": [p for _, p in pairs]})
+    with tempfile.TemporaryDirectory() as output_dir:
+        args = SentenceTransformerTrainingArguments(
+            output_dir=output_dir, per_device_train_batch_size=BATCH, max_steps=steps, learning_rate=LR,
+            warmup_steps=0, save_strategy="no", eval_strategy="no", report_to="none", logging_steps=10_000,
+            dataloader_drop_last=True, seed=0, use_cpu=True, disable_tqdm=True,
+        )  # fmt: skip
+        trainer = SentenceTransformerTrainer(
+            model=model, args=args, train_dataset=dataset, loss=MultipleNegativesRankingLoss(model, scale=20.0),
+            callbacks=[Timing()],
+        )  # fmt: skip
+        trainer.train()
+    return timer.rate
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=40)
+    parser.add_argument("--warmup", type=int, default=5)
+    options = parser.parse_args()
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    from ctrain.data import sts_b_examples
+
+    pairs = sts_b_examples(supervised=True)
+    print(f"all-MiniLM-L6-v2, {len(pairs)} STS-B pairs, batch {BATCH}, max length {MAX_LENGTH}, "
+          f"{options.steps} steps ({options.warmup} untimed), torch threads {torch.get_num_threads()}")  # fmt: skip
+    st_rate = run_sentence_transformers(pairs, options.steps, options.warmup)
+    ctrain_rate = run_ctrain(pairs, options.steps, options.warmup)
+    print(f"sentence-transformers trainer: {st_rate:.3f} steps/s")
+    print(f"ctrain:                        {ctrain_rate:.3f} steps/s")
+    print(f"ratio ctrain / sentence-transformers: {ctrain_rate / st_rate:.3f}")
+
+
+if __name__ == "__main__":
+    main()

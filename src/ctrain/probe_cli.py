@@ -40,7 +40,7 @@ def probe(
     split: str = "dev",
     num_sentences: int = 200,
     methods: list[str] = ["ig", "shap"],  # noqa: B006 (jsonargparse reads the default)
-    mode: str = "exact",
+    mode: str = "sketch",
     steps: int = 50,
     probes: int = 32,
     units: str = "tokens",
@@ -60,7 +60,7 @@ def probe(
         split: STS-B split whose first sentences are the weighting probe set.
         num_sentences: size of the weighting probe set.
         methods: attribution methods, ig and/or shap.
-        mode: IG exact (full Jacobian) or sketch (random probes).
+        mode: IG sketch (r random probes, default: minutes on a CPU) or exact (full Jacobian: d VJPs a step, slow on CPU).
         steps: IG quadrature steps (Gauss-Legendre).
         probes: probe vectors of sketch mode.
         units: tokens or words.

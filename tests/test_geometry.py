@@ -380,3 +380,13 @@ def test_plots_written_atomically(tiny_bert, tmp_path):
     step_figure = plot_metrics_by_step(records, tmp_path / "steps.png", layers=[0, 2], log_steps=True)
     assert layer_figure.read_bytes()[:4] == b"\x89PNG" and step_figure.read_bytes()[:4] == b"\x89PNG"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["layers.png", "steps.png"]  # no temporary left behind
+
+
+def test_sentences_without_tokens_in_the_set_are_skipped(tiny_bert):
+    # "" is [CLS] [SEP] only: no token once specials are excluded; sorted last, it forms the last batch alone
+    config = GeometryConfig(sentence_level=False, anisotropy_resamples=2, informativity_tokens=20, batch_size=2)
+    with_empty = geometry_probe(tiny_bert, SENTENCES[:9] + ["", ""], config)
+    without = geometry_probe(tiny_bert, SENTENCES[:9], config)
+    assert with_empty.sample_sizes["intra_similarity/layer_1"] == 9
+    assert with_empty.metrics["intra_similarity/layer_1"] == pytest.approx(without.metrics["intra_similarity/layer_1"])
+    assert with_empty.metrics["norm_mean/layer_1"] == pytest.approx(without.metrics["norm_mean/layer_1"])

@@ -484,7 +484,9 @@ class _Accumulators:
     """Per-layer running sums over streamed batches; everything the metrics need, nothing per token."""
 
     def __init__(self, plan: _Plan, layers: int, hidden: int, device: torch.device) -> None:
-        zeros = lambda *shape: torch.zeros(*shape, hidden, dtype=ACCUMULATE, device=device)  # noqa: E731
+        def zeros(*shape: int) -> Tensor:
+            return torch.zeros(*shape, hidden, dtype=ACCUMULATE, device=device)
+
         self.unit_sum = zeros(layers)
         self.type_sums = zeros(layers, plan.selection.type_ids.numel())
         self.anisotropy_sums = zeros(layers, plan.anisotropy_draws.shape[1])
@@ -499,8 +501,10 @@ class _Accumulators:
         self.resamples, self.sample = plan.anisotropy_draws.shape[1:]
         self.per_layer_draws = self.resamples * self.sample
 
-    def add(self, states: Tensor, sentence_ids: Tensor, first: int, last: int, slot: Tensor) -> None:
+    def add(self, states: Tensor, sentence_ids: Tensor, batch_size: int, first: int, last: int, slot: Tensor) -> None:
         """Fold one batch: states (L+1, T_b, d) of occurrences first..last-1, their batch-local sentence ids."""
+        if states.shape[1] == 0:  # e.g. sentences of special tokens only, with specials excluded
+            return
         states = states.to(ACCUMULATE)
         units = unit_vectors(states)
         self.norms = self.norms.merge(Moments.of(states.norm(dim=-1)))
@@ -516,9 +520,9 @@ class _Accumulators:
         self.anisotropy_sums.view(-1, units.shape[-1]).index_add_(0, layer * self.resamples + resample, picked)
 
         low, high = torch.searchsorted(self.info_sorted, torch.tensor([first, last], device=states.device)).tolist()
-        self.informativity[:, self.info_order[low:high]] = states[:, self.info_sorted[low:high] - first].to(ACCUMULATE)
+        self.informativity[:, self.info_order[low:high]] = states[:, self.info_sorted[low:high] - first]
 
-        per_sentence, counts = intra_per_sentence(states, sentence_ids, int(sentence_ids.max()) + 1, units)
+        per_sentence, counts = intra_per_sentence(states, sentence_ids, batch_size, units)
         present = counts > 0
         self.intra_sum += per_sentence[:, present].sum(-1)
         self.intra_sentences += int(present.sum())
@@ -542,7 +546,7 @@ def _stream(encoder: SentenceEncoder, plan: _Plan, config: GeometryConfig) -> _A
         states = torch.stack([layer[keep] for layer in output.hidden_states])
         sentence_ids = keep.nonzero()[:, 0]
         first, last = int(plan.occurrence_start[begin]), int(plan.occurrence_start[end])
-        accumulators.add(states, sentence_ids, first, last, plan.selection.slot[first:last].to(device))
+        accumulators.add(states, sentence_ids, end - begin, first, last, plan.selection.slot[first:last].to(device))
         if config.sentence_level:
             accumulators.embeddings.append(encoder.pooler(output.last_hidden_state, attention_mask.to(device)).float())
     return accumulators

@@ -102,3 +102,22 @@ def test_probe_callbacks_do_not_change_training(tmp_path):
     assert probe_steps == [0, 3, 6]
     assert sorted({int(r["step"]) for r in probed if r.get("geometry/anisotropy/layer_2")}) == [0, 3, 6]
     assert (tmp_path / "probed" / "demo" / "version_0" / "probes" / "weighting.jsonl").read_text().count("\n") == 3
+
+
+def test_ddp_on_cpu_matches_one_process_on_the_global_batch(tmp_path):
+    """2 gloo processes x batch 4 == 1 process x batch 8 (dropout off so both see the same function)."""
+    common = ["--model.dropout", "0", "--data.max_examples", "64", "--trainer.max_steps", "4"]
+    main(_run_args(tmp_path / "single", *common, "--data.batch_size", "8"))
+    environment = {**os.environ, "OMP_NUM_THREADS": "1"}
+    ddp = subprocess.run(
+        [sys.executable, "-m", "ctrain.cli", *_run_args(tmp_path / "ddp", *common, "--data.batch_size", "4"),
+         "--trainer.strategy", "ddp", "--trainer.devices", "2"],
+        env=environment, capture_output=True, text=True, cwd=tmp_path,
+    )  # fmt: skip
+    assert ddp.returncode == 0, ddp.stderr[-3000:]
+    single, distributed = (_metrics(tmp_path / name / "demo" / "version_0") for name in ("single", "ddp"))
+    losses = [(float(a["train/loss"]), float(b["train/loss"])) for a, b in zip(single, distributed) if a["train/loss"]]
+    assert len(losses) == 4
+    for one, two in losses:
+        assert two == pytest.approx(one, rel=1e-4)
+    assert (tmp_path / "ddp" / "demo" / "version_0" / "model_best" / "modules.json").exists()

@@ -50,11 +50,11 @@ class CtrainCLI(LightningCLI):
             self.sts_at_start = results[0][STS_METRIC]
 
     def after_fit(self) -> None:
+        run_dir = self.trainer.log_dir  # a collective under DDP: every rank reads it
         if self.trainer.state.status != "finished" or not self.trainer.is_global_zero:
             return
         end = self.trainer.callback_metrics.get(STS_METRIC)
         best = self.trainer.checkpoint_callback.best_model_score
-        run_dir = self.trainer.log_dir
         print(f"\nctrain: run directory {run_dir}")
         print("  config.yaml, metrics.csv, checkpoints/{last,best}.ckpt, model_final/, model_best/")
         if self.sts_at_start is not None:

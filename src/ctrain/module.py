@@ -105,8 +105,9 @@ class ContrastiveModule(pl.LightningModule):
         if not torch.isfinite(loss):
             raise FloatingPointError(f"training loss is {loss.item()} at step {self.global_step}: {self._likely_cause()}")
         size = embeddings[0].shape[0]
-        self.log("train/loss", loss, prog_bar=True, batch_size=size)
-        self.log("data/truncated", batch["truncated"].float(), reduce_fx="sum", batch_size=size)
+        # Synced: the logged loss is the global batch's, as on one process.
+        self.log("train/loss", loss, prog_bar=True, batch_size=size, sync_dist=True)
+        self.log("data/truncated", batch["truncated"].float(), reduce_fx="sum", batch_size=size, sync_dist=True)
         return loss
 
     def _loss(self, anchors: Tensor, positives: Tensor, hard_negatives: Tensor | None = None) -> Tensor:
@@ -137,7 +138,7 @@ class ContrastiveModule(pl.LightningModule):
         scores = torch.cat([score for _, score in self._sts_outputs])
         self._sts_outputs.clear()
         spearman, _ = sts_spearman(pairs[0], pairs[1], scores)
-        self.log(name, spearman, prog_bar=True)
+        self.log(name, spearman, prog_bar=True, sync_dist=True)  # equal on every rank: the mean is the value
 
     def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
         self._sts_step(batch)

@@ -20,6 +20,11 @@ class RunOutputs(pl.Callback):
 
     def __init__(self, max_seq_length: int = 128) -> None:
         self.max_seq_length = max_seq_length
+        self.run_dir: Path | None = None
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        # trainer.log_dir is a collective under DDP: read it on every rank, not on rank 0 alone.
+        self.run_dir = Path(trainer.log_dir or trainer.default_root_dir)
 
     def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict) -> None:
         for logger in trainer.loggers:
@@ -28,7 +33,7 @@ class RunOutputs(pl.Callback):
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not trainer.is_global_zero:
             return
-        run_dir = Path(trainer.log_dir or trainer.default_root_dir)
+        run_dir = self.run_dir
         similarity = pl_module.hparams.similarity
         save_sentence_transformer(pl_module.encoder, run_dir / "model_final", similarity, self.max_seq_length)
         best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""

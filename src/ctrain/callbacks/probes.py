@@ -42,6 +42,7 @@ class _ScheduledProbe(pl.Callback):
         self.every_n_steps, self.log_spaced = every_n_steps, log_spaced
         self.num_sentences, self.split = num_sentences, split
         self.sentences: list[str] = []
+        self.directory = Path(".")
         self._done: set[int] = set()
 
     def _due(self, step: int, max_steps: int) -> bool:
@@ -52,6 +53,8 @@ class _ScheduledProbe(pl.Callback):
         return step % self.every_n_steps == 0
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        # trainer.log_dir is a collective under DDP: read it on every rank, not on rank 0 alone.
+        self.directory = Path(trainer.log_dir or trainer.default_root_dir) / "probes"
         if not self.sentences:
             self.sentences = [row[0] for row in read_sts_b(self.split)][: self.num_sentences]
 
@@ -69,9 +72,8 @@ class _ScheduledProbe(pl.Callback):
         metrics, record = self.measure(pl_module)
         for logger in trainer.loggers:
             logger.log_metrics({f"{self.name}/{key}": value for key, value in metrics.items()}, step=step)
-        directory = Path(trainer.log_dir or trainer.default_root_dir) / "probes"
-        directory.mkdir(parents=True, exist_ok=True)
-        with (directory / f"{self.name}.jsonl").open("a") as handle:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        with (self.directory / f"{self.name}.jsonl").open("a") as handle:
             handle.write(to_strict_json({"step": step, **record}) + "\n")
             handle.flush()
             os.fsync(handle.fileno())

@@ -73,9 +73,9 @@ class SentenceEncoder(nn.Module):
         self.tokenizer = tokenizer
         self.pooler = Pooler(pooling, backbone.config.hidden_size, mlp_only_train)
         self.normalize = normalize
-        self.register_buffer(
-            "special_ids", torch.tensor(sorted(set(tokenizer.all_special_ids)), dtype=torch.long), persistent=False
-        )
+        # [UNK] stands for a real word of the sentence: it is a position like any other, not a special one.
+        special = set(tokenizer.all_special_ids) - {tokenizer.unk_token_id}
+        self.register_buffer("special_ids", torch.tensor(sorted(special), dtype=torch.long), persistent=False)
 
     @property
     def hidden_size(self) -> int:
@@ -102,7 +102,7 @@ class SentenceEncoder(nn.Module):
         return dict(batch)
 
     def special_mask(self, input_ids: Tensor) -> Tensor:
-        """True at [CLS]/[SEP]/<s>/</s>/PAD/MASK positions."""
+        """True at [CLS]/[SEP]/<s>/</s>/PAD/MASK positions (not [UNK], which stands for a word)."""
         return torch.isin(input_ids, self.special_ids.to(input_ids.device))
 
     def position_ids(self, input_ids: Tensor) -> Tensor:

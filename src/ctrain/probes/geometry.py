@@ -65,7 +65,6 @@ people differ):
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal, NamedTuple, Sequence
@@ -75,6 +74,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ctrain.data import StsSplit, read_sts_b
+from ctrain.probes.jsonio import to_strict_json
 
 if TYPE_CHECKING:
     from ctrain.encoder import SentenceEncoder
@@ -383,17 +383,7 @@ class GeometryResult:
 
     def to_json(self) -> str:
         """All values with their sample sizes and the convention; NaN (undefined) becomes null."""
-
-        def clean(value):
-            if isinstance(value, float) and not math.isfinite(value):
-                return None
-            if isinstance(value, dict):
-                return {key: clean(item) for key, item in value.items()}
-            if isinstance(value, (list, tuple)):
-                return [clean(item) for item in value]
-            return value
-
-        return json.dumps(clean(dataclasses.asdict(self)), allow_nan=False)
+        return to_strict_json(dataclasses.asdict(self))
 
 
 def probe_sentences(split: StsSplit = "test") -> list[str]:

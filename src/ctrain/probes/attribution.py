@@ -269,7 +269,7 @@ def shap_weights(
 ) -> Attribution:
     """SHAP weights ``c_i = ||phi_i||_2`` of a padded batch (sentence ``b`` sampled with seed ``seed + b``)."""
     weights = torch.zeros(input_ids.shape, dtype=torch.float64)
-    special = torch.isin(input_ids, encoder.special_ids.to(input_ids.device))
+    special = encoder.special_mask(input_ids)
     for b, (ids, keep) in enumerate(zip(input_ids, attention_mask.bool())):
         phi = shapley_values(encoder, ids[keep], max_exact_tokens, permutations, seed + b, batch_size)
         weights[b, torch.nonzero(keep & ~special[b])[:, 0].cpu()] = phi.norm(dim=1).cpu()

@@ -1,0 +1,129 @@
+"""Benchmark: ctrain's IG word-weighting probe vs the straightforward captum loop.
+
+The straightforward way runs captum's ``IntegratedGradients`` once per output dim
+``k`` of all-MiniLM-L6-v2 (d = 384), with captum's default 50 Gauss-Legendre steps,
+the same PAD baseline and the same explicit position ids, one sentence at a time, and
+takes ``c_i = sqrt(sum_k sum_j IG_ijk^2)``. ctrain's exact mode computes the same
+weights from one forward pass and batched VJPs; sketch mode estimates them from ``r``
+random output directions.
+
+The loop costs ``d`` forward + backward passes of 50 interpolations per sentence, so it
+is timed on a few short STS-B dev sentences only; ctrain's modes are timed on the same
+sentences in the same process, interleaved with the loop so that load from other
+processes hits both alike. Only ratios are meant to be read.
+
+Then, on a larger probe set (first sentences of STS-B dev pairs, statistics from all
+dev first sentences): the completeness error per number of quadrature steps (exact
+for any mode, via a JVP in sketch mode), and the regression R^2 of sketch vs exact.
+
+    .venv/bin/python benchmarks/ig_probe.py [--loop-sentences 2] [--probe-sentences 12] [--probe-steps 32]
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+from captum.attr import IntegratedGradients
+
+from ctrain.data import read_sts_b
+from ctrain.encoder import SentenceEncoder, load_encoder
+from ctrain.probes.attribution import integrated_gradients, pad_baseline
+from ctrain.probes.information import token_statistics
+from ctrain.probes.weighting import WeightingConfig, weighting_probe
+
+MODEL = "all-MiniLM-L6-v2"
+STEPS = 50
+
+
+def captum_loop(encoder: SentenceEncoder, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """The straightforward reference: captum IG one output dim at a time."""
+    positions = encoder.position_ids(input_ids)
+    x, baseline = pad_baseline(encoder, input_ids)
+    ig = IntegratedGradients(lambda z, mask, pos: encoder(inputs_embeds=z, attention_mask=mask, position_ids=pos))
+    squares = torch.zeros(input_ids.shape)
+    for k in range(encoder.hidden_size):
+        attribution = ig.attribute(
+            x, baselines=baseline, target=k, additional_forward_args=(attention_mask, positions), n_steps=STEPS,
+            method="gausslegendre",
+        )  # fmt: skip
+        squares += attribution.detach().pow(2).sum(-1)
+    return squares.sqrt()
+
+
+def timed(function, *args, **kwargs):
+    start = time.perf_counter()
+    value = function(*args, **kwargs)
+    return value, time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--loop-sentences", type=int, default=2, help="short sentences timed against the captum loop")
+    parser.add_argument("--probe-sentences", type=int, default=12, help="sentences of the R^2 comparison")
+    parser.add_argument("--probe-steps", type=int, default=32, help="quadrature steps of the R^2 comparison")
+    parser.add_argument("--probes", type=int, default=32, help="sketch probes r")
+    args = parser.parse_args()
+
+    encoder = load_encoder(MODEL).eval()
+    dev = [row[0] for row in read_sts_b("dev")]
+    print(f"model {MODEL}: d = {encoder.hidden_size}, torch threads = {torch.get_num_threads()}")
+
+    # 1. speed and agreement against the loop, on short sentences, one at a time
+    lengths = [len(encoder.tokenizer.tokenize(s)) for s in dev[:200]]
+    short = [s for s, n in sorted(zip(dev[:200], lengths), key=lambda p: p[1]) if n >= 6][: args.loop_sentences]
+    seconds = {"loop": 0.0, "exact": 0.0, "sketch": 0.0}
+    differences = {"exact": 0.0, "sketch": 0.0}
+    largest = 0.0
+    for sentence in short:
+        batch = encoder.tokenize([sentence])
+        reference, seconds_loop = timed(captum_loop, encoder, batch["input_ids"], batch["attention_mask"])
+        exact, seconds_exact = timed(integrated_gradients, encoder, **batch, steps=STEPS)
+        sketch, seconds_sketch = timed(integrated_gradients, encoder, **batch, steps=STEPS, mode="sketch", probes=args.probes)
+        seconds["loop"] += seconds_loop
+        seconds["exact"] += seconds_exact
+        seconds["sketch"] += seconds_sketch
+        differences["exact"] = max(differences["exact"], (exact.weights - reference).abs().max().item())
+        differences["sketch"] = max(differences["sketch"], (sketch.weights - reference).abs().max().item())
+        largest = max(largest, reference.max().item())
+    count, tokens = len(short), [len(encoder.tokenizer.tokenize(s)) for s in short]
+    print(f"\n[1] vs captum loop over d output dims, {STEPS} Gauss-Legendre steps, {count} sentences of {tokens} tokens")
+    for name in ("loop", "exact", "sketch"):
+        label = {"loop": "captum loop", "exact": "ctrain exact", "sketch": f"ctrain sketch r={args.probes}"}[name]
+        ratio = "" if name == "loop" else f"  speed-up {seconds['loop'] / seconds[name]:.1f}x"
+        difference = "" if name == "loop" else f"  max |c - c_loop| = {differences[name]:.2e} (max c = {largest:.3f})"
+        print(f"  {label:<22} {seconds[name] / count:8.2f} s/sentence{ratio}{difference}")
+
+    # 2. completeness error per number of quadrature steps (sketch r=1: its completeness is exact, via a JVP)
+    probe = dev[: args.probe_sentences]
+    batch = encoder.tokenize(probe)
+    print(f"\n[2] completeness error ||sum IG - (f(x) - f(b))|| / ||f(x) - f(b)|| over {len(probe)} sentences")
+    for quadrature, step_list in (("gauss_legendre", (4, 8, 16, 24, 32, 50)), ("riemann_trapezoid", (8, 16, 24, 32, 50))):
+        enough = None
+        for steps in step_list:
+            errors = integrated_gradients(
+                encoder, **batch, steps=steps, quadrature=quadrature, mode="sketch", probes=1
+            ).completeness_error
+            enough = enough or (steps if errors.max() <= 0.01 else None)
+            print(f"  {quadrature:<18} m={steps:<3} mean {errors.mean():.2e}  max {errors.max():.2e}")
+        print(f"  {quadrature}: smallest m tried with every sentence <= 1%: {enough}")
+
+    # 3. R^2 of sketch vs exact on the probe set (statistics: all dev first sentences)
+    statistics = token_statistics(encoder.tokenizer, dev)
+    common = dict(steps=args.probe_steps, theorem=False, batch_size=8)
+    runs = {}
+    for mode in ("exact", "sketch"):
+        runs[mode], seconds_run = timed(
+            weighting_probe, encoder, probe, WeightingConfig(mode=mode, probes=args.probes, **common), statistics
+        )
+        print(f"\n[3] {mode:<6} probe on {len(probe)} sentences, m={args.probe_steps}: {seconds_run / len(probe):.2f} s/sentence")
+    for quantity in ("kl", "dkl", "selfinfo"):
+        key = f"ig_{quantity}_r2"
+        exact_r2, sketch_r2 = runs["exact"].metrics[key], runs["sketch"].metrics[key]
+        print(f"  {key:<16} exact {exact_r2:.5f}  sketch {sketch_r2:.5f}  |diff| {abs(exact_r2 - sketch_r2):.5f}  "
+              f"n {runs['exact'].metrics[f'ig_{quantity}_n']:.0f}")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()

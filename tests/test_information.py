@@ -4,6 +4,7 @@ import math
 
 import numpy as np
 import pytest
+import torch
 
 from ctrain.probes.information import kl_information, segment, token_statistics
 
@@ -69,12 +70,12 @@ def test_dkl_is_seeded_and_leaves_the_global_rng_alone(tiny_bert):
     np.testing.assert_array_equal(np.random.get_state()[1], state)
 
 
-def test_special_tokens_are_never_types(tiny_bert):
-    seg = segment(tiny_bert.tokenizer, ["a [MASK] b [UNK]", "c"])
-    assert seg.unit_types == ["a", "b", "c"]
-    assert seg.unit_sentence.tolist() == [0, 0, 1]
-    ids = seg.input_ids[seg.unit_of_position.ge(0)]
-    assert tiny_bert.tokenizer.convert_ids_to_tokens(ids.tolist()) == ["a", "b", "c"]
+def test_special_tokens_are_never_types_but_unknown_words_are(tiny_bert):
+    seg = segment(tiny_bert.tokenizer, ["a [MASK] b \u2603\u2603", "c"])  # snowmen are out of BERT's vocabulary
+    assert seg.unit_types == ["a", "b", "[UNK]", "c"]
+    assert seg.unit_sentence.tolist() == [0, 0, 0, 1]
+    # exactly the positions the encoder (and so the IG baseline and SHAP) treats as non-special
+    torch.testing.assert_close(seg.unit_of_position.ge(0), ~tiny_bert.special_mask(seg.input_ids))
 
 
 def test_words_merge_subwords():

@@ -7,9 +7,9 @@ the default) or a whole word (``units="words"``: consecutive positions with the 
 
 Decisions where the spec is open:
 
-- "Special" means ``tokenizer.all_special_ids`` (the same set as
-  ``SentenceEncoder.special_mask``), so [UNK] is special too, plus any position whose
-  ``word_ids()`` value is None.
+- "Special" means ``tokenizer.all_special_ids`` except [UNK] (the same set as
+  ``SentenceEncoder.special_mask``: [UNK] stands for a word of the sentence, so it is
+  a type), plus any position whose ``word_ids()`` value is None.
 - A token type is its token string (``convert_ids_to_tokens``), so RoBERTa's ``Ġthe``
   and ``the`` are different types. A word type is the decoded string of its subwords,
   stripped of surrounding spaces, so ``Ġthe`` and ``the`` are the same word.
@@ -68,7 +68,7 @@ def segment(
         list(sentences), padding=True, truncation=max_length is not None, max_length=max_length, return_tensors="pt"
     )
     input_ids = encoding["input_ids"]
-    special_ids = torch.tensor(sorted(set(tokenizer.all_special_ids)), dtype=torch.long)
+    special_ids = torch.tensor(sorted(set(tokenizer.all_special_ids) - {tokenizer.unk_token_id}), dtype=torch.long)
     word_ids = torch.tensor(
         [[-1 if w is None else w for w in encoding.word_ids(b)] for b in range(input_ids.shape[0])], dtype=torch.long
     ).reshape(input_ids.shape)

@@ -22,7 +22,6 @@ Decisions where the spec is open (see also the modules it calls):
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import asdict, dataclass, field
 from typing import Literal
@@ -41,6 +40,7 @@ from ctrain.probes.attribution import (
     unit_weights,
 )
 from ctrain.probes.information import Segmentation, TokenStatistics, Units, segment, token_statistics
+from ctrain.probes.jsonio import to_strict_json
 from ctrain.probes.regression import Points, ols, regression_points
 from ctrain.probes.theorem import TypeAverage, WordVector, theorem_regressions, unit_vectors
 
@@ -114,18 +114,7 @@ class WeightingResult:
 
     def to_json(self) -> str:
         """Config, metrics and records as strict JSON (NaN written as null), full float precision."""
-
-        def clean(value):
-            if isinstance(value, float) and not math.isfinite(value):
-                return None
-            if isinstance(value, dict):
-                return {k: clean(v) for k, v in value.items()}
-            if isinstance(value, (list, tuple)):
-                return [clean(v) for v in value]
-            return value
-
-        payload = {"config": asdict(self.config), "metrics": self.metrics, "records": [asdict(r) for r in self.records]}
-        return json.dumps(clean(payload), allow_nan=False)
+        return to_strict_json({"config": asdict(self.config), "metrics": self.metrics, "records": [asdict(r) for r in self.records]})
 
 
 def _method_weights(

@@ -9,8 +9,9 @@ random output directions.
 
 The loop costs ``d`` forward + backward passes of 50 interpolations per sentence, so it
 is timed on a few short STS-B dev sentences only; ctrain's modes are timed on the same
-sentences in the same process, interleaved with the loop so that load from other
-processes hits both alike. Only ratios are meant to be read.
+sentences in the same process, interleaved with the loop. Other processes on a shared
+machine slow the wall clock unevenly, so both wall-clock and process CPU seconds are
+reported; only ratios are meant to be read.
 
 Then, on a larger probe set (first sentences of STS-B dev pairs, statistics from all
 dev first sentences): the completeness error per number of quadrature steps (exact
@@ -53,9 +54,10 @@ def captum_loop(encoder: SentenceEncoder, input_ids: torch.Tensor, attention_mas
 
 
 def timed(function, *args, **kwargs):
-    start = time.perf_counter()
+    """The value, and the wall-clock and process-CPU seconds it took."""
+    wall, cpu = time.perf_counter(), time.process_time()
     value = function(*args, **kwargs)
-    return value, time.perf_counter() - start
+    return value, torch.tensor([time.perf_counter() - wall, time.process_time() - cpu], dtype=torch.float64)
 
 
 def main() -> None:
@@ -73,7 +75,7 @@ def main() -> None:
     # 1. speed and agreement against the loop, on short sentences, one at a time
     lengths = [len(encoder.tokenizer.tokenize(s)) for s in dev[:200]]
     short = [s for s, n in sorted(zip(dev[:200], lengths), key=lambda p: p[1]) if n >= 6][: args.loop_sentences]
-    seconds = {"loop": 0.0, "exact": 0.0, "sketch": 0.0}
+    seconds = {name: torch.zeros(2, dtype=torch.float64) for name in ("loop", "exact", "sketch")}
     differences = {"exact": 0.0, "sketch": 0.0}
     largest = 0.0
     for sentence in short:
@@ -91,9 +93,10 @@ def main() -> None:
     print(f"\n[1] vs captum loop over d output dims, {STEPS} Gauss-Legendre steps, {count} sentences of {tokens} tokens")
     for name in ("loop", "exact", "sketch"):
         label = {"loop": "captum loop", "exact": "ctrain exact", "sketch": f"ctrain sketch r={args.probes}"}[name]
-        ratio = "" if name == "loop" else f"  speed-up {seconds['loop'] / seconds[name]:.1f}x"
+        wall, cpu = (seconds[name] / count).tolist()
+        ratio = "" if name == "loop" else "  speed-up wall {:.1f}x, cpu {:.1f}x".format(*(seconds["loop"] / seconds[name]).tolist())
         difference = "" if name == "loop" else f"  max |c - c_loop| = {differences[name]:.2e} (max c = {largest:.3f})"
-        print(f"  {label:<22} {seconds[name] / count:8.2f} s/sentence{ratio}{difference}")
+        print(f"  {label:<22} {wall:7.2f} s/sentence wall, {cpu:7.2f} s cpu{ratio}{difference}")
 
     # 2. completeness error per number of quadrature steps (sketch r=1: its completeness is exact, via a JVP)
     probe = dev[: args.probe_sentences]
@@ -117,7 +120,8 @@ def main() -> None:
         runs[mode], seconds_run = timed(
             weighting_probe, encoder, probe, WeightingConfig(mode=mode, probes=args.probes, **common), statistics
         )
-        print(f"\n[3] {mode:<6} probe on {len(probe)} sentences, m={args.probe_steps}: {seconds_run / len(probe):.2f} s/sentence")
+        wall, cpu = (seconds_run / len(probe)).tolist()
+        print(f"\n[3] {mode:<6} probe on {len(probe)} sentences, m={args.probe_steps}: {wall:.2f} s/sentence wall, {cpu:.2f} s cpu")
     for quantity in ("kl", "dkl", "selfinfo"):
         key = f"ig_{quantity}_r2"
         exact_r2, sketch_r2 = runs["exact"].metrics[key], runs["sketch"].metrics[key]

@@ -16,6 +16,9 @@ Decisions where the spec is open:
   1/(m-1), so its weights sum to 1 - 1/m; ``gauss_legendre`` matches captum exactly.
 - The baseline keeps the attention mask of the input (PAD embeddings are attended,
   as in captum with the same baseline).
+- Exact mode takes its ``d`` VJPs per step along the orthonormal DCT-II basis of the
+  output space rather than the unit vectors: the Frobenius norm is the same, and the
+  dense cotangents ran about 2x faster on CPU than one-hot ones.
 - Sketch probes satisfy ``E[v v^T] = I`` and the estimate is the mean over the ``r``
   probes. Orthogonal probes are ``sqrt(d)`` times ``r`` orthonormal rows of a Haar
   matrix (the spec's "scaled by sqrt(d/r)" written per probe), exact at ``r = d``.

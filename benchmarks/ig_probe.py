@@ -26,31 +26,15 @@ import argparse
 import time
 
 import torch
-from captum.attr import IntegratedGradients
 
 from ctrain.data import read_sts_b
-from ctrain.encoder import SentenceEncoder, load_encoder
-from ctrain.probes.attribution import integrated_gradients, pad_baseline
+from ctrain.encoder import load_encoder
+from ctrain.probes.attribution import captum_loop_weights, integrated_gradients
 from ctrain.probes.information import token_statistics
 from ctrain.probes.weighting import WeightingConfig, weighting_probe
 
 MODEL = "all-MiniLM-L6-v2"
 STEPS = 50
-
-
-def captum_loop(encoder: SentenceEncoder, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-    """The straightforward reference: captum IG one output dim at a time."""
-    positions = encoder.position_ids(input_ids)
-    x, baseline = pad_baseline(encoder, input_ids)
-    ig = IntegratedGradients(lambda z, mask, pos: encoder(inputs_embeds=z, attention_mask=mask, position_ids=pos))
-    squares = torch.zeros(input_ids.shape)
-    for k in range(encoder.hidden_size):
-        attribution = ig.attribute(
-            x, baselines=baseline, target=k, additional_forward_args=(attention_mask, positions), n_steps=STEPS,
-            method="gausslegendre",
-        )  # fmt: skip
-        squares += attribution.detach().pow(2).sum(-1)
-    return squares.sqrt()
 
 
 def timed(function, *args, **kwargs):
@@ -80,7 +64,7 @@ def main() -> None:
     largest = 0.0
     for sentence in short:
         batch = encoder.tokenize([sentence])
-        reference, seconds_loop = timed(captum_loop, encoder, batch["input_ids"], batch["attention_mask"])
+        reference, seconds_loop = timed(captum_loop_weights, encoder, batch["input_ids"], batch["attention_mask"], STEPS)
         exact, seconds_exact = timed(integrated_gradients, encoder, **batch, steps=STEPS)
         sketch, seconds_sketch = timed(integrated_gradients, encoder, **batch, steps=STEPS, mode="sketch", probes=args.probes)
         seconds["loop"] += seconds_loop

@@ -5,10 +5,10 @@ import math
 
 import pytest
 import torch
-from captum.attr import IntegratedGradients
 
 from ctrain.encoder import load_encoder
 from ctrain.probes.attribution import (
+    captum_loop_weights,
     integrated_gradients,
     pad_baseline,
     quadrature_rule,
@@ -26,25 +26,10 @@ def encoder(request):
     return load_encoder(request.param).eval()
 
 
-def _captum_weights(encoder, input_ids, attention_mask, steps):
-    """The straightforward reference: captum IG one output dim at a time, same baseline and positions."""
-    positions = encoder.position_ids(input_ids)
-    x, baseline = pad_baseline(encoder, input_ids)
-    ig = IntegratedGradients(lambda z, mask, pos: encoder(inputs_embeds=z, attention_mask=mask, position_ids=pos))
-    squares = torch.zeros(input_ids.shape)
-    for k in range(encoder.hidden_size):
-        attribution = ig.attribute(
-            x, baselines=baseline, target=k, additional_forward_args=(attention_mask, positions), n_steps=steps,
-            method="gausslegendre",
-        )  # fmt: skip
-        squares += attribution.detach().pow(2).sum(-1)
-    return squares.sqrt()
-
-
 def test_exact_weights_equal_captum_one_output_at_a_time(encoder):
     batch = encoder.tokenize(SENTENCES)
     ours = integrated_gradients(encoder, batch["input_ids"], batch["attention_mask"], steps=6, vjp_batch=16)
-    reference = _captum_weights(encoder, batch["input_ids"], batch["attention_mask"], steps=6)
+    reference = captum_loop_weights(encoder, batch["input_ids"], batch["attention_mask"], steps=6)
     torch.testing.assert_close(ours.weights, reference, rtol=1e-4, atol=1e-6)
     special = encoder.special_mask(batch["input_ids"])
     assert ours.weights[special].eq(0).all() and ours.weights[~special].gt(0).all()

@@ -298,3 +298,26 @@ def unit_weights(position_weights: Tensor, unit_of_position: Tensor, unit_senten
     totals = torch.zeros(num_sentences, dtype=torch.float64).index_add_(0, unit_sentence, weights)
     sizes = torch.bincount(unit_sentence, minlength=num_sentences).double()
     return weights, weights / (totals / sizes)[unit_sentence]
+
+
+def captum_loop_weights(
+    encoder: SentenceEncoder, input_ids: Tensor, attention_mask: Tensor, steps: int = 50
+) -> Tensor:
+    """The straightforward reference for exact mode: captum's IntegratedGradients one output dim at a time.
+
+    Same PAD baseline, explicit position ids and Gauss-Legendre steps; `c_i = sqrt(sum_k sum_j IG_ijk^2)`.
+    Costs `d` attribution calls: for tests on tiny models and the benchmark's peer, not for probing.
+    """
+    from captum.attr import IntegratedGradients
+
+    positions = encoder.position_ids(input_ids)
+    x, baseline = pad_baseline(encoder, input_ids)
+    ig = IntegratedGradients(lambda z, mask, pos: encoder(inputs_embeds=z, attention_mask=mask, position_ids=pos))
+    squares = torch.zeros(input_ids.shape)
+    for k in range(encoder.hidden_size):
+        attribution = ig.attribute(
+            x, baselines=baseline, target=k, additional_forward_args=(attention_mask, positions), n_steps=steps,
+            method="gausslegendre",
+        )  # fmt: skip
+        squares += attribution.detach().pow(2).sum(-1)
+    return squares.sqrt()

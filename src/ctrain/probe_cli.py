@@ -15,6 +15,7 @@ from jsonargparse import CLI
 
 from ctrain.data import read_sts_b
 from ctrain.encoder import load_encoder
+from ctrain.probes.sts import encoder_sts
 
 
 def resolve_model(model: str) -> str:
@@ -36,6 +37,7 @@ def probe(
     model: str,
     weighting: bool = True,
     geometry: bool = False,
+    sts: bool = True,
     out: str | None = None,
     split: str = "dev",
     num_sentences: int = 200,
@@ -56,6 +58,7 @@ def probe(
         model: hub id, local path, run directory, all-MiniLM-L6-v2, all-mpnet-base-v2 or tiny-bert.
         weighting: IG / SHAP weights regressed on KL, dKL and -log P, plus Theorem-1 norms (spec 1-5).
         geometry: per-layer isotropy, self- and intra-sentence similarity, norms, rogue dims (spec 6).
+        sts: STS-B dev and test Spearman x100 (spec 7).
         out: output directory (default: probe_results/<model name>).
         split: STS-B split whose first sentences are the weighting probe set.
         num_sentences: size of the weighting probe set.
@@ -76,6 +79,10 @@ def probe(
     directory.mkdir(parents=True, exist_ok=True)
     print(f"ctrain probe: {model} ({encoder.backbone.config.model_type}, {encoder.num_layers} layers, "
           f"pooling {encoder.pooler.mode}, normalize {encoder.normalize}) -> {directory}")  # fmt: skip
+    if sts:
+        for split in ("dev", "test"):
+            spearman, pairs = encoder_sts(encoder, read_sts_b(split))
+            print(f"STS-B {split}: Spearman x100 {spearman:.2f} over {pairs} pairs")
     if weighting:
         _weighting(encoder, directory, split, num_sentences, methods, mode, steps, probes, units, min_count, max_length, seed)
     if geometry:

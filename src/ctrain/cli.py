@@ -71,7 +71,8 @@ def _resume_arguments(run_dir: Path) -> list[str]:
     for path in (config, checkpoint):
         if not path.exists():
             raise FileNotFoundError(f"cannot resume: '{path}' does not exist; give the run directory printed by ctrain fit")
-    step = torch.load(checkpoint, map_location="cpu", weights_only=False)["global_step"]
+    # mmap: read the step without loading a base model's weights and optimizer state into memory
+    step = torch.load(checkpoint, map_location="cpu", weights_only=False, mmap=True)["global_step"]
     _drop_metrics_after(run_dir / "metrics.csv", step)
     return [
         "--config", str(config),

@@ -73,3 +73,14 @@ def test_hub_id_offline_gives_one_line_error(monkeypatch):
 def test_missing_path_error():
     with pytest.raises(FileNotFoundError, match="does not exist"):
         load_encoder("./no/such/model/dir")
+
+
+def test_encode_batches_by_length_and_keeps_input_order(tiny_bert):
+    sentences = ["a b c d e f g h i j k", "a", "a b c", "a b c d e f", "b", "c d e f g h i j k l m n o p", "x y"]
+    tiny_bert.train()
+    encoded = tiny_bert.encode(sentences, batch_size=3)
+    assert tiny_bert.training  # mode restored
+    tiny_bert.eval()
+    with torch.no_grad():
+        one_by_one = torch.cat([tiny_bert(**tiny_bert.tokenize([sentence])) for sentence in sentences])
+    torch.testing.assert_close(encoded, one_by_one, atol=1e-5, rtol=1e-5)

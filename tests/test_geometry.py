@@ -171,20 +171,36 @@ def test_rogue_shares_and_summary():
         assert int(summary[f"rogue_dims_{percent}"]) == dims
 
 
-def test_informativity_matches_pair_loop():
+@pytest.mark.parametrize("offset", [0.0, 4.0, 40.0])  # 40: rogue dim 0 dominates, cosines all near 1
+def test_informativity_matches_pair_loop(offset):
     generator = torch.Generator().manual_seed(7)
-    vectors = torch.randn(25, 6, generator=generator) + torch.tensor([4.0, 0, 0, 0, 0, 0])
-    drop = torch.tensor([0, 3])
-    before, after = [], []
-    kept = vectors.clone()
-    kept[:, drop] = 0
-    for i, j in itertools.combinations(range(25), 2):
-        before.append(cosine(vectors[i], vectors[j]))
-        after.append(cosine(kept[i], kept[j]))
-    measure = informativity_r2(vectors, drop)
-    assert measure.n == 25
-    assert float(measure.value) == pytest.approx(np.corrcoef(before, after)[0, 1] ** 2, abs=TOL)
-    assert float(informativity_r2(vectors, torch.tensor([], dtype=torch.long)).value) == pytest.approx(1.0, abs=TOL)
+    vectors = torch.randn(25, 6, generator=generator) + torch.tensor([offset, 0, 0, 0, 0, 0])
+    drops = [torch.tensor([0, 3]), torch.tensor([1])]
+    expected = []
+    for drop in drops:
+        before, after = [], []
+        kept = vectors.clone()
+        kept[:, drop] = 0
+        for i, j in itertools.combinations(range(25), 2):
+            before.append(cosine(vectors[i], vectors[j]))
+            after.append(cosine(kept[i], kept[j]))
+        expected.append(np.corrcoef(before, after)[0, 1] ** 2)
+    exact = informativity_r2(vectors, drops, compute_dtype=torch.float64)
+    assert [m.n for m in exact] == [25, 25]
+    assert [float(m.value) for m in exact] == pytest.approx(expected, abs=TOL)
+    fast = informativity_r2(vectors, drops)  # float32 throughout, centred Gram matrices
+    assert [float(m.value) for m in fast] == pytest.approx(expected, abs=1e-6 if offset < 40 else 1e-5)
+    (nothing_dropped,) = informativity_r2(vectors, [torch.tensor([], dtype=torch.long)])
+    assert float(nothing_dropped.value) == pytest.approx(1.0, abs=1e-6)
+
+
+def test_informativity_batches_layers_with_their_own_drops():
+    generator = torch.Generator().manual_seed(9)
+    layers = torch.randn(3, 30, 8, generator=generator)
+    drops = torch.tensor([[0, 1], [2, 5], [7, 3]])
+    (batched,) = informativity_r2(layers, [drops], compute_dtype=torch.float64)
+    one_by_one = [float(informativity_r2(layers[l], [drops[l]], compute_dtype=torch.float64)[0].value) for l in range(3)]
+    assert batched.value.tolist() == pytest.approx(one_by_one, abs=TOL)
 
 
 def test_alignment_and_uniformity_match_pdist():
@@ -193,8 +209,9 @@ def test_alignment_and_uniformity_match_pdist():
     xn, yn = (torch.nn.functional.normalize(v.double(), dim=-1) for v in (x, y))
     assert float(alignment(x, y).value) == pytest.approx(float(((xn - yn).norm(dim=1) ** 2).mean()), abs=TOL)
     expected = float(torch.pdist(xn).pow(2).mul(-2).exp().mean().log())
-    assert float(uniformity(x).value) == pytest.approx(expected, abs=TOL)
-    assert float(uniformity(x, chunk_rows=3).value) == pytest.approx(expected, abs=TOL)
+    assert float(uniformity(x, compute_dtype=torch.float64).value) == pytest.approx(expected, abs=TOL)
+    assert float(uniformity(x, chunk_rows=3, compute_dtype=torch.float64).value) == pytest.approx(expected, abs=TOL)
+    assert float(uniformity(x).value) == pytest.approx(expected, abs=1e-6)  # float32 distances
     assert uniformity(x).n == 40
 
 
@@ -224,11 +241,12 @@ def brute_force_probe(encoder, sentences, config: GeometryConfig) -> dict[str, f
     config = config.resolved()
     plan = _plan(encoder, sentences, config)  # used for its processing order and random draws only
     expected_ids = sorted(tuple(encoder.tokenize([s], config.max_length)["input_ids"][0].tolist()) for s in sentences)
-    assert sorted(tuple(ids.tolist()) for ids in plan.ids) == expected_ids
+    sentence_ids = plan.ids.split(plan.lengths.tolist())
+    assert sorted(tuple(ids.tolist()) for ids in sentence_ids) == expected_ids
     states, tokens, sentence_of = [], [], []
     encoder.eval()
     with torch.no_grad():
-        for index, ids in enumerate(plan.ids):
+        for index, ids in enumerate(sentence_ids):
             hidden = encoder.token_states(
                 input_ids=ids[None], attention_mask=torch.ones(1, ids.numel(), dtype=torch.long), output_hidden_states=True
             ).hidden_states

@@ -150,16 +150,26 @@ class SentenceEncoder(nn.Module):
 
     @torch.no_grad()
     def encode(self, sentences: list[str], batch_size: int = 64, max_length: int | None = 128) -> Tensor:
-        """Inference embeddings of many sentences (eval mode, train mode restored)."""
+        """Inference embeddings of many sentences (eval mode, train mode restored).
+
+        Batches are filled longest first (by characters, a cheap proxy for tokens), so that
+        little compute goes to padding; rows come back in the input order.
+        """
+        order = sorted(range(len(sentences)), key=lambda i: -len(sentences[i]))
         was_training = self.training
         self.eval()
-        device = next(self.parameters()).device
-        chunks = []
-        for start in range(0, len(sentences), batch_size):
-            batch = self.tokenize(sentences[start : start + batch_size], max_length)
-            chunks.append(self(**{k: v.to(device) for k, v in batch.items()}).float().cpu())
-        self.train(was_training)
-        return torch.cat(chunks) if chunks else torch.empty(0, self.hidden_size)
+        try:
+            device = next(self.parameters()).device
+            chunks = []
+            for start in range(0, len(order), batch_size):
+                batch = self.tokenize([sentences[i] for i in order[start : start + batch_size]], max_length)
+                chunks.append(self(**{k: v.to(device) for k, v in batch.items()}).float().cpu())
+        finally:
+            self.train(was_training)
+        if not chunks:
+            return torch.empty(0, self.hidden_size)
+        embeddings = torch.cat(chunks)
+        return embeddings[torch.tensor(order).argsort()]
 
 
 def _tiny_tokenizer(architecture: str) -> PreTrainedTokenizerBase:

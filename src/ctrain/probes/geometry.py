@@ -66,6 +66,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import warnings
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal, NamedTuple, Sequence
 
@@ -88,7 +89,7 @@ CONVENTIONS: dict[str, dict[str, object]] = {
 ROGUE_FRACTIONS = (0.1, 0.2, 0.5)
 ROGUE_TOP = 3
 ACCUMULATE = torch.float64
-UNIFORMITY_CHUNK = 1024
+UNIFORMITY_CHUNK = 256
 
 
 class Measure(NamedTuple):
@@ -258,21 +259,56 @@ def rogue_summary(shares: Tensor) -> dict[str, Tensor]:
     return summary
 
 
-def informativity_r2(vectors: Tensor, drop_dims: Tensor) -> Measure:
-    """r^2 between the cosines of all distinct pairs of a token sample (N, d) with and without `drop_dims`.
+def informativity_r2(
+    vectors: Tensor, drop_sets: Sequence[Tensor], compute_dtype: torch.dtype = torch.float32
+) -> list[Measure]:
+    """For each set of dims to drop, (k,) or (..., k): r^2 between the cosines of all distinct pairs
+    of a token sample (..., N, d) with and without those dims.
 
-    The N x N cosine matrix of a sample is what the definition compares, so it is built here.
+    Closed form, no N x N matrix. With rows x_i = mu + z_i (z centred), the sum over all
+    (i, j) of (x_i.x_j)(y_i.y_j) is ||X^T Y||_F^2 and X^T Y = N mu_x mu_y^T + Z_x^T Z_y, so the
+    covariance of pair cosines over all (i, j) is (2N sum_i (mu_x.z_i)(mu_y.w_i) + ||Z_x^T Z_y||^2) / N^2:
+    d x d Gram matrices of centred vectors, which carry no large common offset and so can be
+    computed in `compute_dtype` (float32: r^2 within ~1e-6, ~1e-5 where the cosines barely vary;
+    float64: exact). The diagonal
+    (i = j) is taken out in float64. Leading dimensions (e.g. layers) batch.
     """
-    count = vectors.shape[0]
-    kept = vectors.to(ACCUMULATE).clone()
-    kept[:, drop_dims.to(vectors.device)] = 0
-    upper = torch.ones(count, count, dtype=torch.bool, device=vectors.device).triu(1)
-    cosines = []
-    for matrix in (vectors, kept):
-        units = unit_vectors(matrix)
-        cosines.append((units @ units.T).masked_select(upper))
-    r = torch.corrcoef(torch.stack(cosines))[0, 1]
-    return Measure(r.pow(2), count)
+    rows = vectors.to(compute_dtype)
+    count = rows.shape[-2]
+    sets, squared_norms = [], []
+    masks = [None]
+    for drop in drop_sets:
+        kept = rows.new_ones(rows.shape[:-2] + rows.shape[-1:])
+        masks.append(kept.scatter_(-1, drop.to(rows.device).expand(*kept.shape[:-1], -1), 0.0).unsqueeze(-2))
+    for mask in masks:
+        masked = rows if mask is None else rows * mask
+        norms = masked.norm(dim=-1, keepdim=True)
+        scale = 1 / norms.clamp_min(1e-12)  # as F.normalize: a zero vector stays zero
+        sets.append(masked * scale)
+        squared_norms.append((norms * scale).squeeze(-1).to(ACCUMULATE).pow(2))  # 1, or 0 for a zero vector
+    means = [unit.mean(-2, keepdim=True) for unit in sets]
+    centred = [unit - mean for unit, mean in zip(sets, means)]
+    offsets = [(rows @ mean.mT).squeeze(-1).to(ACCUMULATE) for rows, mean in zip(centred, means)]  # mu.z_i
+    mean_squares = [mean.squeeze(-2).to(ACCUMULATE).pow(2).sum(-1) for mean in means]  # |mu|^2
+
+    def pair_mean(first: int) -> Tensor:
+        """Mean over i < j of x_i.x_j."""
+        return (count**2 * mean_squares[first] - squared_norms[first].sum(-1)) / (count * (count - 1))
+
+    def pair_covariance(first: int, second: int) -> Tensor:
+        """Covariance over i < j of (x_i.x_j) and (y_i.y_j)."""
+        gram = (centred[first].mT @ centred[second]).to(ACCUMULATE)
+        centred_sum = 2 * count * (offsets[first] * offsets[second]).sum(-1) + gram.pow(2).sum((-2, -1))
+        all_pairs = centred_sum + count**2 * mean_squares[first] * mean_squares[second]
+        diagonal = (squared_norms[first] * squared_norms[second]).sum(-1)
+        return (all_pairs - diagonal) / (count * (count - 1)) - pair_mean(first) * pair_mean(second)
+
+    variance_u = pair_covariance(0, 0)
+    measures = []
+    for index in range(1, len(sets)):
+        r2 = pair_covariance(0, index).pow(2) / (variance_u * pair_covariance(index, index))
+        measures.append(Measure(r2, count))
+    return measures
 
 
 def alignment(x: Tensor, y: Tensor, alpha: float = 2.0) -> Measure:
@@ -281,19 +317,24 @@ def alignment(x: Tensor, y: Tensor, alpha: float = 2.0) -> Measure:
     return Measure(difference.norm(dim=-1).pow(alpha).mean(), x.shape[0])
 
 
-def uniformity(x: Tensor, t: float = 2.0, chunk_rows: int = UNIFORMITY_CHUNK) -> Measure:
-    """Wang and Isola uniformity log E exp(-t ||f(x_i) - f(x_j)||^2) over distinct pairs, in row chunks."""
-    units = unit_vectors(x)
+def uniformity(
+    x: Tensor, t: float = 2.0, chunk_rows: int = UNIFORMITY_CHUNK, compute_dtype: torch.dtype = torch.float32
+) -> Measure:
+    """Wang and Isola uniformity log E exp(-t ||f(x_i) - f(x_j)||^2) over distinct pairs.
+
+    Row chunks against the later rows only, so each pair is computed once. The distances and
+    exponentials run in `compute_dtype` (float32: relative error ~1e-7), the log-sum in float64.
+    """
+    units = unit_vectors(x).to(compute_dtype)
     count = units.shape[0]
     partial = []
     for start in range(0, count - 1, chunk_rows):
-        rows = units[start : start + chunk_rows]
-        squared = (2 - 2 * rows @ units.T).clamp_min(0)
-        column = torch.arange(count, device=units.device)
-        later = column.unsqueeze(0) > (start + torch.arange(rows.shape[0], device=units.device)).unsqueeze(1)
-        partial.append(torch.logsumexp((-t * squared).masked_fill(~later, -math.inf).flatten(), 0))
-    pairs = count * (count - 1) // 2
-    return Measure(torch.logsumexp(torch.stack(partial), 0) - math.log(pairs), count)
+        rows, later = units[start : start + chunk_rows], units[start + 1 :]
+        squared = (2 - 2 * rows @ later.T).clamp_min(0)
+        # row start+r pairs with later rows start+1+c for c >= r
+        pairs = torch.arange(later.shape[0], device=units.device) >= torch.arange(rows.shape[0], device=units.device).unsqueeze(1)
+        partial.append(torch.logsumexp((-t * squared).masked_fill(~pairs, -math.inf).flatten(), 0).to(ACCUMULATE))
+    return Measure(torch.logsumexp(torch.stack(partial), 0) - math.log(count * (count - 1) // 2), count)
 
 
 def self_similarity_change(
@@ -400,8 +441,10 @@ class _Plan(NamedTuple):
     """Tokenised corpus in processing order, batches, and the up-front random draws."""
 
     order: list[int]  # corpus index of each sentence in processing order
-    ids: list[Tensor]  # per sentence, processing order
-    keep: list[Tensor]  # per sentence, token-set mask
+    ids: Tensor  # token ids of all sentences, concatenated in processing order (no padding)
+    keep: Tensor  # token-set mask of the same tokens
+    lengths: Tensor  # (S,) tokens per sentence, processing order (longest first)
+    token_start: Tensor  # (S + 1,) index in `ids` of each sentence's first token
     batches: list[tuple[int, int]]  # sentence ranges in processing order
     occurrence_start: Tensor  # (S + 1,) first occurrence index of each sentence
     selection: TypeSelection
@@ -423,43 +466,50 @@ def _draw_anisotropy(counts: Tensor, starts: Tensor, layers: int, config: Geomet
 def _plan(encoder: SentenceEncoder, sentences: list[str], config: GeometryConfig) -> _Plan:
     """Tokenise once, order by length, size batches to the memory cap and draw all samples."""
     layers, hidden = encoder.num_layers + 1, encoder.hidden_size
-    ids, keep = [], []
+    lengths, flat_ids, flat_keep = [], [], []
     for start in range(0, len(sentences), 256):
         batch = encoder.tokenize(sentences[start : start + 256], config.max_length)
-        mask = batch["attention_mask"].bool()
-        if not config.include_specials:
-            mask &= ~encoder.special_mask(batch["input_ids"])
-        for row, attended in zip(batch["input_ids"], batch["attention_mask"].bool()):
-            ids.append(row[attended])
-        keep.extend(row[attended] for row, attended in zip(mask, batch["attention_mask"].bool()))
-    order = sorted(range(len(ids)), key=lambda i: -ids[i].numel())
-    ids, keep = [ids[i] for i in order], [keep[i] for i in order]
-    counts = torch.tensor([int(k.sum()) for k in keep], dtype=torch.long)
+        attended = batch["attention_mask"].bool()
+        mask = attended if config.include_specials else attended & ~encoder.special_mask(batch["input_ids"])
+        lengths.append(attended.sum(1))
+        flat_ids.append(batch["input_ids"][attended])
+        flat_keep.append(mask[attended])
+    lengths = torch.cat(lengths)
+    order = torch.argsort(lengths, descending=True, stable=True)
+    # the corpus's tokens regrouped in processing order (longest sentence first)
+    sorted_lengths = lengths[order]
+    sentence_of_token = torch.repeat_interleave(torch.arange(len(order)), sorted_lengths)
+    offset_in_sentence = torch.arange(int(sorted_lengths.sum())) - (sorted_lengths.cumsum(0) - sorted_lengths)[sentence_of_token]
+    source = (lengths.cumsum(0) - lengths)[order][sentence_of_token] + offset_in_sentence
+    ids, keep = torch.cat(flat_ids)[source], torch.cat(flat_keep)[source]
+    order = order.tolist()
+    counts = torch.zeros(len(order), dtype=torch.long).index_add_(0, sentence_of_token, keep.long())
     starts = torch.cat([torch.zeros(1, dtype=torch.long), counts.cumsum(0)])
     occurrences = int(starts[-1])
     if occurrences < 2:
         raise ValueError("the probe corpus has fewer than 2 tokens in the token set")
-    token_ids = torch.cat([i[k] for i, k in zip(ids, keep)])
-    sentence_ids = torch.repeat_interleave(torch.arange(len(ids)), counts)
+    token_ids = ids[keep]
+    sentence_ids = torch.repeat_interleave(torch.arange(len(order)), counts)
     selection = select_types(token_ids, sentence_ids, config.occurrences, config.min_occurrences, config.min_sentences)
 
     generator = torch.Generator().manual_seed(config.seed)
     anisotropy_draws = _draw_anisotropy(counts, starts, layers, config, generator)
     informativity_draws = torch.randperm(occurrences, generator=generator)[: config.informativity_tokens]
 
-    fixed = 8 * hidden * layers * (selection.type_ids.numel() + informativity_draws.numel() + config.anisotropy_resamples + 2)
-    fixed += 4 * hidden * len(ids) + 64 * occurrences
-    # after streaming: the informativity sample's cosine matrices and uniformity's row chunks
-    fixed += 32 * informativity_draws.numel() ** 2
-    fixed += 32 * min(UNIFORMITY_CHUNK, len(ids)) * len(ids) if config.sentence_level else 0
+    # float64 sums per type, resample and layer; the informativity sample (float32); embeddings; token bookkeeping
+    fixed = 8 * hidden * layers * (selection.type_ids.numel() + config.anisotropy_resamples + 1)
+    fixed += 4 * hidden * (layers * informativity_draws.numel() + len(order)) + 64 * occurrences
+    # after streaming, one layer at a time: informativity's float32 copies (4 per vector set) and uniformity's row chunks
+    fixed += 16 * hidden * informativity_draws.numel() * (1 + len(config.rogue_remove))
+    fixed += 32 * min(UNIFORMITY_CHUNK, len(order)) * len(order) if config.sentence_level else 0
     heads = getattr(encoder.backbone.config, "num_attention_heads", 16)
     budget = config.max_memory_mb * 2**20 - fixed
     batches, start = [], 0
-    while start < len(ids):
-        length = ids[start].numel()
-        # hidden states (float32, kept + stacked), float64 copy and unit vectors; the model's FFN and attention
-        per_token = 28 * hidden * layers + 32 * hidden + 12 * heads * length
-        size = min(config.batch_size, int(budget // (per_token * length)), len(ids) - start)
+    while start < len(order):
+        length = int(sorted_lengths[start])
+        # the model's hidden states of every layer (float32), its FFN activations and attention scores
+        per_token = 4 * hidden * layers + 32 * hidden + 12 * heads * length
+        size = min(config.batch_size, int(budget // (per_token * length)), len(order) - start)
         if size < 1:
             raise ValueError(
                 f"max_memory_mb={config.max_memory_mb} is too small: the accumulators take {fixed / 2**20:.1f} MB "
@@ -467,7 +517,69 @@ def _plan(encoder: SentenceEncoder, sentences: list[str], config: GeometryConfig
             )
         batches.append((start, start + size))
         start += size
-    return _Plan(order, ids, keep, batches, starts, selection, anisotropy_draws, informativity_draws)
+    token_start = F.pad(sorted_lengths.cumsum(0), (1, 0))
+    return _Plan(order, ids, keep, sorted_lengths, token_start, batches, starts, selection, anisotropy_draws, informativity_draws)
+
+
+class _BatchIndex(NamedTuple):
+    """Which of a batch's occurrences feed which sums, sorted as its CSR rows need them (occurrence indices)."""
+
+    first: int  # the batch's first occurrence
+    summed: Tensor  # per layer, the occurrences its type and resample sums take, in CSR row order, concatenated
+    per_layer: list[int]  # how many of `summed` belong to each layer
+    row_starts: Tensor  # (L+1, present types + R + 1) CSR row pointers
+    present_types: Tensor  # the type slots whose sums come first, in that order
+    info_occurrences: Tensor  # informativity draws on this batch
+    info_columns: Tensor  # their places in the informativity sample
+
+
+def _batch_indices(plan: _Plan, layers: int) -> list[_BatchIndex]:
+    """Split the selection and the random draws by batch, each group pre-sorted, with a few global sorts."""
+    bounds = plan.occurrence_start[[begin for begin, _ in plan.batches] + [len(plan.order)]]
+    batch_count = len(plan.batches)
+
+    def batch_of(occurrences: Tensor) -> Tensor:
+        return torch.searchsorted(bounds, occurrences, right=True) - 1
+
+    def per_batch(values: Tensor, batch: Tensor) -> list[Tensor]:
+        return list(values.split(torch.bincount(batch, minlength=batch_count).tolist()))
+
+    types = plan.selection.type_ids.numel()
+    used = (plan.selection.slot >= 0).nonzero().squeeze(1)
+    slot = plan.selection.slot[used]
+    order = (batch_of(used) * types + slot).argsort(stable=True)  # by batch, then type, then occurrence
+    used, slot = used[order], slot[order]
+    key = batch_of(used) * types + slot
+    groups, group_counts = torch.unique_consecutive(key, return_counts=True)
+    group_batch = groups // types
+
+    resamples, sample = plan.anisotropy_draws.shape[1:]
+    draws = plan.anisotropy_draws.reshape(-1)
+    rows = torch.arange(draws.numel()) // sample  # layer * R + resample
+    key = batch_of(draws) * (layers * resamples) + rows
+    order = (key * (int(bounds[-1]) + 1) + draws).argsort()  # by batch, (layer, resample), occurrence
+    draws, key = draws[order], key[order]
+    draw_counts = torch.bincount(key, minlength=batch_count * layers * resamples).view(batch_count, layers, resamples)
+
+    info, info_columns = plan.informativity_draws.sort()
+    info_batch = batch_of(info)
+    indices = []
+    for batch, (type_occurrences, present, counts, batch_draws, info_occurrences, columns) in enumerate(
+        zip(
+            per_batch(used, batch_of(used)),
+            per_batch(groups % types, group_batch),
+            per_batch(group_counts, group_batch),
+            per_batch(draws, batch_of(draws)),
+            per_batch(info, info_batch),
+            per_batch(info_columns, info_batch),
+        )
+    ):
+        layer_draws = batch_draws.split(draw_counts[batch].sum(1).tolist())
+        summed = torch.cat([torch.cat([type_occurrences, layer]) for layer in layer_draws])
+        per_layer = [type_occurrences.numel() + layer.numel() for layer in layer_draws]
+        row_starts = F.pad(torch.cat([counts.expand(layers, -1), draw_counts[batch]], 1).cumsum(1), (1, 0))
+        indices.append(_BatchIndex(int(bounds[batch]), summed, per_layer, row_starts, present, info_occurrences, columns))
+    return indices
 
 
 class _Accumulators:
@@ -478,44 +590,69 @@ class _Accumulators:
             return torch.zeros(*shape, hidden, dtype=ACCUMULATE, device=device)
 
         self.unit_sum = zeros(layers)
-        self.type_sums = zeros(layers, plan.selection.type_ids.numel())
-        self.anisotropy_sums = zeros(layers, plan.anisotropy_draws.shape[1])
-        self.informativity = zeros(layers, plan.informativity_draws.numel())
+        # (types, L+1, d) and (resamples, L+1, d): a batch adds whole rows of every layer at once
+        self.type_sums = zeros(plan.selection.type_ids.numel(), layers)
+        self.anisotropy_sums = zeros(plan.anisotropy_draws.shape[1], layers)
+        self.informativity = zeros(layers, plan.informativity_draws.numel()).float()  # the model's own values
         self.norms = Moments(*(torch.zeros(layers, dtype=ACCUMULATE, device=device) for _ in range(3)))
         self.intra_sum = torch.zeros(layers, dtype=ACCUMULATE, device=device)
         self.intra_sentences = 0
         self.embeddings: list[Tensor] = []
-        # draws sorted by occurrence, so each batch finds its own with one searchsorted
-        self.draw_sorted, self.draw_order = (t.to(device) for t in plan.anisotropy_draws.reshape(-1).sort())
-        self.info_sorted, self.info_order = (t.to(device) for t in plan.informativity_draws.sort())
         self.resamples, self.sample = plan.anisotropy_draws.shape[1:]
-        self.per_layer_draws = self.resamples * self.sample
 
-    def add(self, states: Tensor, sentence_ids: Tensor, batch_size: int, first: int, last: int, slot: Tensor) -> None:
-        """Fold one batch: states (L+1, T_b, d) of occurrences first..last-1, their batch-local sentence ids."""
-        if states.shape[1] == 0:  # e.g. sentences of special tokens only, with specials excluded
+    def add(self, hidden_states: Sequence[Tensor], keep: Tensor, index: _BatchIndex) -> None:
+        """Fold one batch: padded states (B, len, d) per layer and the token-set mask (B, len).
+
+        Unit vectors are never materialised for all tokens. Per layer, one bmm with weights
+        keep/||h|| and keep gives each sentence's sums of unit and raw vectors, and one sparse
+        product with values 1/||h|| gives the unit sums of each type present and of each
+        anisotropy resample. These run in the model's float32 over one batch; everything that
+        crosses batches is accumulated in float64.
+        """
+        position = keep.flatten().nonzero().squeeze(1)  # padded position of each occurrence
+        if position.numel() == 0:  # e.g. sentences of special tokens only, with specials excluded
             return
-        states = states.to(ACCUMULATE)
-        units = unit_vectors(states)
-        self.norms = self.norms.merge(Moments.of(states.norm(dim=-1)))
-        self.unit_sum += units.sum(1)
-        used = slot >= 0
-        self.type_sums.index_add_(1, slot[used], units[:, used])
+        device = keep.device
+        columns = keep.numel()
+        resamples, layers, hidden = self.anisotropy_sums.shape
+        present_types = index.present_types.to(device)
+        summed = position[index.summed.to(device) - index.first].split(index.per_layer)
+        row_starts = index.row_starts.to(device)
+        sum_rows = row_starts.shape[1] - 1
 
-        low, high = torch.searchsorted(self.draw_sorted, torch.tensor([first, last], device=states.device)).tolist()
-        flat_index = self.draw_order[low:high]  # positions in the (L+1, R, M) draw tensor
-        layer = flat_index // self.per_layer_draws
-        resample = flat_index % self.per_layer_draws // self.sample
-        picked = units[layer, self.draw_sorted[low:high] - first]
-        self.anisotropy_sums.view(-1, units.shape[-1]).index_add_(0, layer * self.resamples + resample, picked)
+        weights = keep.float()
+        scaled = torch.stack([weights, weights], 1)  # (B, 2, len): row 0 becomes keep/||h|| per layer
+        sentence_sums, token_norms, set_sums = [], [], []
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", "Sparse CSR tensor support is in beta")
+            for layer, states in enumerate(hidden_states):
+                states = states.float()
+                norms = states.norm(dim=-1)
+                inverse = torch.div(weights, norms.clamp_min(1e-12), out=scaled[:, 0])  # a zero vector stays zero
+                sentence_sums.append(torch.bmm(scaled, states))  # (B, 2, d): sums of unit and of raw vectors
+                token_norms.append(norms)
+                rows, scale = states.reshape(columns, hidden), inverse.flatten()
+                to_sums = torch.sparse_csr_tensor(
+                    row_starts[layer], summed[layer], scale[summed[layer]], (sum_rows, columns), check_invariants=False
+                )
+                set_sums.append(to_sums @ rows)  # (present types + resamples, d)
+        set_sums = torch.stack(set_sums, 1).to(ACCUMULATE)  # (present types + resamples, L+1, d)
+        self.type_sums.index_add_(0, present_types, set_sums[: present_types.numel()])
+        self.anisotropy_sums += set_sums[present_types.numel() :]
 
-        low, high = torch.searchsorted(self.info_sorted, torch.tensor([first, last], device=states.device)).tolist()
-        self.informativity[:, self.info_order[low:high]] = states[:, self.info_sorted[low:high] - first]
-
-        per_sentence, counts = intra_per_sentence(states, sentence_ids, batch_size, units)
+        sentence_sums = torch.stack(sentence_sums)  # (L+1, B, 2, d)
+        unit_sums, vector_sums = sentence_sums[:, :, 0], sentence_sums[:, :, 1]
+        self.unit_sum += unit_sums.sum(1).to(ACCUMULATE)
+        counts = keep.sum(1)
         present = counts > 0
-        self.intra_sum += per_sentence[:, present].sum(-1)
+        # cos(h_t, m) summed over a sentence's tokens = (sum_t u_t) . m / ||m||; per sentence float32 is enough
+        intra = (unit_sums * vector_sums).sum(-1) / vector_sums.norm(dim=-1).clamp_min(1e-12)
+        self.intra_sum += (intra[:, present] / counts[present]).to(ACCUMULATE).sum(-1)
         self.intra_sentences += int(present.sum())
+        self.norms = self.norms.merge(Moments.of(torch.stack(token_norms).flatten(1)[:, position]))
+        info_position = position[index.info_occurrences.to(device) - index.first]
+        picked = torch.stack([states.reshape(columns, hidden)[info_position] for states in hidden_states])
+        self.informativity[:, index.info_columns.to(device)] = picked.float()
 
 
 def _stream(encoder: SentenceEncoder, plan: _Plan, config: GeometryConfig) -> _Accumulators:
@@ -524,31 +661,27 @@ def _stream(encoder: SentenceEncoder, plan: _Plan, config: GeometryConfig) -> _A
     layers = encoder.num_layers + 1
     accumulators = _Accumulators(plan, layers, encoder.hidden_size, device)
     pad = encoder.tokenizer.pad_token_id
-    for begin, end in plan.batches:
-        input_ids = torch.nn.utils.rnn.pad_sequence(plan.ids[begin:end], batch_first=True, padding_value=pad)
-        lengths = torch.tensor([row.numel() for row in plan.ids[begin:end]])
-        attention_mask = (torch.arange(input_ids.shape[1]).unsqueeze(0) < lengths.unsqueeze(1)).long()
-        keep = torch.nn.utils.rnn.pad_sequence(plan.keep[begin:end], batch_first=True, padding_value=False)
-        output = encoder.token_states(
-            input_ids=input_ids.to(device), attention_mask=attention_mask.to(device), output_hidden_states=True
-        )
-        keep = keep.to(device)
-        states = torch.stack([layer[keep] for layer in output.hidden_states])
-        sentence_ids = keep.nonzero()[:, 0]
-        first, last = int(plan.occurrence_start[begin]), int(plan.occurrence_start[end])
-        accumulators.add(states, sentence_ids, end - begin, first, last, plan.selection.slot[first:last].to(device))
+    for (begin, end), index in zip(plan.batches, _batch_indices(plan, layers)):
+        lengths = plan.lengths[begin:end]
+        tokens = slice(int(plan.token_start[begin]), int(plan.token_start[end]))
+        attended = torch.arange(int(lengths[0])) < lengths.unsqueeze(1)  # longest sentence first
+        input_ids = torch.full(attended.shape, pad, dtype=plan.ids.dtype).masked_scatter_(attended, plan.ids[tokens])
+        keep = torch.zeros_like(attended).masked_scatter_(attended, plan.keep[tokens])
+        attention_mask = attended.long().to(device)
+        output = encoder.token_states(input_ids=input_ids.to(device), attention_mask=attention_mask, output_hidden_states=True)
+        accumulators.add(output.hidden_states, keep.to(device), index)
         if config.sentence_level:
-            accumulators.embeddings.append(encoder.pooler(output.last_hidden_state, attention_mask.to(device)).float())
+            accumulators.embeddings.append(encoder.pooler(output.last_hidden_state, attention_mask).float())
     return accumulators
 
 
 def _layer_columns(accumulators: _Accumulators, plan: _Plan, config: GeometryConfig) -> dict[str, Measure]:
     """Per-layer metric vectors (L+1,) with their sample sizes, from the accumulated sums."""
-    anisotropy = closed_form_mean_cosine(accumulators.anisotropy_sums, accumulators.sample)  # (L+1, R)
+    anisotropy = closed_form_mean_cosine(accumulators.anisotropy_sums.transpose(0, 1), accumulators.sample)  # (L+1, R)
     spread = anisotropy.std(-1) if accumulators.resamples > 1 else torch.zeros_like(anisotropy[:, 0])
     baseline = anisotropy.mean(-1)
     counts = plan.selection.counts.to(baseline.device)
-    per_type, types = type_self_similarity(accumulators.type_sums, counts)
+    per_type, types = type_self_similarity(accumulators.type_sums.transpose(0, 1), counts)
     self_sim = per_type.mean(-1)
     intra = accumulators.intra_sum / accumulators.intra_sentences
     tokens = int(plan.occurrence_start[-1])
@@ -565,11 +698,13 @@ def _layer_columns(accumulators: _Accumulators, plan: _Plan, config: GeometryCon
     }
     shares = rogue_shares_from_sum(accumulators.unit_sum)
     columns.update({name: Measure(value, tokens) for name, value in rogue_summary(shares).items()})
-    sample = accumulators.informativity
-    for k in config.rogue_remove:
-        drops = shares.topk(min(k, shares.shape[-1]), dim=-1).indices
-        r2 = torch.stack([informativity_r2(sample[layer], drops[layer]).value for layer in range(sample.shape[0])])
-        columns[f"informativity_r2_k{k}"] = Measure(r2, sample.shape[1])
+    ranked = shares.argsort(dim=-1, descending=True)
+    per_layer = [  # one layer at a time keeps the float32 copies of the sample small
+        informativity_r2(sample, [ranked[layer, :k] for k in config.rogue_remove])
+        for layer, sample in enumerate(accumulators.informativity)
+    ]
+    for index, k in enumerate(config.rogue_remove):
+        columns[f"informativity_r2_k{k}"] = Measure(torch.stack([m[index].value for m in per_layer]), per_layer[0][index].n)
     return columns
 
 
@@ -619,7 +754,7 @@ def geometry_probe(
     sample_sizes.update({name: m.n for name, m in summaries.items()})
 
     tokens = encoder.tokenizer.convert_ids_to_tokens(plan.selection.type_ids.tolist())
-    per_type_last = closed_form_mean_cosine(accumulators.type_sums[-1], plan.selection.counts.to(accumulators.type_sums.device))
+    per_type_last = closed_form_mean_cosine(accumulators.type_sums[:, -1], plan.selection.counts.to(accumulators.type_sums.device))
     result = GeometryResult(
         convention=config.convention,
         config=config.record(),

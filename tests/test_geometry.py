@@ -401,8 +401,8 @@ def test_plots_written_atomically(tiny_bert, tmp_path):
 
 
 def test_sentences_without_tokens_in_the_set_are_skipped(tiny_bert):
-    # "" is [CLS] [SEP] only: no token once specials are excluded; sorted last, it forms the last batch alone
-    config = GeometryConfig(sentence_level=False, anisotropy_resamples=2, informativity_tokens=20, batch_size=2)
+    # "" is [CLS] [SEP] only: no token once specials are excluded; one sentence per batch, so it forms batches alone
+    config = GeometryConfig(sentence_level=False, anisotropy_resamples=2, informativity_tokens=20, batch_tokens=1)
     with_empty = geometry_probe(tiny_bert, SENTENCES[:9] + ["", ""], config)
     without = geometry_probe(tiny_bert, SENTENCES[:9], config)
     assert with_empty.sample_sizes["intra_similarity/layer_1"] == 9

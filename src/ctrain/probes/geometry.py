@@ -7,13 +7,15 @@ the sentence level alignment and uniformity (Wang and Isola) plus the per-type
 self-similarity change against a reference model.
 
 Why it is built this way: mean cosines over many pairs are computed in closed form
-from sums of unit vectors, `(||sum u||^2 - n) / (n (n - 1))`, so no N x N matrix is
-built except for the informativity sample (which the definition needs) and, in row
-chunks, uniformity. Hidden states are streamed batch by batch; only per-layer sums,
-moments and the sampled token vectors are kept, in float64 (sums over tens of
-thousands of unit vectors lose precision in float32). All random draws are made up
-front from a local `torch.Generator`, so results do not depend on batching or on the
-memory cap, and the global RNG is never touched.
+from sums of unit vectors, `(||sum u||^2 - n) / (n (n - 1))`, and the informativity
+correlation from d x d Gram matrices, so no N x N matrix is built except uniformity's row
+chunks. Hidden states are streamed batch by batch (sentences sorted by length, up to
+`batch_tokens` tokens a batch) and never turned into unit vectors: per layer, one norm,
+one bmm and one sparse product give every sum the metrics need. Within a batch this runs
+in the model's float32; sums across batches are float64 (sums over tens of thousands of
+unit vectors lose precision in float32). All random draws are made up front from a local
+`torch.Generator`, so results do not depend on batching or on the memory cap, and the
+global RNG is never touched.
 
 Decisions where the spec is open (each one a `GeometryConfig` field where reasonable
 people differ):
@@ -56,10 +58,10 @@ people differ):
   anisotropy/norm/rogue/informativity, resamples for spreads, types for
   self-similarity, sentences for intra-similarity and uniformity, pairs for alignment.
 - Memory: `max_memory_mb` caps the estimated working set (accumulators, the
-  informativity and uniformity matrices, plus the per-token cost of one batch's hidden
-  states, their float64 copies and the model's activations); batches are filled in
-  length order up to that budget. It is an estimate, not a hard limit: model weights,
-  the tokenised corpus and the allocator's cache come on top.
+  informativity sample and its float32 copies, uniformity's row chunks, plus the
+  per-token cost of one batch: the model's hidden states of every layer and its
+  activations); batches are made smaller when needed. It is an estimate, not a hard
+  limit: model weights, the tokenised corpus and the allocator's cache come on top.
 """
 
 from __future__ import annotations
@@ -373,7 +375,8 @@ class GeometryConfig:
     uniformity_t: float = 2.0
     top_changes: int = 10
     max_length: int | None = 128
-    batch_size: int = 64
+    batch_tokens: int = 2048  # streamed batches: sentences, longest first, up to this many tokens (at least one)
+    batch_size: int = 64  # sentences per batch when embedding the alignment pairs
     max_memory_mb: float = 1024.0
     seed: int = 0
 
@@ -509,7 +512,7 @@ def _plan(encoder: SentenceEncoder, sentences: list[str], config: GeometryConfig
         length = int(sorted_lengths[start])
         # the model's hidden states of every layer (float32), its FFN activations and attention scores
         per_token = 4 * hidden * layers + 32 * hidden + 12 * heads * length
-        size = min(config.batch_size, int(budget // (per_token * length)), len(order) - start)
+        size = min(max(1, config.batch_tokens // length), int(budget // (per_token * length)), len(order) - start)
         if size < 1:
             raise ValueError(
                 f"max_memory_mb={config.max_memory_mb} is too small: the accumulators take {fixed / 2**20:.1f} MB "
@@ -544,7 +547,7 @@ def _batch_indices(plan: _Plan, layers: int) -> list[_BatchIndex]:
     def per_batch(values: Tensor, batch: Tensor) -> list[Tensor]:
         return list(values.split(torch.bincount(batch, minlength=batch_count).tolist()))
 
-    types = plan.selection.type_ids.numel()
+    types = max(plan.selection.type_ids.numel(), 1)  # (no qualifying type: nothing below is used)
     used = (plan.selection.slot >= 0).nonzero().squeeze(1)
     slot = plan.selection.slot[used]
     order = (batch_of(used) * types + slot).argsort(stable=True)  # by batch, then type, then occurrence

@@ -272,8 +272,8 @@ def informativity_r2(
     covariance of pair cosines over all (i, j) is (2N sum_i (mu_x.z_i)(mu_y.w_i) + ||Z_x^T Z_y||^2) / N^2:
     d x d Gram matrices of centred vectors, which carry no large common offset and so can be
     computed in `compute_dtype` (float32: r^2 within ~1e-6, ~1e-5 where the cosines barely vary;
-    float64: exact). The diagonal
-    (i = j) is taken out in float64. Leading dimensions (e.g. layers) batch.
+    float64: exact). The diagonal (i = j) is taken out in float64. Leading dimensions (e.g.
+    layers) batch.
     """
     rows = vectors.to(compute_dtype)
     count = rows.shape[-2]
@@ -290,7 +290,7 @@ def informativity_r2(
         squared_norms.append((norms * scale).squeeze(-1).to(ACCUMULATE).pow(2))  # 1, or 0 for a zero vector
     means = [unit.mean(-2, keepdim=True) for unit in sets]
     centred = [unit - mean for unit, mean in zip(sets, means)]
-    offsets = [(rows @ mean.mT).squeeze(-1).to(ACCUMULATE) for rows, mean in zip(centred, means)]  # mu.z_i
+    offsets = [(z @ mean.mT).squeeze(-1).to(ACCUMULATE) for z, mean in zip(centred, means)]  # mu.z_i
     mean_squares = [mean.squeeze(-2).to(ACCUMULATE).pow(2).sum(-1) for mean in means]  # |mu|^2
 
     def pair_mean(first: int) -> Tensor:

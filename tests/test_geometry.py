@@ -307,10 +307,13 @@ def test_probe_matches_brute_force(model, convention, request):
     assert set(expected) <= set(result.metrics)
     for key, value in expected.items():
         assert result.metrics[key] == pytest.approx(value, abs=MODEL_TOL), key
-    # streaming in many small batches gives the same values
-    small = geometry_probe(encoder, SENTENCES, GeometryConfig(**{**config.__dict__, "max_memory_mb": 1.0}))
-    for key, value in result.metrics.items():
-        assert small.metrics[key] == pytest.approx(value, abs=MODEL_TOL), key
+    # streaming in many small batches (types and resamples spread over them) gives the same values
+    for change in ({"max_memory_mb": 1.0}, {"batch_tokens": 40}):
+        small_config = GeometryConfig(**{**config.__dict__, **change})
+        assert len(_plan(encoder, SENTENCES, small_config.resolved()).batches) >= 3, change
+        small = geometry_probe(encoder, SENTENCES, small_config)
+        for key, value in result.metrics.items():
+            assert small.metrics[key] == pytest.approx(value, abs=MODEL_TOL), (change, key)
 
 
 def test_conventions_specials_and_occurrences(tiny_bert):

@@ -153,14 +153,15 @@ def straightforward(encoder: SentenceEncoder, sentences: list[str], config: Geom
 def _translated_draws(encoder: SentenceEncoder, sentences: list[str], config: GeometryConfig) -> dict:
     """ctrain's random draws as (corpus sentence, token-set position) pairs."""
     plan = _plan(encoder, sentences, config.resolved())
-    starts = plan.occurrence_start
+    starts, order = plan.occurrence_start.numpy(), np.asarray(plan.order)
 
-    def place(occurrence: int) -> tuple[int, int]:
-        slot = int(np.searchsorted(starts.numpy(), occurrence, side="right")) - 1
-        return plan.order[slot], occurrence - int(starts[slot])
+    def places(occurrences: torch.Tensor) -> list[tuple[int, int]]:
+        flat = occurrences.reshape(-1).numpy()
+        slot = np.searchsorted(starts, flat, side="right") - 1
+        return list(zip(order[slot].tolist(), (flat - starts[slot]).tolist()))
 
-    anisotropy = [[[place(o) for o in sample.tolist()] for sample in layer] for layer in plan.anisotropy_draws]
-    return {"anisotropy": anisotropy, "informativity": [place(o) for o in plan.informativity_draws.tolist()]}
+    anisotropy = [[places(sample) for sample in layer] for layer in plan.anisotropy_draws]
+    return {"anisotropy": anisotropy, "informativity": places(plan.informativity_draws)}
 
 
 def _measure(run, repeats: int) -> dict:

@@ -181,22 +181,22 @@ def self_similarity(
     return selection.type_ids, per_type, Measure(per_type.mean(-1), count)
 
 
-def intra_per_sentence(
-    vectors: Tensor, sentence_ids: Tensor, num_sentences: int, units: Tensor | None = None
-) -> tuple[Tensor, Tensor]:
-    """Per sentence, mean over its tokens of cos(h(t), mean of the sentence's h): values (..., S), token counts (S,).
+def intra_from_sums(unit_sums: Tensor, vector_sums: Tensor, counts: Tensor) -> Tensor:
+    """Per sentence, mean over its n tokens of cos(h_t, m), from the sentence's sums of unit vectors
+    and of raw vectors: sum_t cos(h_t, m) = (sum_t u_t) . m / ||m||, and m points along sum_t h_t."""
+    dot = (unit_sums * vector_sums).sum(-1)
+    return dot / vector_sums.norm(dim=-1).clamp_min(1e-12) / counts.clamp_min(1)
 
-    Closed form, no per-token gather: sum_t cos(h_t, m) = unit(m) . sum_t u_t. Pass `units`
-    (the unit vectors of `vectors`) when they are already at hand.
-    """
+
+def intra_per_sentence(vectors: Tensor, sentence_ids: Tensor, num_sentences: int) -> tuple[Tensor, Tensor]:
+    """Per sentence, mean over its tokens of cos(h(t), mean of the sentence's h): values (..., S), token counts (S,)."""
     vectors = vectors.to(ACCUMULATE)
-    units = unit_vectors(vectors) if units is None else units
     sentence_ids = sentence_ids.to(vectors.device)
     counts = torch.bincount(sentence_ids, minlength=num_sentences)
     shape = (*vectors.shape[:-2], num_sentences, vectors.shape[-1])
-    means = vectors.new_zeros(shape).index_add_(-2, sentence_ids, vectors)
-    unit_sums = vectors.new_zeros(shape).index_add_(-2, sentence_ids, units)
-    return (unit_vectors(means) * unit_sums).sum(-1) / counts.clamp_min(1), counts
+    vector_sums = vectors.new_zeros(shape).index_add_(-2, sentence_ids, vectors)
+    unit_sums = vectors.new_zeros(shape).index_add_(-2, sentence_ids, unit_vectors(vectors))
+    return intra_from_sums(unit_sums, vector_sums, counts), counts
 
 
 def intra_sentence_similarity(vectors: Tensor, sentence_ids: Tensor) -> Measure:
@@ -648,9 +648,8 @@ class _Accumulators:
         self.unit_sum += unit_sums.sum(1).to(ACCUMULATE)
         counts = keep.sum(1)
         present = counts > 0
-        # cos(h_t, m) summed over a sentence's tokens = (sum_t u_t) . m / ||m||; per sentence float32 is enough
-        intra = (unit_sums * vector_sums).sum(-1) / vector_sums.norm(dim=-1).clamp_min(1e-12)
-        self.intra_sum += (intra[:, present] / counts[present]).to(ACCUMULATE).sum(-1)
+        intra = intra_from_sums(unit_sums, vector_sums, counts)  # per sentence, float32 is enough
+        self.intra_sum += intra[:, present].to(ACCUMULATE).sum(-1)
         self.intra_sentences += int(present.sum())
         self.norms = self.norms.merge(Moments.of(torch.stack(token_norms).flatten(1)[:, position]))
         info_position = position[index.info_occurrences.to(device) - index.first]

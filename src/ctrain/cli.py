@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import argparse
 import csv
-import os
 import sys
-import tempfile
 import warnings
 from pathlib import Path
 
@@ -21,6 +19,7 @@ from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
 
 from ctrain.callbacks.outputs import RunOutputs
 from ctrain.datamodule import ContrastiveDataModule
+from ctrain.loggers import write_csv_atomic
 from ctrain.module import ContrastiveModule
 
 STS_METRIC = "val/stsb_spearman"
@@ -93,11 +92,7 @@ def _drop_metrics_after(metrics_file: Path, step: int) -> None:
     with metrics_file.open(newline="") as handle:
         reader = csv.DictReader(handle)
         fields, rows = reader.fieldnames or [], [row for row in reader if int(row["step"]) < step]
-    with tempfile.NamedTemporaryFile("w", newline="", dir=metrics_file.parent, delete=False) as handle:
-        writer = csv.DictWriter(handle, fieldnames=fields)
-        writer.writeheader()
-        writer.writerows(rows)
-    os.replace(handle.name, metrics_file)
+    write_csv_atomic(str(metrics_file), fields, rows)
 
 
 def run_cli(args: list[str]) -> CtrainCLI:

@@ -4,11 +4,19 @@ from __future__ import annotations
 
 import csv
 import os
-import tempfile
 
 from pytorch_lightning.loggers import CSVLogger
 from pytorch_lightning.loggers.csv_logs import ExperimentWriter
 from pytorch_lightning.loggers.logger import rank_zero_experiment
+
+from ctrain.fileio import atomic_path
+
+
+def write_csv_atomic(path: str, fields: list[str], rows: list[dict]) -> None:
+    with atomic_path(path) as temporary, temporary.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(rows)
 
 
 class _AppendingWriter(ExperimentWriter):
@@ -29,11 +37,7 @@ class _AppendingWriter(ExperimentWriter):
         self._record_new_keys()
         self.rows.extend(self.metrics)
         self.metrics = []
-        with tempfile.NamedTemporaryFile("w", newline="", dir=self.log_dir, delete=False, suffix=".tmp") as handle:
-            writer = csv.DictWriter(handle, fieldnames=self.metrics_keys)
-            writer.writeheader()
-            writer.writerows(self.rows)
-        os.replace(handle.name, self.metrics_file_path)
+        write_csv_atomic(self.metrics_file_path, self.metrics_keys, self.rows)
 
 
 class RunCSVLogger(CSVLogger):

@@ -7,14 +7,13 @@ Results go to `--out` as JSON plus figures, and the headline numbers to the term
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 from jsonargparse import CLI
 
 from ctrain.data import read_sts_b
 from ctrain.encoder import load_encoder
+from ctrain.fileio import atomic_write_text
 from ctrain.probes.sts import encoder_sts
 
 
@@ -25,12 +24,6 @@ def resolve_model(model: str) -> str:
         if (path / exported / "modules.json").exists():
             return str(path / exported)
     return model
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False, suffix=".tmp") as handle:
-        handle.write(text)
-    os.replace(handle.name, path)
 
 
 def probe(
@@ -99,7 +92,7 @@ def _weighting(encoder, directory, split, num_sentences, methods, mode, steps, p
         max_length=max_length, seed=seed,
     )  # fmt: skip
     result = weighting_probe(encoder, sentences, config)
-    write_text_atomic(directory / "weighting.json", result.to_json())
+    atomic_write_text(directory / "weighting.json", result.to_json())
     print(f"\nword weighting on {len(sentences)} STS-B {split} sentences (R^2 x100, beta x100, n):")
     for method in methods:
         for quantity, label in (("kl", "KL(w)"), ("selfinfo", "-log P(w)"), ("dkl", "dKL(w)")):
@@ -125,7 +118,7 @@ def _geometry(encoder, directory, conventions, geometry_sentences, max_length, s
     sentences = probe_sentences("test")[:geometry_sentences]
     for convention in conventions:
         result = geometry_probe(encoder, sentences, GeometryConfig(convention=convention, max_length=max_length, seed=seed))
-        write_text_atomic(directory / f"geometry_{convention}.json", result.to_json())
+        atomic_write_text(directory / f"geometry_{convention}.json", result.to_json())
         plot_metrics_by_layer(result, directory / f"geometry_{convention}.png")
         print(f"\ngeometry, convention {convention}, {len(sentences)} STS-B test sentences:")
         print(format_layer_table(result))

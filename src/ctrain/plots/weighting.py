@@ -2,14 +2,12 @@
 
 A reader (the training loop, a dashboard) may load a figure while the next probe
 rewrites it, so every file is written to a temporary file in the same directory and
-moved into place with ``os.replace``.
+moved into place (`ctrain.fileio.atomic_path`).
 """
 
 from __future__ import annotations
 
 import math
-import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -17,6 +15,7 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from ctrain.fileio import atomic_path
 from ctrain.probes.regression import ols
 from ctrain.probes.weighting import Quantity, WeightingResult
 
@@ -26,16 +25,9 @@ LABELS = {"kl": "KL(w)", "dkl": "dKL(w)", "selfinfo": "I(w) = -log P(w)"}
 def save_figure(figure: Figure, path: str | Path) -> Path:
     """Write ``figure`` to ``path`` atomically (format from the suffix)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=path.suffix)
-    os.close(handle)
-    try:
+    with atomic_path(path) as temporary:
         FigureCanvasAgg(figure)
         figure.savefig(temporary, format=path.suffix.lstrip(".") or "png")
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
     return path
 
 

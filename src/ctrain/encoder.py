@@ -76,6 +76,9 @@ class SentenceEncoder(nn.Module):
         # [UNK] stands for a real word of the sentence: it is a position like any other, not a special one.
         special = set(tokenizer.all_special_ids) - {tokenizer.unk_token_id}
         self.register_buffer("special_ids", torch.tensor(sorted(special), dtype=torch.long), persistent=False)
+        # `from_pretrained` hands back its model in eval mode; a new module is in train mode, and so is
+        # this one, whatever the loader did (Lightning 2.x keeps the modes it finds: dropout would be off).
+        self.train()
 
     @property
     def hidden_size(self) -> int:

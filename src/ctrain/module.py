@@ -91,8 +91,13 @@ class ContrastiveModule(pl.LightningModule):
         return int(os.environ.get("PL_GLOBAL_SEED", 0)) + _STEP_STRIDE * self.global_step + self.global_rank
 
     def on_train_batch_start(self, batch: dict, batch_idx: int) -> None:
-        """Seed dropout from (seed, step, rank): a resumed run and an interrupted one draw the same masks,
-        whatever else used the RNG between steps (validation, probes, dataloader start-up)."""
+        """Train mode and seeded dropout for every step.
+
+        The encoder is put in train mode whatever a loader, probe or user left it in: unsupervised
+        positives exist only through dropout. Dropout is seeded from (seed, step, rank): a resumed
+        run and an interrupted one draw the same masks, whatever else used the RNG between steps
+        (validation, probes, dataloader start-up)."""
+        self.encoder.train()
         torch.manual_seed(self._step_seed())
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:

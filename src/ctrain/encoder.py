@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -27,6 +29,22 @@ POOLINGS: tuple[str, ...] = ("mean", "cls", "cls_mlp", "max")
 TINY_PREFIX = "tiny-"
 HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[\w.-]+)?")
 TINY_ARCHITECTURES = ("bert", "roberta", "mpnet")
+
+
+def word_special_ids(tokenizer: PreTrainedTokenizerBase) -> list[int]:
+    """Ids that are never words: [CLS]/[SEP]/<s>/</s>/PAD/MASK. [UNK] stands for a real word, so it is not one."""
+    return sorted(set(tokenizer.all_special_ids) - {tokenizer.unk_token_id})
+
+
+@contextmanager
+def eval_mode(module: nn.Module) -> Iterator[nn.Module]:
+    """Eval mode (dropout off) for the block, then the mode the module had before, even on error."""
+    was_training = module.training
+    module.eval()
+    try:
+        yield module
+    finally:
+        module.train(was_training)
 
 
 class Pooler(nn.Module):
@@ -73,9 +91,7 @@ class SentenceEncoder(nn.Module):
         self.tokenizer = tokenizer
         self.pooler = Pooler(pooling, backbone.config.hidden_size, mlp_only_train)
         self.normalize = normalize
-        # [UNK] stands for a real word of the sentence: it is a position like any other, not a special one.
-        special = set(tokenizer.all_special_ids) - {tokenizer.unk_token_id}
-        self.register_buffer("special_ids", torch.tensor(sorted(special), dtype=torch.long), persistent=False)
+        self.register_buffer("special_ids", torch.tensor(word_special_ids(tokenizer), dtype=torch.long), persistent=False)
         # `from_pretrained` hands back its model in eval mode; a new module is in train mode, and so is
         # this one, whatever the loader did (Lightning 2.x keeps the modes it finds: dropout would be off).
         self.train()
@@ -159,16 +175,12 @@ class SentenceEncoder(nn.Module):
         little compute goes to padding; rows come back in the input order.
         """
         order = sorted(range(len(sentences)), key=lambda i: -len(sentences[i]))
-        was_training = self.training
-        self.eval()
-        try:
-            device = next(self.parameters()).device
-            chunks = []
+        device = next(self.parameters()).device
+        chunks = []
+        with eval_mode(self):
             for start in range(0, len(order), batch_size):
                 batch = self.tokenize([sentences[i] for i in order[start : start + batch_size]], max_length)
                 chunks.append(self(**{k: v.to(device) for k, v in batch.items()}).float().cpu())
-        finally:
-            self.train(was_training)
         if not chunks:
             return torch.empty(0, self.hidden_size)
         embeddings = torch.cat(chunks)

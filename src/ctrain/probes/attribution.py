@@ -49,7 +49,7 @@ import torch
 from torch import Tensor
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from ctrain.encoder import SentenceEncoder
+from ctrain.encoder import SentenceEncoder, eval_mode
 
 Quadrature = Literal["gauss_legendre", "riemann_trapezoid"]
 QUADRATURES: tuple[str, ...] = ("gauss_legendre", "riemann_trapezoid")
@@ -68,7 +68,6 @@ class Attribution:
 @contextmanager
 def probe_mode(encoder: SentenceEncoder) -> Iterator[torch.device]:
     """Eval mode, fp32, autocast off, autograd available; everything restored on exit."""
-    was_training = encoder.training
     low_precision = [
         t for t in chain(encoder.parameters(), encoder.buffers()) if t.is_floating_point() and t.dtype != torch.float32
     ]
@@ -77,13 +76,11 @@ def probe_mode(encoder: SentenceEncoder) -> Iterator[torch.device]:
     try:
         for tensor in low_precision:  # bf16/fp16 -> fp32 -> back is lossless
             tensor.data = tensor.data.float()
-        encoder.eval()
-        with torch.inference_mode(False), torch.autocast(device.type, enabled=False):
+        with eval_mode(encoder), torch.inference_mode(False), torch.autocast(device.type, enabled=False):
             yield device
     finally:
         for tensor, dtype in zip(low_precision, dtypes):
             tensor.data = tensor.data.to(dtype)
-        encoder.train(was_training)
 
 
 def quadrature_rule(method: Quadrature, steps: int) -> tuple[Tensor, Tensor]:

@@ -77,6 +77,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ctrain.data import StsSplit, read_sts_b
+from ctrain.encoder import eval_mode
 from ctrain.probes.jsonio import to_strict_json
 
 if TYPE_CHECKING:
@@ -737,16 +738,11 @@ def geometry_probe(
     """
     config = (config or GeometryConfig()).resolved()
     sentences = list(sentences) if sentences is not None else probe_sentences()
-    was_training = encoder.training
-    encoder.eval()
-    try:
-        with torch.no_grad():
-            plan = _plan(encoder, sentences, config)
-            accumulators = _stream(encoder, plan, config)
-            columns = _layer_columns(accumulators, plan, config)
-            summaries = _sentence_level(encoder, accumulators, config) if config.sentence_level else {}
-    finally:
-        encoder.train(was_training)
+    with eval_mode(encoder), torch.no_grad():
+        plan = _plan(encoder, sentences, config)
+        accumulators = _stream(encoder, plan, config)
+        columns = _layer_columns(accumulators, plan, config)
+        summaries = _sentence_level(encoder, accumulators, config) if config.sentence_level else {}
 
     layers = encoder.num_layers + 1
     per_layer = [{name: float(m.value[layer]) for name, m in columns.items()} for layer in range(layers)]

@@ -34,6 +34,8 @@ from scipy import sparse
 from torch import Tensor
 from transformers import PreTrainedTokenizerBase
 
+from ctrain.encoder import word_special_ids
+
 Units = Literal["tokens", "words"]
 UNITS: tuple[str, ...] = ("tokens", "words")
 
@@ -68,7 +70,7 @@ def segment(
         list(sentences), padding=True, truncation=max_length is not None, max_length=max_length, return_tensors="pt"
     )
     input_ids = encoding["input_ids"]
-    special_ids = torch.tensor(sorted(set(tokenizer.all_special_ids) - {tokenizer.unk_token_id}), dtype=torch.long)
+    special_ids = torch.tensor(word_special_ids(tokenizer), dtype=torch.long)
     word_ids = torch.tensor(
         [[-1 if w is None else w for w in encoding.word_ids(b)] for b in range(input_ids.shape[0])], dtype=torch.long
     ).reshape(input_ids.shape)

@@ -2,8 +2,10 @@
 
 Both fine-tune the offline all-MiniLM-L6-v2 on STS-B train pairs (score >= 4) with in-batch
 negatives, cosine similarity and temperature 0.05 (MultipleNegativesRankingLoss, scale 20), batch
-32, max length 32, AdamW lr 3e-5, no evaluation or saving. Steps after `--warmup` are timed and
-the ratio ctrain / sentence-transformers is printed (>= 1.0 means ctrain is not slower).
+32, max length 32, AdamW lr 3e-5, no evaluation or saving. Both train with dropout on: every
+module's mode and every dropout probability are read inside the timed steps, and the benchmark
+fails when the two sides differ. Steps after `--warmup` are timed and the ratio
+ctrain / sentence-transformers is printed (>= 1.0 means ctrain is not slower).
 
     python benchmarks/train_throughput.py [--steps 40] [--warmup 5]
 """
@@ -20,11 +22,18 @@ import torch
 BATCH, MAX_LENGTH, LR = 32, 32, 3e-5
 
 
+def _training_state(model: torch.nn.Module) -> tuple[bool, tuple[float, ...]]:
+    """(every module in train mode, the sorted dropout probabilities): what makes two trainers' steps alike."""
+    probabilities = sorted(m.p for m in model.modules() if isinstance(m, torch.nn.Dropout))
+    return all(m.training for m in model.modules()), tuple(probabilities)
+
+
 class _StepTimer:
     """Wall time from the start of step `warmup` to the end of the last step."""
 
     def __init__(self, warmup: int) -> None:
         self.warmup, self.start, self.end, self.steps = warmup, None, None, 0
+        self.states: set[tuple[bool, tuple[float, ...]]] = set()
 
     def step_begin(self, step: int) -> None:
         if step == self.warmup:
@@ -40,7 +49,7 @@ class _StepTimer:
         return self.steps / (self.end - self.start)
 
 
-def run_ctrain(pairs: list[tuple[str, str]], steps: int, warmup: int) -> float:
+def run_ctrain(pairs: list[tuple[str, str]], steps: int, warmup: int) -> _StepTimer:
     import pytorch_lightning as pl
 
     from ctrain.datamodule import ContrastiveDataModule
@@ -51,6 +60,9 @@ def run_ctrain(pairs: list[tuple[str, str]], steps: int, warmup: int) -> float:
     class Timing(pl.Callback):
         def on_train_batch_start(self, trainer, module, batch, batch_idx):
             timer.step_begin(trainer.global_step)
+
+        def on_before_backward(self, trainer, module, loss):
+            timer.states.add(_training_state(module.encoder.backbone))
 
         def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
             timer.step_end(trainer.global_step - 1)
@@ -65,10 +77,10 @@ def run_ctrain(pairs: list[tuple[str, str]], steps: int, warmup: int) -> float:
         enable_progress_bar=False, enable_model_summary=False, callbacks=[Timing()], use_distributed_sampler=False,
     )  # fmt: skip
     trainer.fit(module, datamodule=data)
-    return timer.rate
+    return timer
 
 
-def run_sentence_transformers(pairs: list[tuple[str, str]], steps: int, warmup: int) -> float:
+def run_sentence_transformers(pairs: list[tuple[str, str]], steps: int, warmup: int) -> _StepTimer:
     from datasets import Dataset
     from sentence_transformers import SentenceTransformer, SentenceTransformerTrainer, SentenceTransformerTrainingArguments
     from sentence_transformers.losses import MultipleNegativesRankingLoss
@@ -82,7 +94,8 @@ def run_sentence_transformers(pairs: list[tuple[str, str]], steps: int, warmup: 
         def on_step_begin(self, args, state, control, **kwargs):
             timer.step_begin(state.global_step)
 
-        def on_step_end(self, args, state, control, **kwargs):
+        def on_step_end(self, args, state, control, model=None, **kwargs):
+            timer.states.add(_training_state(model[0].auto_model))  # the transformer, as on ctrain's side
             timer.step_end(state.global_step - 1)
 
     model = SentenceTransformer(str(minilm_path()), device="cpu")
@@ -99,7 +112,7 @@ def run_sentence_transformers(pairs: list[tuple[str, str]], steps: int, warmup: 
             callbacks=[Timing()],
         )  # fmt: skip
         trainer.train()
-    return timer.rate
+    return timer
 
 
 def main() -> None:
@@ -113,11 +126,18 @@ def main() -> None:
     pairs = sts_b_examples(supervised=True)
     print(f"all-MiniLM-L6-v2, {len(pairs)} STS-B pairs, batch {BATCH}, max length {MAX_LENGTH}, "
           f"{options.steps} steps ({options.warmup} untimed), torch threads {torch.get_num_threads()}")  # fmt: skip
-    st_rate = run_sentence_transformers(pairs, options.steps, options.warmup)
-    ctrain_rate = run_ctrain(pairs, options.steps, options.warmup)
-    print(f"sentence-transformers trainer: {st_rate:.3f} steps/s")
-    print(f"ctrain:                        {ctrain_rate:.3f} steps/s")
-    print(f"ratio ctrain / sentence-transformers: {ctrain_rate / st_rate:.3f}")
+    st = run_sentence_transformers(pairs, options.steps, options.warmup)
+    ours = run_ctrain(pairs, options.steps, options.warmup)
+    for name, timer in (("sentence-transformers", st), ("ctrain", ours)):
+        if len(timer.states) != 1 or not next(iter(timer.states))[0]:
+            raise SystemExit(f"{name} did not train with every module in train mode in every step: {timer.states}")
+    if st.states != ours.states:
+        raise SystemExit(f"the trainers differ in mode or dropout: sentence-transformers {st.states}, ctrain {ours.states}")
+    _, dropout = next(iter(ours.states))
+    print(f"both sides: every module in train mode in every step, dropout probabilities {sorted(set(dropout))}")
+    print(f"sentence-transformers trainer: {st.rate:.3f} steps/s")
+    print(f"ctrain:                        {ours.rate:.3f} steps/s")
+    print(f"ratio ctrain / sentence-transformers: {ours.rate / st.rate:.3f}")
 
 
 if __name__ == "__main__":

@@ -15,3 +15,13 @@ class KillAtStep(pl.Callback):
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if trainer.global_step == self.step:
             os.kill(os.getpid(), signal.SIGKILL)
+
+
+class RecordTrainMode(pl.Callback):
+    """Records, inside every training step (after the forward), whether every encoder module is in train mode."""
+
+    def __init__(self) -> None:
+        self.all_training: list[bool] = []
+
+    def on_before_backward(self, trainer, pl_module, loss) -> None:
+        self.all_training.append(all(module.training for module in pl_module.encoder.modules()))

@@ -12,7 +12,7 @@ import json
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
@@ -76,7 +76,11 @@ class Pooler(nn.Module):
 
 
 class SentenceEncoder(nn.Module):
-    """Backbone + pooler (+ optional L2 normalisation when the model itself ends in one)."""
+    """Backbone + pooler (+ the Dense layers and L2 normalisation a sentence-transformers model declares).
+
+    `dense` holds sentence-transformers `Dense` modules as they were saved (any activation, any
+    output size, after any pooling), so inference matches `SentenceTransformer` on the same directory.
+    """
 
     def __init__(
         self,
@@ -85,11 +89,13 @@ class SentenceEncoder(nn.Module):
         pooling: Pooling = "mean",
         mlp_only_train: bool = False,
         normalize: bool = False,
+        dense: list[nn.Module] | None = None,
     ) -> None:
         super().__init__()
         self.backbone = backbone
         self.tokenizer = tokenizer
         self.pooler = Pooler(pooling, backbone.config.hidden_size, mlp_only_train)
+        self.dense = nn.ModuleList(dense or [])
         self.normalize = normalize
         self.register_buffer("special_ids", torch.tensor(word_special_ids(tokenizer), dtype=torch.long), persistent=False)
         # `from_pretrained` hands back its model in eval mode; a new module is in train mode, and so is
@@ -98,7 +104,13 @@ class SentenceEncoder(nn.Module):
 
     @property
     def hidden_size(self) -> int:
+        """Size of the token states."""
         return self.backbone.config.hidden_size
+
+    @property
+    def embedding_size(self) -> int:
+        """Size of the sentence embedding f(X): the last Dense layer's output, else the token states'."""
+        return self.dense[-1].out_features if len(self.dense) else self.hidden_size
 
     @property
     def num_layers(self) -> int:
@@ -165,6 +177,8 @@ class SentenceEncoder(nn.Module):
             attention_mask = torch.ones(reference.shape[:2], dtype=torch.long, device=reference.device)
         states = self.token_states(input_ids, attention_mask, inputs_embeds, position_ids).last_hidden_state
         pooled = self.pooler(states, attention_mask)
+        for layer in self.dense:
+            pooled = layer({"sentence_embedding": pooled})["sentence_embedding"]
         return F.normalize(pooled, dim=-1) if self.normalize else pooled
 
     @torch.no_grad()
@@ -182,7 +196,7 @@ class SentenceEncoder(nn.Module):
                 batch = self.tokenize([sentences[i] for i in order[start : start + batch_size]], max_length)
                 chunks.append(self(**{k: v.to(device) for k, v in batch.items()}).float().cpu())
         if not chunks:
-            return torch.empty(0, self.hidden_size)
+            return torch.empty(0, self.embedding_size)
         embeddings = torch.cat(chunks)
         return embeddings[torch.tensor(order).argsort()]
 
@@ -263,37 +277,38 @@ class _DeclaredHead:
 
     pooling: Pooling | None = None
     normalize: bool = False
-    dense_dir: Path | None = None  # a Tanh Dense after CLS pooling: SimCSE's MLP, used at inference
+    dense: list[nn.Module] = field(default_factory=list)
 
 
-def _sentence_transformers_head(path: Path) -> _DeclaredHead:
+_SUPPORTED_MODULES = ("Transformer", "Pooling", "Dense", "Normalize")
+
+
+def _sentence_transformers_head(path: Path, trust_remote_code: bool) -> _DeclaredHead:
+    """Pooling, Dense layers (loaded by sentence-transformers itself) and Normalize, from modules.json."""
     modules_file = path / "modules.json"
     head = _DeclaredHead()
     if not modules_file.exists():
         return head
     for module in json.loads(modules_file.read_text()):
         kind = module["type"].rsplit(".", 1)[-1]
+        if kind not in _SUPPORTED_MODULES:
+            raise ValueError(
+                f"'{path}' declares a sentence-transformers module '{kind}' that ctrain cannot train: "
+                f"ctrain supports {', '.join(_SUPPORTED_MODULES)}; remove it from modules.json or use another model"
+            )
         if kind == "Normalize":
             head.normalize = True
         elif kind == "Dense":
-            head.dense_dir = path / module["path"]
+            from ctrain.export import Dense  # lazy: export imports this module
+
+            head.dense.append(Dense.load(str(path / module["path"]), trust_remote_code=trust_remote_code))
         elif kind == "Pooling":
             config = json.loads((path / module["path"] / "config.json").read_text())
             mode = config.get("pooling_mode")  # sentence-transformers >= 6
             if mode is None:
                 mode = "cls" if config.get("pooling_mode_cls_token") else "max" if config.get("pooling_mode_max_tokens") else "mean"
             head.pooling = mode if isinstance(mode, str) else mode[0]
-    if head.dense_dir is not None and head.pooling == "cls":
-        head.pooling = "cls_mlp"
     return head
-
-
-def _load_dense_into(encoder: SentenceEncoder, dense_dir: Path) -> None:
-    from safetensors.torch import load_file
-
-    weights = dense_dir / "model.safetensors"
-    state = load_file(weights) if weights.exists() else torch.load(dense_dir / "pytorch_model.bin", map_location="cpu")
-    encoder.pooler.mlp[0].load_state_dict({k.removeprefix("linear."): v for k, v in state.items()})
 
 
 def _backbone_dir(path: Path) -> Path:
@@ -314,8 +329,8 @@ def load_encoder(
     """Load an encoder by hub id, local path, offline short name, or `tiny-<bert|roberta|mpnet>`.
 
     For a sentence-transformers directory (the offline encoders, ctrain's saved models)
-    pooling and normalisation default to what the directory declares; elsewhere to mean
-    pooling without normalisation.
+    pooling and normalisation default to what the directory declares and its Dense layers
+    are kept; elsewhere the defaults are mean pooling without normalisation.
     """
     if name.startswith(TINY_PREFIX):
         architecture = name[len(TINY_PREFIX) :]
@@ -325,7 +340,7 @@ def load_encoder(
 
     path = assets.offline_encoder_path(name) or Path(name).expanduser()
     if path.exists():
-        declared = _sentence_transformers_head(path)
+        declared = _sentence_transformers_head(path, trust_remote_code)
         source = str(_backbone_dir(path))
     elif HUB_ID.fullmatch(name):
         declared, source = _DeclaredHead(), name
@@ -342,13 +357,11 @@ def load_encoder(
             f"connected machine and pass its local directory as model.encoder, or use all-MiniLM-L6-v2, "
             f"all-mpnet-base-v2 or tiny-bert"
         ) from None
-    encoder = SentenceEncoder(
+    return SentenceEncoder(
         backbone,
         tokenizer,
         pooling or declared.pooling or "mean",
         mlp_only_train,
         declared.normalize if normalize is None else normalize,
+        declared.dense,
     )
-    if declared.dense_dir is not None and encoder.pooler.mode == "cls_mlp":
-        _load_dense_into(encoder, declared.dense_dir)
-    return encoder

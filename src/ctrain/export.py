@@ -1,8 +1,9 @@
 """Save a SentenceEncoder in sentence-transformers format, atomically.
 
 `SentenceTransformer(path)` then returns the same embeddings as `SentenceEncoder` at
-inference: same pooling, the SimCSE MLP when it is used at inference, the model's own
-normalisation, and the training similarity as `similarity_fn_name`.
+inference: same pooling, the SimCSE MLP when it is used at inference (as a Tanh `Dense`),
+the Dense layers the model was loaded with, the model's own normalisation, and the training
+similarity as `similarity_fn_name`.
 """
 
 from __future__ import annotations
@@ -51,6 +52,7 @@ def save_sentence_transformer(
                     init_bias=linear.bias.detach().float().cpu().clone(),
                 )
             )
+        modules.extend(copy.deepcopy(layer).float().cpu() for layer in encoder.dense)
         if encoder.normalize:
             modules.append(Normalize())
         model = SentenceTransformer(modules=modules, device="cpu", similarity_fn_name=SIMILARITY_NAMES[similarity])

@@ -7,7 +7,7 @@ module's mode and every dropout probability are read inside the timed steps, and
 fails when the two sides differ. Steps after `--warmup` are timed and the ratio
 ctrain / sentence-transformers is printed (>= 1.0 means ctrain is not slower).
 
-    python benchmarks/train_throughput.py [--steps 40] [--warmup 5]
+    python benchmarks/train_throughput.py [--steps 40] [--warmup 5] [--device cpu|cuda]
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ class _StepTimer:
         return self.steps / (self.end - self.start)
 
 
-def run_ctrain(pairs: list[tuple[str, str]], steps: int, warmup: int) -> _StepTimer:
+def run_ctrain(pairs: list[tuple[str, str]], steps: int, warmup: int, device: str) -> _StepTimer:
     import pytorch_lightning as pl
 
     from ctrain.datamodule import ContrastiveDataModule
@@ -73,14 +73,14 @@ def run_ctrain(pairs: list[tuple[str, str]], steps: int, warmup: int) -> _StepTi
     data.examples = list(pairs)
     data.dev = data.test = [("a", "b", 1.0)]
     trainer = pl.Trainer(
-        accelerator="cpu", max_steps=steps, limit_val_batches=0, logger=False, enable_checkpointing=False,
+        accelerator="gpu" if device == "cuda" else "cpu", devices=1, max_steps=steps, limit_val_batches=0, logger=False, enable_checkpointing=False,
         enable_progress_bar=False, enable_model_summary=False, callbacks=[Timing()], use_distributed_sampler=False,
     )  # fmt: skip
     trainer.fit(module, datamodule=data)
     return timer
 
 
-def run_sentence_transformers(pairs: list[tuple[str, str]], steps: int, warmup: int) -> _StepTimer:
+def run_sentence_transformers(pairs: list[tuple[str, str]], steps: int, warmup: int, device: str) -> _StepTimer:
     from datasets import Dataset
     from sentence_transformers import SentenceTransformer, SentenceTransformerTrainer, SentenceTransformerTrainingArguments
     from sentence_transformers.losses import MultipleNegativesRankingLoss
@@ -98,14 +98,14 @@ def run_sentence_transformers(pairs: list[tuple[str, str]], steps: int, warmup: 
             timer.states.add(_training_state(model[0].auto_model))  # the transformer, as on ctrain's side
             timer.step_end(state.global_step - 1)
 
-    model = SentenceTransformer(str(minilm_path()), device="cpu")
+    model = SentenceTransformer(str(minilm_path()), device=device)
     model.max_seq_length = MAX_LENGTH
     dataset = Dataset.from_dict({"anchor": [a for a, _ in pairs], "positive": [p for _, p in pairs]})
     with tempfile.TemporaryDirectory() as output_dir:
         args = SentenceTransformerTrainingArguments(
             output_dir=output_dir, per_device_train_batch_size=BATCH, max_steps=steps, learning_rate=LR,
             warmup_steps=0, save_strategy="no", eval_strategy="no", report_to="none", logging_steps=10_000,
-            dataloader_drop_last=True, seed=0, use_cpu=True, disable_tqdm=True,
+            dataloader_drop_last=True, seed=0, use_cpu=device == "cpu", disable_tqdm=True,
         )  # fmt: skip
         trainer = SentenceTransformerTrainer(
             model=model, args=args, train_dataset=dataset, loss=MultipleNegativesRankingLoss(model, scale=20.0),
@@ -119,15 +119,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     options = parser.parse_args()
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     from ctrain.data import sts_b_examples
 
     pairs = sts_b_examples(supervised=True)
     print(f"all-MiniLM-L6-v2, {len(pairs)} STS-B pairs, batch {BATCH}, max length {MAX_LENGTH}, "
-          f"{options.steps} steps ({options.warmup} untimed), torch threads {torch.get_num_threads()}")  # fmt: skip
-    st = run_sentence_transformers(pairs, options.steps, options.warmup)
-    ours = run_ctrain(pairs, options.steps, options.warmup)
+          f"{options.steps} steps ({options.warmup} untimed), {options.device}, torch threads {torch.get_num_threads()}")  # fmt: skip
+    st = run_sentence_transformers(pairs, options.steps, options.warmup, options.device)
+    ours = run_ctrain(pairs, options.steps, options.warmup, options.device)
     for name, timer in (("sentence-transformers", st), ("ctrain", ours)):
         if len(timer.states) != 1 or not next(iter(timer.states))[0]:
             raise SystemExit(f"{name} did not train with every module in train mode in every step: {timer.states}")

@@ -87,6 +87,14 @@ def _assert_matches_sentence_transformers(path: Path, atol: float = 1e-5) -> Non
     torch.testing.assert_close(ours, reference, atol=atol, rtol=0)
 
 
+def test_half_precision_checkpoint_loads_in_float32(tmp_path):
+    """The optimizer needs float32 weights; mixed precision belongs to the trainer, not the checkpoint."""
+    source = load_encoder("tiny-bert")
+    source.backbone.half().save_pretrained(tmp_path / "half")
+    source.tokenizer.save_pretrained(tmp_path / "half")
+    assert {p.dtype for p in load_encoder(str(tmp_path / "half")).parameters()} == {torch.float32}
+
+
 def test_loaded_encoder_is_in_train_mode():
     assert all(module.training for module in load_encoder("all-MiniLM-L6-v2").modules())
 

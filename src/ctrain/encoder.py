@@ -264,11 +264,16 @@ def tiny_backbone(
 
 
 def _pretrained_backbone(source: str, trust_remote_code: bool) -> nn.Module:
-    """The bare encoder: without the unused next-sentence pooler, whose parameters DDP would flag."""
+    """The bare encoder in float32, without the unused next-sentence pooler, whose parameters DDP would flag.
+
+    float32 whatever the checkpoint's dtype: transformers loads a bf16/fp16 checkpoint in that dtype,
+    and the optimizer must keep full-precision weights (mixed precision is the trainer's `precision`).
+    """
+    options = {"trust_remote_code": trust_remote_code, "dtype": torch.float32}
     try:
-        return AutoModel.from_pretrained(source, trust_remote_code=trust_remote_code, add_pooling_layer=False)
+        return AutoModel.from_pretrained(source, add_pooling_layer=False, **options)
     except TypeError:  # architectures without that argument have no such pooler
-        return AutoModel.from_pretrained(source, trust_remote_code=trust_remote_code)
+        return AutoModel.from_pretrained(source, **options)
 
 
 @dataclass

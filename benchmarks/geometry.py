@@ -47,7 +47,12 @@ import numpy as np
 import torch
 
 from ctrain.encoder import SentenceEncoder, load_encoder
-from ctrain.probes.geometry import GeometryConfig, geometry_probe, positive_pairs, probe_sentences
+from ctrain.probes.geometry import (
+    GeometryConfig,
+    geometry_probe,
+    positive_pairs,
+    probe_sentences,
+)
 from ctrain.probes.geometry.runner import build_plan
 
 MODEL = "all-MiniLM-L6-v2"

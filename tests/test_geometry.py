@@ -19,7 +19,14 @@ import yaml
 
 from ctrain.data import read_sts_b
 from ctrain.encoder import load_encoder
-from ctrain.probes.geometry import GeometryConfig, GeometryResult, format_layer_table, geometry_probe, positive_pairs, probe_sentences
+from ctrain.probes.geometry import (
+    GeometryConfig,
+    GeometryResult,
+    format_layer_table,
+    geometry_probe,
+    positive_pairs,
+    probe_sentences,
+)
 from ctrain.probes.geometry.metrics import (
     Moments,
     alignment,
@@ -402,7 +409,7 @@ def test_probe_matches_brute_force(model, convention, flags, request):
 
 
 def test_conventions_specials_and_occurrences(tiny_bert):
-    common = dict(sentence_level=False, anisotropy_resamples=2, informativity_tokens=20)
+    common = {"sentence_level": False, "anisotropy_resamples": 2, "informativity_tokens": 20}
     default = geometry_probe(tiny_bert, SENTENCES, GeometryConfig(**common))
     paper = geometry_probe(tiny_bert, SENTENCES, GeometryConfig(convention="isotropy2023", **common))
     every = geometry_probe(tiny_bert, SENTENCES, GeometryConfig(occurrences="all", **common))

@@ -10,13 +10,20 @@ results do not depend on batching.
 from __future__ import annotations
 
 import warnings
-from typing import TYPE_CHECKING, NamedTuple, Sequence
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ctrain.probes.geometry.metrics import ACCUMULATE, LayerSums, Moments, TypeSelection, intra_similarity
+from ctrain.probes.geometry.metrics import (
+    ACCUMULATE,
+    LayerSums,
+    Moments,
+    TypeSelection,
+    intra_similarity,
+)
 
 if TYPE_CHECKING:
     from ctrain.encoder import SentenceEncoder
@@ -130,7 +137,7 @@ class Accumulators:
             return
         device = keep.device
         columns = keep.numel()
-        resamples, layers, hidden = self.anisotropy_sums.shape
+        hidden = self.anisotropy_sums.shape[-1]
         present_types = index.present_types.to(device)
         summed = position[index.summed.to(device) - index.first].split(index.per_layer)
         row_starts = index.row_starts.to(device)

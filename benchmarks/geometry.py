@@ -47,7 +47,13 @@ import numpy as np
 import torch
 
 from ctrain.encoder import SentenceEncoder, load_encoder
-from ctrain.probes.geometry import GeometryConfig, _plan, geometry_probe, positive_pairs, probe_sentences
+from ctrain.probes.geometry import (
+    GeometryConfig,
+    geometry_probe,
+    positive_pairs,
+    probe_sentences,
+)
+from ctrain.probes.geometry.runner import build_plan
 
 MODEL = "all-MiniLM-L6-v2"
 
@@ -82,7 +88,7 @@ def straightforward(encoder: SentenceEncoder, sentences: list[str], config: Geom
             per_sentence.append(np.stack([h[0].numpy() for h in output.hidden_states])[:, keep])
             token_lists.append(ids.numpy()[keep])
             embeddings.append(encoder.pooler(output.last_hidden_state, batch["attention_mask"])[0].numpy())
-        pairs = positive_pairs(config.positives_split, config.positive_min_score)
+        pairs = positive_pairs(config.positives_split, config.positive_threshold, config.positive_at_threshold)
         left = np.stack([encoder(**encoder.tokenize([a], config.max_length))[0].numpy() for a, _ in pairs])
         right = np.stack([encoder(**encoder.tokenize([b], config.max_length))[0].numpy() for _, b in pairs])
 
@@ -92,7 +98,7 @@ def straightforward(encoder: SentenceEncoder, sentences: list[str], config: Geom
         seen = set()
         for position, token in enumerate(tokens.tolist()):
             totals[token] = totals.get(token, 0) + 1
-            if config.occurrences == "first" and token in seen:
+            if config.occurrences == "first_per_sentence" and token in seen:
                 continue
             seen.add(token)
             occurrences.setdefault(token, []).append((s, position))
@@ -129,8 +135,9 @@ def straightforward(encoder: SentenceEncoder, sentences: list[str], config: Geom
         norms = np.linalg.norm(every, axis=1)
         metrics[f"norm_mean/layer_{layer}"] = float(norms.mean())
         metrics[f"norm_std/layer_{layer}"] = float(norms.std(ddof=1))
-        total = (every / norms[:, None]).sum(0)
-        shares = total**2 / (total**2).sum()
+        units = every / norms[:, None]
+        pair_sums = units.sum(0) ** 2 - ((units**2).sum(0) if config.rogue_pairs == "distinct" else 0.0)
+        shares = pair_sums / pair_sums.sum()
         ranked = np.sort(shares)[::-1]
         for k in (1, 2, 3):
             metrics[f"rogue_top{k}/layer_{layer}"] = float(ranked[k - 1])
@@ -152,7 +159,7 @@ def straightforward(encoder: SentenceEncoder, sentences: list[str], config: Geom
 
 def _translated_draws(encoder: SentenceEncoder, sentences: list[str], config: GeometryConfig) -> dict:
     """ctrain's random draws as (corpus sentence, token-set position) pairs."""
-    plan = _plan(encoder, sentences, config.resolved())
+    plan = build_plan(encoder, sentences, config.resolved())
     starts, order = plan.occurrence_start.numpy(), np.asarray(plan.order)
 
     def places(occurrences: torch.Tensor) -> list[tuple[int, int]]:

@@ -113,14 +113,14 @@ def _weighting(encoder, directory, split, num_sentences, methods, mode, steps, p
 
 def _geometry(encoder, directory, conventions, geometry_sentences, max_length, seed):
     from ctrain.plots.geometry import plot_metrics_by_layer
-    from ctrain.probes.geometry import GeometryConfig, format_layer_table, geometry_probe, probe_sentences
+    from ctrain.probes.geometry import GeometryConfig, format_layer_table, geometry_probe
 
-    sentences = probe_sentences("test")[:geometry_sentences]
     for convention in conventions:
-        result = geometry_probe(encoder, sentences, GeometryConfig(convention=convention, max_length=max_length, seed=seed))
+        config = GeometryConfig(convention=convention, num_sentences=geometry_sentences, max_length=max_length, seed=seed)
+        result = geometry_probe(encoder, config=config)
         atomic_write_text(directory / f"geometry_{convention}.json", result.to_json())
         plot_metrics_by_layer(result, directory / f"geometry_{convention}.png")
-        print(f"\ngeometry, convention {convention}, {len(sentences)} STS-B test sentences:")
+        print(f"\ngeometry, convention {convention}, {result.num_sentences} STS-B {config.split} sentences:")
         print(format_layer_table(result))
 
 

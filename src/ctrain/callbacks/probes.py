@@ -138,33 +138,23 @@ class WordWeightingProbe(_ScheduledProbe):
 class GeometryProbe(_ScheduledProbe):
     """Per-layer isotropy, self- and intra-sentence similarity, norms, rogue dimensions, alignment/uniformity.
 
-    The first measurement (step 0) is the reference for the per-type self-similarity change.
+    `config` holds every setting of the measurement (YAML: `init_args: {config: {anisotropy_resamples: 5}}`);
+    the probe corpus is its `split` and `num_sentences`. The first measurement (step 0) is the
+    reference for the per-type self-similarity change.
     """
 
     name = "geometry"
 
-    def __init__(
-        self,
-        every_n_steps: int = 100,
-        log_spaced: bool = False,
-        num_sentences: int = 1000,
-        split: str = "test",
-        convention: str = "default",
-        anisotropy_resamples: int = 5,
-        max_length: int = 64,
-        seed: int = 0,
-    ) -> None:
-        super().__init__(every_n_steps, log_spaced, num_sentences, split)
-        self.config = GeometryConfig(
-            convention=convention, anisotropy_resamples=anisotropy_resamples, max_length=max_length, seed=seed
-        )
+    def __init__(self, every_n_steps: int = 100, log_spaced: bool = False, config: GeometryConfig | None = None) -> None:
+        self.config = config or GeometryConfig()
+        super().__init__(every_n_steps, log_spaced, self.config.num_sentences, self.config.split)
         self.reference: SelfSimilarityState | None = None
 
     def measure(self, pl_module: pl.LightningModule) -> tuple[dict[str, float], dict]:
         result = geometry_probe(pl_module.encoder, self.sentences, self.config, self.reference)
         if self.reference is None:
             self.reference = result.reference_state
-        record = {"convention": result.convention, "metrics": result.metrics, "type_changes": result.type_changes}
+        record = {"config": result.config, "metrics": result.metrics, "type_changes": result.type_changes}
         return result.metrics, record
 
     def state_dict(self) -> dict:

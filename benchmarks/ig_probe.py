@@ -13,11 +13,11 @@ sentences in the same process, interleaved with the loop. Other processes on a s
 machine slow the wall clock unevenly, so both wall-clock and process CPU seconds are
 reported; only ratios are meant to be read.
 
-Then, on a larger probe set (first sentences of STS-B dev pairs, statistics from all
+Then, on more sentences (first sentences of STS-B dev pairs, statistics from all
 dev first sentences): the completeness error per number of quadrature steps (exact
 for any mode, via a JVP in sketch mode), and the regression R^2 of sketch vs exact.
 
-    .venv/bin/python benchmarks/ig_probe.py [--loop-sentences 2] [--probe-sentences 12] [--probe-steps 32]
+    .venv/bin/python benchmarks/ig_probe.py [--loop-sentences 2] [--r2-sentences 12] [--r2-steps 32]
 """
 
 from __future__ import annotations
@@ -48,8 +48,8 @@ def timed(function, *args, **kwargs):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--loop-sentences", type=int, default=2, help="short sentences timed against the captum loop")
-    parser.add_argument("--probe-sentences", type=int, default=12, help="sentences of the R^2 comparison")
-    parser.add_argument("--probe-steps", type=int, default=32, help="quadrature steps of the R^2 comparison")
+    parser.add_argument("--r2-sentences", type=int, default=12, help="sentences of the R^2 comparison")
+    parser.add_argument("--r2-steps", type=int, default=32, help="quadrature steps of the R^2 comparison")
     parser.add_argument("--sketch-size", type=int, default=32, help="sketch directions r")
     args = parser.parse_args()
 
@@ -84,7 +84,7 @@ def main() -> None:
         print(f"  {label:<22} {wall:7.2f} s/sentence wall, {cpu:7.2f} s cpu{ratio}{difference}")
 
     # 2. completeness error per number of quadrature steps (sketch r=1: its completeness is exact, via a JVP)
-    sentences = dev[: args.probe_sentences]
+    sentences = dev[: args.r2_sentences]
     batch = encoder.tokenize(sentences)
     print(f"\n[2] completeness error ||sum IG - (f(x) - f(b))|| / ||f(x) - f(b)|| over {len(sentences)} sentences")
     for quadrature, step_list in (("gauss_legendre", (4, 8, 16, 24, 32, 50)), ("riemann_trapezoid", (8, 16, 24, 32, 50))):
@@ -97,16 +97,16 @@ def main() -> None:
             print(f"  {quadrature:<18} m={steps:<3} mean {errors.mean():.2e}  max {errors.max():.2e}")
         print(f"  {quadrature}: smallest m tried with every sentence <= 1%: {enough}")
 
-    # 3. R^2 of sketch vs exact on the probe set (statistics: all dev first sentences)
+    # 3. R^2 of sketch vs exact on those sentences (statistics: all dev first sentences)
     statistics = token_statistics(encoder.tokenizer, dev)
-    common = dict(steps=args.probe_steps, theorem=False, batch_size=8)
+    common = dict(steps=args.r2_steps, theorem=False, batch_size=8)
     runs = {}
     for mode in ("exact", "sketch"):
         runs[mode], seconds_run = timed(
             weighting_probe, encoder, sentences, WeightingConfig(ig_mode=mode, sketch_size=args.sketch_size, **common), statistics
         )
         wall, cpu = (seconds_run / len(sentences)).tolist()
-        print(f"\n[3] {mode:<6} probe on {len(sentences)} sentences, m={args.probe_steps}: {wall:.2f} s/sentence wall, {cpu:.2f} s cpu")
+        print(f"\n[3] {mode:<6} probe on {len(sentences)} sentences, m={args.r2_steps}: {wall:.2f} s/sentence wall, {cpu:.2f} s cpu")
     for quantity in ("kl", "dkl", "selfinfo"):
         keys = FIT_KEYS["ig", quantity]
         exact_r2, sketch_r2 = runs["exact"].metrics[keys.r2], runs["sketch"].metrics[keys.r2]

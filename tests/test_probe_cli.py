@@ -94,3 +94,20 @@ def test_probe_help_names_probe(capsys):
     with pytest.raises(SystemExit):
         main(["probe", "--help"])
     assert capsys.readouterr().out.startswith("usage: ctrain probe")
+
+
+def test_isotropy2023_setup_runs_only_its_geometry_convention(tmp_path, capsys):
+    main(["probe", "tiny-bert", "--setup", "isotropy2023", "--measure", "[geometry]", "--geometry_sentences", "40",
+          "--out", str(tmp_path)])  # fmt: skip
+    printed = capsys.readouterr().out
+    assert "setup isotropy2023" in printed and "convention isotropy2023, 40 STS-B test sentences" in printed
+    assert "convention default" not in printed and "word weighting" not in printed
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["geometry_isotropy2023.json", "geometry_isotropy2023.png"]
+
+
+def test_a_bad_weighting_flag_is_one_line_naming_the_choices(capsys):
+    with pytest.raises(SystemExit):
+        main(["probe", "tiny-bert", "--weighting.ig_mode", "fast"])
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and "weighting.ig_mode" in error and "'exact', 'sketch'" in error
+    assert error.rstrip().endswith("(ctrain probe --help lists the keys)")

@@ -157,7 +157,8 @@ def main(argv: list[str] | None = None) -> None:
     except (argparse.ArgumentError, ValueError, FileNotFoundError, OSError, FloatingPointError) as error:
         hint = ""
         if isinstance(error, argparse.ArgumentError):
-            hint = " (ctrain --help lists the commands)" if "invalid choice" in str(error) else " (ctrain fit --help lists the keys)"
+            command = args[0] if args and not args[0].startswith("-") else "fit"
+            hint = " (ctrain --help lists the commands)" if "invalid choice" in str(error) else f" (ctrain {command} --help lists the keys)"
         print(f"ctrain: error: {' '.join(str(error).split())}{hint}", file=sys.stderr)
         sys.exit(2)
 

@@ -37,8 +37,8 @@ def log_spaced_steps(limit: int) -> set[int]:
 class _ScheduledProbe(pl.Callback):
     """Runs `measure` at step 0 and then every `every_n_steps` (or at log-spaced steps).
 
-    `measure` returns metrics under their full keys (`weighting/ig_kl_r2`); a key without a `/`
-    is logged as `<name>/<key>`. The probe's own cost is logged as `<name>/seconds`.
+    `measure` returns metrics under their full keys (`weighting/ig_kl_r2`); a key that does not
+    start with `<name>/` is logged as `<name>/<key>`. The probe's own cost is logged as `<name>/seconds`.
     """
 
     name = "probe"
@@ -86,7 +86,8 @@ class _ScheduledProbe(pl.Callback):
         self._done.add(step)
         started = time.perf_counter()
         metrics, record = self.measure(pl_module)
-        metrics = {key if "/" in key else f"{self.name}/{key}": value for key, value in metrics.items()}
+        prefix = f"{self.name}/"
+        metrics = {key if key.startswith(prefix) else prefix + key: value for key, value in metrics.items()}
         metrics[self.seconds_key] = time.perf_counter() - started  # the probe's own cost, to budget it
         for logger in trainer.loggers:
             logger.log_metrics(metrics, step=step)

@@ -13,11 +13,11 @@ sentences in the same process, interleaved with the loop. Other processes on a s
 machine slow the wall clock unevenly, so both wall-clock and process CPU seconds are
 reported; only ratios are meant to be read.
 
-Then, on a larger probe set (first sentences of STS-B dev pairs, statistics from all
+Then, on more sentences (first sentences of STS-B dev pairs, statistics from all
 dev first sentences): the completeness error per number of quadrature steps (exact
 for any mode, via a JVP in sketch mode), and the regression R^2 of sketch vs exact.
 
-    .venv/bin/python benchmarks/ig_probe.py [--loop-sentences 2] [--probe-sentences 12] [--probe-steps 32]
+    .venv/bin/python benchmarks/ig_probe.py [--loop-sentences 2] [--r2-sentences 12] [--r2-steps 32]
 """
 
 from __future__ import annotations
@@ -29,9 +29,10 @@ import torch
 
 from ctrain.data import read_sts_b
 from ctrain.encoder import load_encoder
-from ctrain.probes.attribution import captum_loop_weights, integrated_gradients
+from ctrain.probes.attribution import integrated_gradients
 from ctrain.probes.information import token_statistics
-from ctrain.probes.weighting import WeightingConfig, weighting_probe
+from ctrain.probes.reference import captum_loop_weights
+from ctrain.probes.weighting import FIT_KEYS, WeightingConfig, weighting_probe
 
 MODEL = "all-MiniLM-L6-v2"
 STEPS = 50
@@ -47,9 +48,9 @@ def timed(function, *args, **kwargs):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--loop-sentences", type=int, default=2, help="short sentences timed against the captum loop")
-    parser.add_argument("--probe-sentences", type=int, default=12, help="sentences of the R^2 comparison")
-    parser.add_argument("--probe-steps", type=int, default=32, help="quadrature steps of the R^2 comparison")
-    parser.add_argument("--probes", type=int, default=32, help="sketch probes r")
+    parser.add_argument("--r2-sentences", type=int, default=12, help="sentences of the R^2 comparison")
+    parser.add_argument("--r2-steps", type=int, default=32, help="quadrature steps of the R^2 comparison")
+    parser.add_argument("--sketch-size", type=int, default=32, help="sketch directions r")
     args = parser.parse_args()
 
     encoder = load_encoder(MODEL).eval()
@@ -66,7 +67,7 @@ def main() -> None:
         batch = encoder.tokenize([sentence])
         reference, seconds_loop = timed(captum_loop_weights, encoder, batch["input_ids"], batch["attention_mask"], STEPS)
         exact, seconds_exact = timed(integrated_gradients, encoder, **batch, steps=STEPS)
-        sketch, seconds_sketch = timed(integrated_gradients, encoder, **batch, steps=STEPS, mode="sketch", probes=args.probes)
+        sketch, seconds_sketch = timed(integrated_gradients, encoder, **batch, steps=STEPS, mode="sketch", sketch_size=args.sketch_size)
         seconds["loop"] += seconds_loop
         seconds["exact"] += seconds_exact
         seconds["sketch"] += seconds_sketch
@@ -76,41 +77,41 @@ def main() -> None:
     count, tokens = len(short), [len(encoder.tokenizer.tokenize(s)) for s in short]
     print(f"\n[1] vs captum loop over d output dims, {STEPS} Gauss-Legendre steps, {count} sentences of {tokens} tokens")
     for name in ("loop", "exact", "sketch"):
-        label = {"loop": "captum loop", "exact": "ctrain exact", "sketch": f"ctrain sketch r={args.probes}"}[name]
+        label = {"loop": "captum loop", "exact": "ctrain exact", "sketch": f"ctrain sketch r={args.sketch_size}"}[name]
         wall, cpu = (seconds[name] / count).tolist()
         ratio = "" if name == "loop" else "  speed-up wall {:.1f}x, cpu {:.1f}x".format(*(seconds["loop"] / seconds[name]).tolist())
         difference = "" if name == "loop" else f"  max |c - c_loop| = {differences[name]:.2e} (max c = {largest:.3f})"
         print(f"  {label:<22} {wall:7.2f} s/sentence wall, {cpu:7.2f} s cpu{ratio}{difference}")
 
     # 2. completeness error per number of quadrature steps (sketch r=1: its completeness is exact, via a JVP)
-    probe = dev[: args.probe_sentences]
-    batch = encoder.tokenize(probe)
-    print(f"\n[2] completeness error ||sum IG - (f(x) - f(b))|| / ||f(x) - f(b)|| over {len(probe)} sentences")
+    sentences = dev[: args.r2_sentences]
+    batch = encoder.tokenize(sentences)
+    print(f"\n[2] completeness error ||sum IG - (f(x) - f(b))|| / ||f(x) - f(b)|| over {len(sentences)} sentences")
     for quadrature, step_list in (("gauss_legendre", (4, 8, 16, 24, 32, 50)), ("riemann_trapezoid", (8, 16, 24, 32, 50))):
         enough = None
         for steps in step_list:
             errors = integrated_gradients(
-                encoder, **batch, steps=steps, quadrature=quadrature, mode="sketch", probes=1
+                encoder, **batch, steps=steps, quadrature=quadrature, mode="sketch", sketch_size=1
             ).completeness_error
             enough = enough or (steps if errors.max() <= 0.01 else None)
             print(f"  {quadrature:<18} m={steps:<3} mean {errors.mean():.2e}  max {errors.max():.2e}")
         print(f"  {quadrature}: smallest m tried with every sentence <= 1%: {enough}")
 
-    # 3. R^2 of sketch vs exact on the probe set (statistics: all dev first sentences)
+    # 3. R^2 of sketch vs exact on those sentences (statistics: all dev first sentences)
     statistics = token_statistics(encoder.tokenizer, dev)
-    common = dict(steps=args.probe_steps, theorem=False, batch_size=8)
+    common = dict(steps=args.r2_steps, theorem=False, batch_size=8)
     runs = {}
     for mode in ("exact", "sketch"):
         runs[mode], seconds_run = timed(
-            weighting_probe, encoder, probe, WeightingConfig(mode=mode, probes=args.probes, **common), statistics
+            weighting_probe, encoder, sentences, WeightingConfig(ig_mode=mode, sketch_size=args.sketch_size, **common), statistics
         )
-        wall, cpu = (seconds_run / len(probe)).tolist()
-        print(f"\n[3] {mode:<6} probe on {len(probe)} sentences, m={args.probe_steps}: {wall:.2f} s/sentence wall, {cpu:.2f} s cpu")
+        wall, cpu = (seconds_run / len(sentences)).tolist()
+        print(f"\n[3] {mode:<6} probe on {len(sentences)} sentences, m={args.r2_steps}: {wall:.2f} s/sentence wall, {cpu:.2f} s cpu")
     for quantity in ("kl", "dkl", "selfinfo"):
-        key = f"ig_{quantity}_r2"
-        exact_r2, sketch_r2 = runs["exact"].metrics[key], runs["sketch"].metrics[key]
-        print(f"  {key:<16} exact {exact_r2:.5f}  sketch {sketch_r2:.5f}  |diff| {abs(exact_r2 - sketch_r2):.5f}  "
-              f"n {runs['exact'].metrics[f'ig_{quantity}_n']:.0f}")  # fmt: skip
+        keys = FIT_KEYS["ig", quantity]
+        exact_r2, sketch_r2 = runs["exact"].metrics[keys.r2], runs["sketch"].metrics[keys.r2]
+        print(f"  {keys.r2:<26} exact {exact_r2:.5f}  sketch {sketch_r2:.5f}  |diff| {abs(exact_r2 - sketch_r2):.5f}  "
+              f"n {runs['exact'].metrics[keys.n]:.0f}")  # fmt: skip
 
 
 if __name__ == "__main__":

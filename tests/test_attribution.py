@@ -1,21 +1,28 @@
-"""IG and SHAP word weights (spec sections 2 and 3) against captum and brute-force Shapley values."""
+"""IG and SHAP word weights (spec sections 2 and 3) against captum, brute-force Shapley values and closed forms."""
 
 import itertools
 import math
 
+import numpy as np
 import pytest
 import torch
 
-from ctrain.encoder import load_encoder
+from ctrain.encoder import load_encoder, word_special_ids
 from ctrain.probes.attribution import (
-    captum_loop_weights,
     integrated_gradients,
+    output_directions,
+    owen_values,
     pad_baseline,
     quadrature_rule,
     shap_weights,
     shapley_coefficients,
     shapley_values,
     unit_weights,
+)
+from ctrain.probes.reference import (
+    brute_force_shapley,
+    captum_loop_weights,
+    masked_value,
 )
 
 SENTENCES = ["a man plays guitar", "the quick brown fox jumps over it"]
@@ -70,7 +77,7 @@ def test_sketch_error_falls_like_one_over_sqrt_r(tiny_bert):
 
     def mean_squared_error(probes):
         estimates = [
-            integrated_gradients(tiny_bert, **batch, steps=4, mode="sketch", probes=probes, seed=seed).weights.double().pow(2)
+            integrated_gradients(tiny_bert, **batch, steps=4, mode="sketch", sketch_size=probes, seed=seed).weights.double().pow(2)
             for seed in range(8)
         ]
         return torch.stack([((e - exact) / exact)[positions].pow(2).mean() for e in estimates]).mean().item()
@@ -83,9 +90,9 @@ def test_sketch_error_falls_like_one_over_sqrt_r(tiny_bert):
 def test_orthogonal_sketch_is_exact_at_full_rank(tiny_bert):
     batch = tiny_bert.tokenize(SENTENCES)
     exact = integrated_gradients(tiny_bert, **batch, steps=4)
-    full = integrated_gradients(tiny_bert, **batch, steps=4, mode="sketch", probes=tiny_bert.hidden_size, probe_kind="orthogonal")
+    full = integrated_gradients(tiny_bert, **batch, steps=4, mode="sketch", sketch_size=tiny_bert.hidden_size, sketch_kind="orthogonal")
     torch.testing.assert_close(full.weights, exact.weights, rtol=1e-5, atol=1e-7)
-    half = integrated_gradients(tiny_bert, **batch, steps=4, mode="sketch", probes=tiny_bert.hidden_size // 2, probe_kind="orthogonal")
+    half = integrated_gradients(tiny_bert, **batch, steps=4, mode="sketch", sketch_size=tiny_bert.hidden_size // 2, sketch_kind="orthogonal")
     assert not torch.allclose(half.weights, exact.weights, rtol=1e-3)
 
 
@@ -93,33 +100,14 @@ def test_sketch_completeness_is_exact_for_any_number_of_probes(tiny_bert):
     batch = tiny_bert.tokenize(SENTENCES)
     for steps in (2, 4):  # errors of about 1e-2 and 1e-5: the JVP and the summed IG agree on both
         exact = integrated_gradients(tiny_bert, **batch, steps=steps, quadrature="riemann_trapezoid")
-        sketch = integrated_gradients(tiny_bert, **batch, steps=steps, quadrature="riemann_trapezoid", mode="sketch", probes=2)
+        sketch = integrated_gradients(tiny_bert, **batch, steps=steps, quadrature="riemann_trapezoid", mode="sketch", sketch_size=2)
         torch.testing.assert_close(sketch.completeness_error, exact.completeness_error, rtol=1e-3, atol=1e-6)
-
-
-def _value(encoder, input_ids, players, coalition):
-    """f of the sentence with the players outside the coalition set to MASK."""
-    ids = input_ids.clone()
-    for player in set(range(len(players))) - set(coalition):
-        ids[players[player]] = encoder.tokenizer.mask_token_id
-    was_training = encoder.training
-    with torch.no_grad():
-        value = encoder.eval()(input_ids=ids.unsqueeze(0))[0].double()
-    encoder.train(was_training)
-    return value
 
 
 def test_exact_shap_equals_brute_force_over_permutations(encoder):
     input_ids = encoder.tokenize(["a man plays guitar"])["input_ids"][0]
-    players = torch.nonzero(~encoder.special_mask(input_ids))[:, 0].tolist()
-    p = len(players)
-    assert 3 <= p <= 6
-    brute = torch.zeros(p, encoder.hidden_size, dtype=torch.float64)
-    for order in itertools.permutations(range(p)):
-        for place, player in enumerate(order):
-            brute[player] += _value(encoder, input_ids, players, order[: place + 1]) - _value(encoder, input_ids, players, order[:place])
-    brute /= math.factorial(p)
-    torch.testing.assert_close(shapley_values(encoder, input_ids), brute, rtol=1e-4, atol=1e-6)
+    assert 3 <= int((~encoder.special_mask(input_ids)).sum()) <= 6
+    torch.testing.assert_close(shapley_values(encoder, input_ids), brute_force_shapley(encoder, input_ids), rtol=1e-4, atol=1e-6)
 
 
 def test_shapley_coefficients_match_the_factorial_formula():
@@ -139,7 +127,7 @@ def test_permutation_shap_is_efficient_and_converges(tiny_bert):
     players = torch.nonzero(~tiny_bert.special_mask(input_ids))[:, 0].tolist()
     exact = shapley_values(tiny_bert, input_ids)
     sampled = shapley_values(tiny_bert, input_ids, max_exact_tokens=0, permutations=200, seed=1)
-    total = _value(tiny_bert, input_ids, players, range(len(players))) - _value(tiny_bert, input_ids, players, [])
+    total = masked_value(tiny_bert, input_ids, players, range(len(players))) - masked_value(tiny_bert, input_ids, players, [])
     torch.testing.assert_close(sampled.sum(0), total, rtol=1e-4, atol=1e-6)
     torch.testing.assert_close(exact.sum(0), total, rtol=1e-4, atol=1e-6)
     assert ((sampled - exact).norm() / exact.norm()).item() < 0.01
@@ -148,7 +136,9 @@ def test_permutation_shap_is_efficient_and_converges(tiny_bert):
 
 def test_shap_weights_of_a_padded_batch(tiny_bert):
     batch = tiny_bert.tokenize(SENTENCES)
-    weights = shap_weights(tiny_bert, **batch).weights
+    weights = shap_weights(tiny_bert, **batch, sentences=SENTENCES).weights
+    sampled = shap_weights(tiny_bert, **batch, sentences=SENTENCES, mode="permutation", permutations=8).weights
+    assert sampled.gt(0).eq(weights.gt(0)).all() and not torch.allclose(sampled, weights)
     for b, sentence in enumerate(SENTENCES):
         alone = tiny_bert.tokenize([sentence])["input_ids"][0]
         expected = shapley_values(tiny_bert, alone).norm(dim=1)
@@ -163,3 +153,55 @@ def test_unit_weights_normalise_over_each_sentence():
     weights, normalised = unit_weights(position_weights, unit_of_position, torch.tensor([0, 0, 1]))
     torch.testing.assert_close(weights, torch.tensor([5.0, 2.0, 1.0], dtype=torch.float64))
     torch.testing.assert_close(normalised, torch.tensor([5 / 3.5, 2 / 3.5, 1.0], dtype=torch.float64))
+
+
+def test_unknown_shap_mode_and_sketch_kind_are_one_line_errors(tiny_bert):
+    batch = tiny_bert.tokenize(SENTENCES)
+    with pytest.raises(ValueError, match="unknown shap_mode 'kernel': choose one of exact, permutation, partition"):
+        shap_weights(tiny_bert, **batch, sentences=SENTENCES, mode="kernel")
+    with pytest.raises(ValueError, match="unknown sketch kind"):
+        output_directions("sketch", 8, 2, "gaussian", torch.Generator())
+
+
+def _additive_game(tokenizer, table: np.ndarray):
+    """v(masked sentences) = sum over their non-special tokens of a per-id row: Shapley values are table[id] - table[MASK]."""
+    special = set(word_special_ids(tokenizer)) - {tokenizer.mask_token_id}
+
+    def value(sentences: list[str]) -> np.ndarray:
+        ids = tokenizer(list(sentences))["input_ids"]
+        return np.stack([table[[i for i in row if i not in special]].sum(0) for row in ids])
+
+    return value
+
+
+def test_partition_shap_is_shapley_on_an_additive_game(tiny_bert):
+    tokenizer = tiny_bert.tokenizer
+    table = np.random.default_rng(0).normal(size=(tokenizer.vocab_size, 3))
+    sentence = "the quick brown fox jumps over the lazy dog"  # whole-word tokens: masking never re-splits a word
+    ids = tokenizer(sentence)["input_ids"]
+    phi = owen_values(_additive_game(tokenizer, table), tokenizer, sentence, max_evals=2000)
+    expected = table[ids] - table[tokenizer.mask_token_id]
+    expected[[0, -1]] = 0  # [CLS] and [SEP] are never players
+    np.testing.assert_allclose(phi, expected, atol=1e-10)
+
+
+def test_partition_shap_is_efficient_and_close_to_exact_shapley(tiny_bert):
+    sentence = "a man plays the guitar"
+    input_ids = tiny_bert.tokenize([sentence])["input_ids"][0]
+    players = torch.nonzero(~tiny_bert.special_mask(input_ids))[:, 0].tolist()
+    exact = shapley_values(tiny_bert, input_ids)
+
+    def encode(masked):
+        with torch.no_grad():
+            return tiny_bert.eval().encode(list(masked)).double().numpy()
+
+    owen = torch.from_numpy(owen_values(encode, tiny_bert.tokenizer, sentence, max_evals=2000))
+    total = masked_value(tiny_bert, input_ids, players, range(len(players))) - masked_value(tiny_bert, input_ids, players, [])
+    torch.testing.assert_close(owen.sum(0), total, rtol=1e-4, atol=1e-6)  # Owen values are efficient
+    owen_weights, exact_weights = owen[players].norm(dim=1), exact.norm(dim=1)
+    # a coalition structure changes the weights of a non-additive game, but not by much
+    assert ((owen_weights - exact_weights).norm() / exact_weights.norm()).item() < 0.25
+    assert np.corrcoef(owen_weights, exact_weights)[0, 1] > 0.8
+    batch = tiny_bert.tokenize([sentence])
+    weights = shap_weights(tiny_bert, **batch, sentences=[sentence], mode="partition", max_evals=2000).weights[0]
+    torch.testing.assert_close(weights[players], owen_weights)

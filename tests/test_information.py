@@ -19,8 +19,8 @@ def test_probability_and_self_information_by_hand(tiny_bert):
     np.testing.assert_allclose(stats.self_information, -np.log([3 / 9, 2 / 9, 3 / 9, 1 / 9]), rtol=1e-15)
 
 
-def test_kl_by_hand(tiny_bert):
-    stats = token_statistics(tiny_bert.tokenizer, TOY)
+def test_kl_without_the_occurrence_itself_by_hand(tiny_bert):
+    stats = token_statistics(tiny_bert.tokenizer, TOY, include_self=False)
     # a: contexts b, c | b  -> q(b) = 2/3, q(c) = 1/3
     # b: contexts a, c | a  -> q(a) = 2/3, q(c) = 1/3
     # c: a, b | c, d | c, d -> q = (1/6, 1/6, 2/6, 2/6)
@@ -35,8 +35,8 @@ def test_kl_by_hand(tiny_bert):
     np.testing.assert_allclose(stats.kl, expected, rtol=1e-12)
 
 
-def test_kl_including_the_occurrence_itself(tiny_bert):
-    stats = token_statistics(tiny_bert.tokenizer, TOY, include_self=True)
+def test_kl_counts_the_occurrence_itself_by_default(tiny_bert):
+    stats = token_statistics(tiny_bert.tokenizer, TOY)
     # a: a, b, c | a, b | a -> q = (3/6, 2/6, 1/6, 0)
     expected_a = 1 / 2 * math.log((1 / 2) / (3 / 9)) + 1 / 3 * math.log((1 / 3) / (2 / 9)) + 1 / 6 * math.log((1 / 6) / (3 / 9))
     assert stats.kl[0] == pytest.approx(expected_a, rel=1e-12)
@@ -45,14 +45,14 @@ def test_kl_including_the_occurrence_itself(tiny_bert):
 
 
 def test_type_without_context_has_nan_kl():
-    kl = kl_information(np.array([0, 0, 1]), np.array([0, 1, 2]), 3)
+    kl = kl_information(np.array([0, 0, 1]), np.array([0, 1, 2]), 3, include_self=False)
     assert math.isnan(kl[2]) and np.isfinite(kl[:2]).all()
 
 
 def test_dkl_against_the_expectation_over_all_shuffles(tiny_bert):
     # Tokens {a, a, b, c} in two sentences of two: the 3 pairings are equally likely.
     # {a b}{a c} (2 of 3): KL(a) = KL(b) = KL(c) = log 2.  {a a}{b c}: KL(a) = log 2, KL(b) = KL(c) = log 4.
-    stats = token_statistics(tiny_bert.tokenizer, ["a b", "a c"], dkl_repeats=2000, seed=3)
+    stats = token_statistics(tiny_bert.tokenizer, ["a b", "a c"], include_self=False, dkl_repeats=2000, seed=3)
     np.testing.assert_allclose(stats.kl, [math.log(2)] * 3, rtol=1e-12)
     assert stats.dkl[0] == pytest.approx(0.0, abs=1e-12)  # log 2 in every shuffle
     standard_error = math.log(2) * math.sqrt(2 / 9) / math.sqrt(2000)

@@ -1,21 +1,70 @@
-"""`ctrain probe` end to end on a tiny model: JSON, figures and the printed headline numbers."""
+"""`ctrain probe` end to end on a tiny model, its setups and output folders, and the top-level help."""
 
 import json
 
+import pytest
+
 from ctrain.cli import main
+from ctrain.probe_cli import SETUPS, ProgressLine, output_directory, probe_parser
+from ctrain.probes.corpus import sample_sentences, sts_b_sentences
+from ctrain.probes.weighting import WeightingConfig
 
 
 def test_probe_writes_results_and_prints_tables(tmp_path, capsys):
-    main(["probe", "tiny-bert", "--geometry", "true", "--num_sentences", "6", "--steps", "8", "--min_count", "1",
-          "--geometry_sentences", "40", "--out", str(tmp_path)])  # fmt: skip
+    main(["probe", "tiny-bert", "--measure", "[sts,weighting,geometry]", "--num_sentences", "6", "--weighting.steps", "8",
+          "--weighting.methods", "[ig,shap]", "--weighting.min_count", "1", "--geometry_sentences", "40",
+          "--out", str(tmp_path)])  # fmt: skip
     printed = capsys.readouterr().out
     assert "STS-B dev: Spearman x100" in printed and "STS-B test: Spearman x100" in printed
+    assert "6 of 3000 STS-B dev sentences" in printed and "KL counts the word's own occurrence (include_self=True)" in printed
     assert "IG   vs KL(w)" in printed and "SHAP vs -log P(w)" in printed
+    assert "weighting: 6/6 sentences" in printed and "projected time of all 3000 sentences" in printed
     assert "convention isotropy2023" in printed
     weighting = json.loads((tmp_path / "weighting.json").read_text())
-    assert weighting["metrics"]["ig_kl_n"] > 0
+    assert weighting["metrics"]["weighting/ig_kl_n"] > 0 and weighting["config"]["steps"] == 8
     for name in ("ig_vs_kl.png", "shap_sentences.png", "geometry_default.png", "geometry_isotropy2023.json"):
         assert (tmp_path / name).stat().st_size > 0, name
+
+
+def test_the_kl_choice_is_a_flag_and_is_printed(tmp_path, capsys):
+    main(["probe", "tiny-bert", "--measure", "[weighting]", "--num_sentences", "4", "--weighting.steps", "2",
+          "--weighting.include_self", "false", "--weighting.theorem", "false", "--out", str(tmp_path)])  # fmt: skip
+    assert "KL leaves out the word's own occurrence (include_self=False)" in capsys.readouterr().out
+    assert json.loads((tmp_path / "weighting.json").read_text())["metrics"]["weighting/kl_include_self"] == 0.0
+
+
+def test_setups_are_defaults_that_later_flags_override():
+    parser = probe_parser()
+    parser.set_defaults(SETUPS["kurita2023"])
+    values = parser.instantiate_classes(parser.parse_args(["m", "--weighting.steps", "7"])).as_dict()
+    assert values["num_sentences"] is None and values["columns"] == "both" and values["split"] == "dev"
+    config = values["weighting"]
+    assert isinstance(config, WeightingConfig) and config.steps == 7
+    assert config.methods == ("ig", "shap") and config.shap_mode == "partition" and config.include_self
+    assert probe_parser().parse_args(["m"]).weighting.steps == WeightingConfig().steps  # one home for the defaults
+
+
+def test_sampled_sentences_are_seeded_and_the_corpus_has_both_columns():
+    corpus = sts_b_sentences("dev")
+    assert len(corpus) == 3000 and len(sts_b_sentences("dev", "first")) == 1500
+    sample = sample_sentences(corpus, 100, seed=0)
+    assert sample == sample_sentences(corpus, 100, seed=0) != sample_sentences(corpus, 100, seed=1)
+    assert len(set(sample)) > 90 and sample != corpus[:100]
+    assert sample_sentences(corpus, None, seed=0) == corpus
+    with pytest.raises(ValueError, match="unknown columns"):
+        sts_b_sentences("dev", "second")
+
+
+def test_two_run_directories_get_two_output_folders():
+    first, second = output_directory("runs/demo/version_0", None), output_directory("runs/demo/version_1/", None)
+    assert first != second and first.parent == second.parent
+    assert output_directory("all-MiniLM-L6-v2", "kurita2023").name == "all-MiniLM-L6-v2-kurita2023"
+
+
+def test_progress_projects_from_the_batches_after_the_first():
+    progress = ProgressLine("weighting", interval=1e9)
+    progress.first, progress.done, progress.started, progress.last = (10, 30.0), 30, 0.0, 50.0
+    assert progress.seconds_for(110) == pytest.approx(30.0 + 20.0 / 20 * 100)
 
 
 def test_probe_resolves_a_run_directory(tmp_path):
@@ -26,3 +75,39 @@ def test_probe_resolves_a_run_directory(tmp_path):
     save_sentence_transformer(load_encoder("tiny-bert"), tmp_path / "model_final")
     assert resolve_model(str(tmp_path)) == str(tmp_path / "model_final")
     assert resolve_model("all-MiniLM-L6-v2") == "all-MiniLM-L6-v2"
+
+
+def test_help_lists_ctrains_commands_and_predict_is_not_one(capsys):
+    main(["--help"])
+    printed = capsys.readouterr().out
+    for command in ("fit", "validate", "test", "probe"):
+        assert f"\n  {command} " in printed
+    assert "ctrain fit --resume RUN_DIR" in printed
+    with pytest.raises(SystemExit) as exit_info:
+        main(["predict"])
+    assert exit_info.value.code == 2
+    error = capsys.readouterr().err
+    assert error.startswith("ctrain: error:") and "predict" in error and error.count("\n") == 1
+
+
+def test_probe_help_names_probe(capsys):
+    with pytest.raises(SystemExit):
+        main(["probe", "--help"])
+    assert capsys.readouterr().out.startswith("usage: ctrain probe")
+
+
+def test_isotropy2023_setup_runs_only_its_geometry_convention(tmp_path, capsys):
+    main(["probe", "tiny-bert", "--setup", "isotropy2023", "--measure", "[geometry]", "--geometry_sentences", "40",
+          "--out", str(tmp_path)])  # fmt: skip
+    printed = capsys.readouterr().out
+    assert "setup isotropy2023" in printed and "convention isotropy2023, 40 STS-B test sentences" in printed
+    assert "convention default" not in printed and "word weighting" not in printed
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["geometry_isotropy2023.json", "geometry_isotropy2023.png"]
+
+
+def test_a_bad_weighting_flag_is_one_line_naming_the_choices(capsys):
+    with pytest.raises(SystemExit):
+        main(["probe", "tiny-bert", "--weighting.ig_mode", "fast"])
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and "weighting.ig_mode" in error and "'exact', 'sketch'" in error
+    assert error.rstrip().endswith("(ctrain probe --help lists the keys)")

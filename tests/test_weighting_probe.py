@@ -12,8 +12,13 @@ from ctrain.encoder import load_encoder
 from ctrain.plots.weighting import plot_sentence_weights, plot_weight_vs_information
 from ctrain.probes.attribution import integrated_gradients
 from ctrain.probes.information import token_statistics
-from ctrain.probes.theorem import theorem_regressions, unit_vectors
-from ctrain.probes.weighting import WeightingConfig, weighting_probe
+from ctrain.probes.theorem import theorem_regressions, vectors_per_unit
+from ctrain.probes.weighting import (
+    FIT_KEYS,
+    THEOREM_KEYS,
+    WeightingConfig,
+    weighting_probe,
+)
 
 SENTENCES = [row[0] for row in read_sts_b("dev")[:12]]
 FAST = dict(steps=4, batch_size=4, min_count=2, dkl_repeats=2)
@@ -24,17 +29,49 @@ def result(tiny_bert):
     return weighting_probe(tiny_bert, SENTENCES, WeightingConfig(**FAST))
 
 
-def test_metrics_are_flat_floats_with_sample_sizes(result):
-    for prefix in ("ig_kl", "ig_dkl", "ig_selfinfo"):
-        for suffix in ("r2", "beta", "beta_se", "intercept", "intercept_se", "n"):
-            assert isinstance(result.metrics[f"{prefix}_{suffix}"], float)
-    for prefix in ("theorem_input", "theorem_last", "theorem_last_type"):
-        assert {f"{prefix}_{s}" for s in ("r2", "slope", "intercept", "n")} <= set(result.metrics)
-    assert result.metrics["ig_completeness_error_n"] == len(SENTENCES)
-    assert result.metrics["ig_completeness_error_mean"] < 1e-3
+def test_metrics_are_flat_floats_under_their_documented_keys(result):
+    ig_fits = [keys for (method, _), keys in FIT_KEYS.items() if method == "ig"]
+    expected = {key for keys in [*ig_fits, *THEOREM_KEYS.values()] for key in vars(keys).values()}
+    expected |= {"weighting/num_sentences", "weighting/num_units", "weighting/kl_include_self"}
+    expected |= {"weighting/ig_completeness_error_mean", "weighting/ig_completeness_error_max", "weighting/ig_completeness_error_n"}
+    assert set(result.metrics) == expected
+    assert all(isinstance(value, float) for value in result.metrics.values())
+    assert result.metrics["weighting/ig_completeness_error_n"] == len(SENTENCES)
+    assert result.metrics["weighting/ig_completeness_error_mean"] < 1e-3
+    assert result.metrics["weighting/kl_include_self"] == 1.0
     eligible = [r for r in result.records if r.count >= 2 and math.isfinite(r.kl)]
-    assert result.metrics["ig_kl_n"] == len(eligible) > 10
-    assert not any(key.startswith("shap") for key in result.metrics)
+    assert result.metrics["weighting/ig_kl_n"] == len(eligible) > 10
+
+
+def test_every_key_is_written_out_in_the_docs():
+    from pathlib import Path
+
+    docs = (Path(__file__).parents[1] / "docs" / "metrics.md").read_text()
+    keys = [key for keys in [*FIT_KEYS.values(), *THEOREM_KEYS.values()] for key in vars(keys).values()]
+    missing = [key for key in keys if f"`{key}`" not in docs]
+    assert not missing, missing
+
+
+def test_config_rejects_unknown_choices_in_one_line():
+    with pytest.raises(ValueError, match="unknown ig_mode 'fast': choose one of exact, sketch"):
+        WeightingConfig(ig_mode="fast")
+    with pytest.raises(ValueError, match="methods must be"):
+        WeightingConfig(methods=("lime",))
+
+
+def test_kl_choice_follows_the_config(tiny_bert, result):
+    without_self = weighting_probe(tiny_bert, SENTENCES, WeightingConfig(**FAST, include_self=False, theorem=False))
+    assert without_self.metrics["weighting/kl_include_self"] == 0.0
+    assert [r.weights for r in without_self.records] == [r.weights for r in result.records]
+    assert [r.kl for r in without_self.records] != [r.kl for r in result.records]
+    statistics = token_statistics(tiny_bert.tokenizer, SENTENCES, dkl_repeats=2, include_self=False)
+    np.testing.assert_array_equal([r.kl for r in without_self.records], statistics.kl[statistics.index([r.token for r in without_self.records])])
+
+
+def test_progress_reports_every_batch(tiny_bert):
+    calls = []
+    weighting_probe(tiny_bert, SENTENCES[:7], WeightingConfig(**FAST, theorem=False), progress=lambda done, total: calls.append((done, total)))
+    assert calls == [(4, 7), (7, 7)]
 
 
 def test_records_cover_every_sentence_with_normalised_weights(result):
@@ -48,7 +85,7 @@ def test_records_cover_every_sentence_with_normalised_weights(result):
 
 def test_json_is_strict_and_unrounded(result):
     payload = json.loads(result.to_json())
-    assert payload["metrics"]["ig_kl_r2"] == result.metrics["ig_kl_r2"]
+    assert payload["metrics"]["weighting/ig_kl_r2"] == result.metrics["weighting/ig_kl_r2"]
     assert payload["records"][0]["weights"]["ig"] == result.records[0].weights["ig"]
     assert payload["config"]["steps"] == 4
 
@@ -73,7 +110,7 @@ def test_probe_leaves_model_grads_rng_and_mode_alone(tiny_bert):
     parameters = list(tiny_bert.parameters())
     parameters[0].grad = torch.full_like(parameters[0], 0.5)
     rng = torch.get_rng_state()
-    config = WeightingConfig(**FAST, methods=("ig", "shap"), mode="sketch", probes=8, shap_max_exact_tokens=3, shap_permutations=4)
+    config = WeightingConfig(**FAST, methods=("ig", "shap"), ig_mode="sketch", sketch_size=8, shap_max_exact_tokens=3, shap_permutations=4)
     first = weighting_probe(tiny_bert, SENTENCES[:6], config)
     assert tiny_bert.training
     assert torch.equal(torch.get_rng_state(), rng)
@@ -81,7 +118,7 @@ def test_probe_leaves_model_grads_rng_and_mode_alone(tiny_bert):
     assert all(p.grad is None for p in parameters[1:])
     parameters[0].grad = None
     assert weighting_probe(tiny_bert, SENTENCES[:6], config).metrics == first.metrics  # seeded
-    assert {"shap_kl_r2", "shap_dkl_n", "shap_selfinfo_beta"} <= set(first.metrics)
+    assert {"weighting/shap_kl_r2", "weighting/shap_dkl_n", "weighting/shap_selfinfo_beta"} <= set(first.metrics)
 
 
 def test_low_precision_models_are_probed_in_fp32_and_restored():
@@ -99,8 +136,8 @@ def test_low_precision_models_are_probed_in_fp32_and_restored():
 def test_word_units_on_other_architectures(name):
     encoder = load_encoder(name)
     result = weighting_probe(encoder, SENTENCES, WeightingConfig(**FAST, units="words"))
-    assert result.metrics["ig_completeness_error_mean"] < 1e-3
-    assert result.metrics["ig_kl_n"] > 10 and math.isfinite(result.metrics["ig_kl_r2"])
+    assert result.metrics["weighting/ig_completeness_error_mean"] < 1e-3
+    assert result.metrics["weighting/ig_kl_n"] > 10 and math.isfinite(result.metrics["weighting/ig_kl_r2"])
     assert all(" " not in r.token for r in result.records)
 
 
@@ -123,11 +160,11 @@ def test_theorem_fits_recover_an_exact_relation():
     assert by_vectors.slope != pytest.approx(by_norms.slope)
 
 
-def test_unit_vectors_sum_or_average_a_words_positions():
+def test_vectors_per_unit_sum_or_average_a_words_positions():
     states = torch.arange(12.0).view(1, 4, 3)
     unit_of_position = torch.tensor([[-1, 0, 0, 1]])
-    torch.testing.assert_close(unit_vectors(states, unit_of_position, 2), torch.tensor([[9.0, 11, 13], [9, 10, 11]], dtype=torch.float64))
-    torch.testing.assert_close(unit_vectors(states, unit_of_position, 2, "mean")[0], torch.tensor([4.5, 5.5, 6.5], dtype=torch.float64))
+    torch.testing.assert_close(vectors_per_unit(states, unit_of_position, 2), torch.tensor([[9.0, 11, 13], [9, 10, 11]], dtype=torch.float64))
+    torch.testing.assert_close(vectors_per_unit(states, unit_of_position, 2, "mean")[0], torch.tensor([4.5, 5.5, 6.5], dtype=torch.float64))
 
 
 def test_plots_are_written_atomically(result, tmp_path):
@@ -136,3 +173,18 @@ def test_plots_are_written_atomically(result, tmp_path):
     for path in (scatter, bars):
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ig_kl.png", "sentences.png"]
+
+
+def test_callback_takes_the_config_whole_and_records_it(tiny_bert):
+    from types import SimpleNamespace
+
+    from ctrain.callbacks import WordWeightingProbe
+
+    config = WeightingConfig(**FAST, include_self=False, theorem=False)
+    callback = WordWeightingProbe(num_sentences=5, config=config)
+    assert callback.config is config and WordWeightingProbe().config == WeightingConfig()
+    callback.sentences = callback.load_sentences()
+    assert len(callback.sentences) == 5 and callback.sentences == WordWeightingProbe(num_sentences=5, config=config).load_sentences()
+    metrics, record = callback.measure(SimpleNamespace(encoder=tiny_bert))
+    assert metrics["weighting/kl_include_self"] == 0.0 and record["config"]["include_self"] is False
+    assert callback.statistics.num_sentences == 3000  # statistics over the whole split, both columns

@@ -24,9 +24,29 @@ from ctrain.module import ContrastiveModule
 
 STS_METRIC = "val/stsb_spearman"
 
+HELP = """usage: ctrain COMMAND [options]
+
+Contrastive fine-tuning of sentence encoders, with probes of word weighting and geometry.
+
+commands:
+  fit        train a model: ctrain fit --config configs/demo.yaml [--config callbacks/probes.yaml]
+  validate   STS-B dev Spearman of a model or checkpoint
+  test       STS-B test Spearman of a model or checkpoint
+  probe      measure any model without training: ctrain probe all-MiniLM-L6-v2 [--setup kurita2023]
+
+  ctrain fit --resume RUN_DIR   continue a run from its last checkpoint, in the same directory
+
+`ctrain COMMAND --help` lists a command's options; docs/metrics.md defines every logged key.
+"""
+
 
 class CtrainCLI(LightningCLI):
     """LightningCLI with ctrain's always-on callbacks, an STS check at step 0 and a closing summary."""
+
+    @staticmethod
+    def subcommands() -> dict[str, set[str]]:
+        """fit, validate and test: the model has no predict step, so `predict` is not offered."""
+        return {name: keys for name, keys in LightningCLI.subcommands().items() if name in ("fit", "validate", "test")}
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
@@ -107,7 +127,7 @@ def run_cli(args: list[str]) -> CtrainCLI:
         args=args,
         trainer_defaults={"use_distributed_sampler": False, "logger": {"class_path": "ctrain.loggers.RunCSVLogger", "init_args": {"save_dir": "runs", "name": "ctrain"}}},
         save_config_kwargs={"overwrite": True},
-        parser_kwargs={"exit_on_error": False},
+        parser_kwargs={"exit_on_error": False, "prog": "ctrain"},
     )
 
 
@@ -124,6 +144,9 @@ def main(argv: list[str] | None = None) -> None:
     """Console entry point: errors in user input end in one line, not a traceback."""
     args = list(sys.argv[1:] if argv is None else argv)
     _quiet_libraries()
+    if args[:1] in ([], ["-h"], ["--help"]):
+        print(HELP, end="")
+        return
     try:
         if args[:1] == ["probe"]:
             from ctrain.probe_cli import probe_main
@@ -132,7 +155,10 @@ def main(argv: list[str] | None = None) -> None:
         else:
             run_cli(args)
     except (argparse.ArgumentError, ValueError, FileNotFoundError, OSError, FloatingPointError) as error:
-        hint = " (ctrain fit --help lists the keys)" if isinstance(error, argparse.ArgumentError) else ""
+        hint = ""
+        if isinstance(error, argparse.ArgumentError):
+            command = args[0] if args and not args[0].startswith("-") else "fit"
+            hint = " (ctrain --help lists the commands)" if "invalid choice" in str(error) else f" (ctrain {command} --help lists the keys)"
         print(f"ctrain: error: {' '.join(str(error).split())}{hint}", file=sys.stderr)
         sys.exit(2)
 

@@ -3,18 +3,61 @@
 MODEL is a hub id, a local directory, a ctrain run directory (its model_best/, else
 model_final/), an offline short name (all-MiniLM-L6-v2, all-mpnet-base-v2) or tiny-bert.
 Results go to `--out` as JSON plus figures, and the headline numbers to the terminal.
+`--setup NAME` starts from a paper's measurement (`SETUPS`); any flag given after it wins.
 """
 
 from __future__ import annotations
 
+import argparse
+import re
+import time
+from dataclasses import fields
 from pathlib import Path
+from typing import Literal
 
-from jsonargparse import CLI
+from jsonargparse import ActionConfigFile, ArgumentParser
 
 from ctrain.data import read_sts_b
 from ctrain.encoder import load_encoder
 from ctrain.fileio import atomic_write_text
+from ctrain.probes.corpus import Columns, sample_sentences, sts_b_sentences
 from ctrain.probes.sts import encoder_sts
+from ctrain.probes.weighting import (
+    FIT_KEYS,
+    IG_COMPLETENESS_ERROR_MAX,
+    IG_COMPLETENESS_ERROR_MEAN,
+    THEOREM_KEYS,
+    WeightingConfig,
+)
+
+Measurement = Literal["sts", "weighting", "geometry"]
+Setup = Literal["kurita2023", "isotropy2023"]
+
+KURITA2023_WEIGHTING = WeightingConfig(
+    methods=("ig", "shap"),  # the paper reports both
+    shap_mode="partition",  # its SHAP is shap's PartitionExplainer (appendix D.3)
+    # Exact IG takes d VJPs per quadrature step (384 for MiniLM, 768 for MPNet): days for 3000 sentences
+    # on a CPU. 16 orthogonal directions estimate the same c_i^2 (exact at sketch_size = d); on a GPU
+    # pass --weighting.ig_mode exact.
+    ig_mode="sketch",
+    sketch_size=16,
+    sketch_kind="orthogonal",
+)
+"""The word-weighting paper's IG and SHAP; everything else is WeightingConfig's default."""
+
+SETUPS: dict[str, dict] = {
+    # Kurita et al. 2023: all 3000 STS-B dev sentences (both columns) weighed, KL and -log P over the same sentences.
+    "kurita2023": {
+        "measure": ["sts", "weighting"],
+        "split": "dev",
+        "columns": "both",
+        "num_sentences": None,
+        **{f"weighting.{f.name}": getattr(KURITA2023_WEIGHTING, f.name) for f in fields(WeightingConfig)},
+    },
+    # The isotropy / learning-dynamics study: its geometry convention on all first sentences of STS-B test.
+    "isotropy2023": {"measure": ["sts", "geometry"], "conventions": ["isotropy2023"], "geometry_sentences": None},
+}
+"""Named setups: the probe() arguments each one sets (the flags given on the command line still win)."""
 
 
 def resolve_model(model: str) -> str:
@@ -26,22 +69,71 @@ def resolve_model(model: str) -> str:
     return model
 
 
+def output_directory(model: str, setup: str | None) -> Path:
+    """`probe_results/<model as given, '/' -> '-'>[-<setup>]`: one folder per model path, so run directories never collide."""
+    name = re.sub(r"[^\w.+-]+", "-", model.strip("/").removeprefix("./")).strip("-") or "model"
+    return Path("probe_results") / (f"{name}-{setup}" if setup else name)
+
+
+def format_seconds(seconds: float) -> str:
+    """1h02m, 3m05s or 42s."""
+    seconds = round(seconds)
+    if seconds >= 3600:
+        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+    return f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
+
+
+class ProgressLine:
+    """Prints `label: done/total sentences, elapsed, about T left` at most every `interval` seconds.
+
+    The first batch carries one-off costs (shap's JIT compilation, allocator warm-up), so the
+    rate of the later batches predicts the rest when there are any.
+    """
+
+    def __init__(self, label: str, interval: float = 10.0) -> None:
+        self.label, self.interval = label, interval
+        self.started = self.last = time.perf_counter()
+        self.first: tuple[int, float] | None = None  # sentences and seconds of the first batch
+        self.done = 0
+
+    def finish(self) -> float:
+        """Seconds since the start; the projection then covers the whole run."""
+        self.last = time.perf_counter()
+        return self.last - self.started
+
+    def seconds_for(self, total: int) -> float:
+        """Projected seconds to weigh `total` sentences, from the batches seen so far."""
+        done, elapsed = self.done, self.last - self.started
+        first_done, first_seconds = self.first or (done, elapsed)
+        if done > first_done:
+            return first_seconds + (elapsed - first_seconds) / (done - first_done) * (total - first_done)
+        return elapsed / done * total
+
+    def __call__(self, done: int, total: int) -> None:
+        now = time.perf_counter()
+        self.done = done
+        if self.first is None:
+            self.first = (done, now - self.started)
+        if now - self.last < self.interval and done < total:
+            return
+        self.last = now
+        elapsed = now - self.started
+        left = max(self.seconds_for(total) - elapsed, 0.0)
+        print(f"  {self.label}: {done}/{total} sentences, {format_seconds(elapsed)} elapsed, about {format_seconds(left)} left",
+              flush=True)  # fmt: skip
+
+
 def probe(
     model: str,
-    weighting: bool = True,
-    geometry: bool = False,
-    sts: bool = True,
+    setup: Setup | None = None,
+    measure: list[Measurement] = ["sts", "weighting"],  # noqa: B006 (jsonargparse reads the default)
     out: str | None = None,
     split: str = "dev",
-    num_sentences: int = 200,
-    methods: list[str] = ["ig", "shap"],  # noqa: B006 (jsonargparse reads the default)
-    mode: str = "sketch",
-    steps: int = 50,
-    probes: int = 32,
-    units: str = "tokens",
-    min_count: int = 5,
+    columns: Columns = "both",
+    num_sentences: int | None = 200,
+    weighting: WeightingConfig = WeightingConfig(),  # noqa: B008 (read by jsonargparse, never mutated)
     conventions: list[str] = ["default", "isotropy2023"],  # noqa: B006
-    geometry_sentences: int = 1379,
+    geometry_sentences: int | None = 1379,
     max_length: int = 128,
     seed: int = 0,
 ) -> None:
@@ -49,66 +141,72 @@ def probe(
 
     Args:
         model: hub id, local path, run directory, all-MiniLM-L6-v2, all-mpnet-base-v2 or tiny-bert.
-        weighting: IG / SHAP weights regressed on KL, dKL and -log P, plus Theorem-1 norms (spec 1-5).
-        geometry: per-layer isotropy, self- and intra-sentence similarity, norms, rogue dims (spec 6).
-        sts: STS-B dev and test Spearman x100 (spec 7).
-        out: output directory (default: probe_results/<model name>).
-        split: STS-B split whose first sentences are the weighting probe set.
-        num_sentences: size of the weighting probe set.
-        methods: attribution methods, ig and/or shap.
-        mode: IG sketch (r random probes, default: minutes on a CPU) or exact (full Jacobian: d VJPs a step, slow on CPU).
-        steps: IG quadrature steps (Gauss-Legendre).
-        probes: probe vectors of sketch mode.
-        units: tokens or words.
-        min_count: regression keeps types seen at least this often.
+        setup: a paper's measurement: kurita2023 (word weighting) or isotropy2023 (geometry); later flags override it.
+        measure: what to compute: sts (STS-B dev/test Spearman x100), weighting (spec 1-5), geometry (spec 6).
+        out: output directory (default: probe_results/<model>[-<setup>]).
+        split: STS-B split of the weighting corpus; the token statistics use all its sentences.
+        columns: first sentence of each pair, or both.
+        num_sentences: weighting sentences drawn at random (seeded) from the corpus; null for all of them.
+        weighting: every setting of the word-weighting probe (docs/metrics.md), e.g. --weighting.ig_mode sketch.
         conventions: geometry conventions to compute (default, isotropy2023).
-        geometry_sentences: geometry probe corpus size (STS-B test first sentences; isotropy2023 uses them all).
-        max_length: tokens per sentence.
-        seed: seed of every random choice.
+        geometry_sentences: geometry probe corpus size (STS-B test first sentences; null for all).
+        max_length: tokens per sentence (geometry; weighting has --weighting.max_length).
+        seed: seed of the geometry probe (weighting has --weighting.seed, which also draws the sentences).
     """
     source = resolve_model(model)
     encoder = load_encoder(source)
-    directory = Path(out or Path("probe_results") / Path(source.rstrip("/")).name)
+    directory = Path(out) if out else output_directory(model, setup)
     directory.mkdir(parents=True, exist_ok=True)
     print(f"ctrain probe: {model} ({encoder.backbone.config.model_type}, {encoder.num_layers} layers, "
-          f"pooling {encoder.pooler.mode}, normalize {encoder.normalize}) -> {directory}")  # fmt: skip
-    if sts:
-        for split in ("dev", "test"):
-            spearman, pairs = encoder_sts(encoder, read_sts_b(split))
-            print(f"STS-B {split}: Spearman x100 {spearman:.2f} over {pairs} pairs")
-    if weighting:
-        _weighting(encoder, directory, split, num_sentences, methods, mode, steps, probes, units, min_count, max_length, seed)
-    if geometry:
+          f"pooling {encoder.pooler.mode}, normalize {encoder.normalize}) -> {directory}"
+          + (f", setup {setup}" if setup else ""))  # fmt: skip
+    if "sts" in measure:
+        for sts_split in ("dev", "test"):
+            spearman, pairs = encoder_sts(encoder, read_sts_b(sts_split))
+            print(f"STS-B {sts_split}: Spearman x100 {spearman:.2f} over {pairs} pairs")
+    if "weighting" in measure:
+        _weighting(encoder, directory, split, columns, num_sentences, weighting)
+    if "geometry" in measure:
         _geometry(encoder, directory, conventions, geometry_sentences, max_length, seed)
 
 
-def _weighting(encoder, directory, split, num_sentences, methods, mode, steps, probes, units, min_count, max_length, seed):
+def _weighting(encoder, directory: Path, split: str, columns: Columns, num_sentences: int | None, config: WeightingConfig) -> None:
     from ctrain.plots.weighting import plot_sentence_weights, plot_weight_vs_information
-    from ctrain.probes.weighting import WeightingConfig, weighting_probe
+    from ctrain.probes.information import token_statistics
+    from ctrain.probes.weighting import weighting_probe
 
-    sentences = [row[0] for row in read_sts_b(split)][:num_sentences]
-    config = WeightingConfig(
-        methods=tuple(methods), mode=mode, steps=steps, probes=probes, units=units, min_count=min_count,
-        max_length=max_length, seed=seed,
-    )  # fmt: skip
-    result = weighting_probe(encoder, sentences, config)
+    corpus = sts_b_sentences(split, columns)
+    sentences = sample_sentences(corpus, num_sentences, config.seed)
+    c = config
+    statistics = token_statistics(encoder.tokenizer, corpus, c.units, c.include_self, c.dkl_repeats, c.seed, c.max_length)
+    kl_kind = "counts" if c.include_self else "leaves out"
+    print(f"\nword weighting: {len(sentences)} of {len(corpus)} STS-B {split} sentences ({columns} columns); "
+          f"KL, dKL and -log P over all {len(corpus)}; KL {kl_kind} the word's own occurrence (include_self={c.include_self})")
+    print(f"  IG {c.ig_mode}" + (f" (sketch_size {c.sketch_size}, {c.sketch_kind})" if c.ig_mode == "sketch" else "")
+          + f", {c.steps} {c.quadrature} steps" + (f"; SHAP {c.shap_mode}" if "shap" in c.methods else "")
+          + f"; {c.units}, min_count {c.min_count}")  # fmt: skip
+    progress = ProgressLine("weighting")
+    result = weighting_probe(encoder, sentences, config, statistics, progress)
+    seconds = progress.finish()
     atomic_write_text(directory / "weighting.json", result.to_json())
-    print(f"\nword weighting on {len(sentences)} STS-B {split} sentences (R^2 x100, beta x100, n):")
-    for method in methods:
+    print(f"\n  (R^2 x100, beta x100, n)  {seconds / len(sentences):.2f} s/sentence, {format_seconds(seconds)} in all")
+    for method in c.methods:
         for quantity, label in (("kl", "KL(w)"), ("selfinfo", "-log P(w)"), ("dkl", "dKL(w)")):
-            key = f"{method}_{quantity}"
-            print(f"  {method.upper():4s} vs {label:10s} R^2 {100 * result.metrics[key + '_r2']:7.2f}   "
-                  f"beta {100 * result.metrics[key + '_beta']:8.2f}   n {int(result.metrics[key + '_n'])}")  # fmt: skip
+            keys = FIT_KEYS[method, quantity]
+            print(f"  {method.upper():4s} vs {label:10s} R^2 {100 * result.metrics[keys.r2]:7.2f}   "
+                  f"beta {100 * result.metrics[keys.slope]:8.2f}   n {int(result.metrics[keys.n])}")  # fmt: skip
         plot_weight_vs_information(result, directory / f"{method}_vs_kl.png", method, "kl")
         plot_sentence_weights(result, directory / f"{method}_sentences.png", 4, method)
-    if "ig_completeness_error_mean" in result.metrics:
-        print(f"  IG completeness error: mean {result.metrics['ig_completeness_error_mean']:.2e}, "
-              f"max {result.metrics['ig_completeness_error_max']:.2e}")  # fmt: skip
-    for target in ("input", "last", "last_type"):
-        key = f"theorem_{target}"
-        if key + "_r2" in result.metrics:
-            print(f"  Theorem 1, 0.5||w||^2 vs KL ({target}): R^2 {result.metrics[key + '_r2']:.4f}, "
-                  f"slope {result.metrics[key + '_slope']:.4f}, intercept {result.metrics[key + '_intercept']:.4f}")  # fmt: skip
+    if IG_COMPLETENESS_ERROR_MEAN in result.metrics:
+        print(f"  IG completeness error: mean {result.metrics[IG_COMPLETENESS_ERROR_MEAN]:.2e}, "
+              f"max {result.metrics[IG_COMPLETENESS_ERROR_MAX]:.2e}")  # fmt: skip
+    for target, keys in THEOREM_KEYS.items():
+        if keys.r2 in result.metrics:
+            print(f"  Theorem 1, 0.5||w||^2 vs KL ({target}): R^2 {result.metrics[keys.r2]:.4f}, "
+                  f"slope {result.metrics[keys.slope]:.4f}, intercept {result.metrics[keys.intercept]:.4f}")  # fmt: skip
+    if len(sentences) < len(corpus):
+        print(f"  projected time of all {len(corpus)} sentences on this machine: "
+              f"about {format_seconds(progress.seconds_for(len(corpus)))} (from these {len(sentences)} random ones)")
 
 
 def _geometry(encoder, directory, conventions, geometry_sentences, max_length, seed):
@@ -124,5 +222,22 @@ def _geometry(encoder, directory, conventions, geometry_sentences, max_length, s
         print(format_layer_table(result))
 
 
+def probe_parser() -> ArgumentParser:
+    """`ctrain probe`'s parser: probe()'s arguments, MODEL positional, --config/--print_config for YAML."""
+    parser = ArgumentParser(prog="ctrain probe", description=__doc__, exit_on_error=False)
+    parser.add_argument("--config", action=ActionConfigFile, help="YAML with any of the arguments below")
+    parser.add_function_arguments(probe, as_positional=True)
+    return parser
+
+
 def probe_main(args: list[str]) -> None:
-    CLI(probe, args=args)
+    """Parse `ctrain probe` arguments with the chosen setup's values as defaults, then probe."""
+    chosen = argparse.ArgumentParser(add_help=False)
+    chosen.add_argument("--setup")
+    setup = chosen.parse_known_args(args)[0].setup
+    parser = probe_parser()
+    if setup in SETUPS:  # an unknown name is reported by the full parser
+        parser.set_defaults(SETUPS[setup])
+    values = parser.instantiate_classes(parser.parse_args(args)).as_dict()
+    values.pop("config", None)
+    probe(**values)

@@ -1,7 +1,7 @@
 """Callbacks that run the word-weighting and geometry probes on a schedule while training.
 
 They only schedule: the measurements are the pure functions of `ctrain.probes`. Each run
-happens on global rank 0, logs `weighting/...` or `geometry/...` at the optimizer step it
+happens on global rank 0, logs `weighting/...` or `geometry/...` (docs/metrics.md) at the optimizer step it
 measured (the first at step 0, the model as it started), and appends the full result to
 `<run dir>/probes/<name>.jsonl`. The probes put the model in eval mode, take gradients
 only with respect to their inputs and use their own RNG, so training is unchanged by them
@@ -12,13 +12,15 @@ from __future__ import annotations
 
 import os
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import pytorch_lightning as pl
 
 from ctrain.data import read_sts_b
+from ctrain.probes.corpus import sample_sentences, sts_b_sentences
 from ctrain.probes.geometry import GeometryConfig, SelfSimilarityState, geometry_probe
-from ctrain.probes.information import token_statistics
+from ctrain.probes.information import TokenStatistics, token_statistics
 from ctrain.probes.jsonio import to_strict_json
 from ctrain.probes.weighting import WeightingConfig, weighting_probe
 
@@ -33,9 +35,17 @@ def log_spaced_steps(limit: int) -> set[int]:
 
 
 class _ScheduledProbe(pl.Callback):
-    """Runs `measure` at step 0 and then every `every_n_steps` (or at log-spaced steps)."""
+    """Runs `measure` at step 0 and then every `every_n_steps` (or at log-spaced steps).
+
+    `measure` returns metrics under their full keys (`weighting/ig_kl_r2`); a key that does not
+    start with `<name>/` is logged as `<name>/<key>`. The probe's own cost is logged as `<name>/seconds`.
+    """
 
     name = "probe"
+
+    @property
+    def seconds_key(self) -> str:
+        return f"{self.name}/seconds"
 
     def __init__(self, every_n_steps: int = 100, log_spaced: bool = False, num_sentences: int = 300, split: str = "dev") -> None:
         if every_n_steps < 1:
@@ -57,7 +67,11 @@ class _ScheduledProbe(pl.Callback):
         # trainer.log_dir is a collective under DDP: read it on every rank, not on rank 0 alone.
         self.directory = Path(trainer.log_dir or trainer.default_root_dir) / "probes"
         if not self.sentences:
-            self.sentences = [row[0] for row in read_sts_b(self.split)][: self.num_sentences]
+            self.sentences = self.load_sentences()
+
+    def load_sentences(self) -> list[str]:
+        """The sentences every measurement uses: the first `num_sentences` first sentences of the split."""
+        return [row[0] for row in read_sts_b(self.split)][: self.num_sentences]
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._maybe_measure(trainer, pl_module)
@@ -72,9 +86,11 @@ class _ScheduledProbe(pl.Callback):
         self._done.add(step)
         started = time.perf_counter()
         metrics, record = self.measure(pl_module)
-        metrics = {**metrics, "seconds": time.perf_counter() - started}  # the probe's own cost, to budget it
+        prefix = f"{self.name}/"
+        metrics = {key if key.startswith(prefix) else prefix + key: value for key, value in metrics.items()}
+        metrics[self.seconds_key] = time.perf_counter() - started  # the probe's own cost, to budget it
         for logger in trainer.loggers:
-            logger.log_metrics({f"{self.name}/{key}": value for key, value in metrics.items()}, step=step)
+            logger.log_metrics(metrics, step=step)
         self.directory.mkdir(parents=True, exist_ok=True)
         with (self.directory / f"{self.name}.jsonl").open("a") as handle:
             handle.write(to_strict_json({"step": step, **record}) + "\n")
@@ -94,45 +110,39 @@ class _ScheduledProbe(pl.Callback):
 class WordWeightingProbe(_ScheduledProbe):
     """IG (and optionally SHAP) weights regressed on KL / dKL / -log P, plus the Theorem-1 norm fits.
 
-    Defaults are for watching curves cheaply: sketch IG with 8 orthogonal probes and 16 Gauss-Legendre
-    steps (completeness error is logged; all-MiniLM-L6-v2 needs 32 steps for <= 1%), on 48 sentences,
-    which keeps the probe under ~10% of the CPU demo's wall time. `ctrain probe` is the place for
-    careful numbers (50 steps, exact mode available). Token statistics are computed once.
+    `config` is the whole `WeightingConfig` (any field can be set from YAML; unset fields keep its
+    defaults). The probe sentences are `num_sentences` sentences of the STS-B `split` (both columns)
+    drawn at random with `config.seed`; the token statistics come from the whole split and are
+    computed once.
     """
 
     name = "weighting"
+    seconds_key = "weighting/seconds"
 
     def __init__(
         self,
         every_n_steps: int = 100,
         log_spaced: bool = False,
-        num_sentences: int = 48,
+        num_sentences: int = 300,
         split: str = "dev",
-        methods: tuple[str, ...] = ("ig",),
-        mode: str = "sketch",
-        probes: int = 8,
-        probe_kind: str = "orthogonal",
-        steps: int = 16,
-        units: str = "tokens",
-        min_count: int = 5,
-        max_length: int = 64,
-        seed: int = 0,
+        config: WeightingConfig | None = None,
     ) -> None:
         super().__init__(every_n_steps, log_spaced, num_sentences, split)
-        self.config = WeightingConfig(
-            methods=tuple(methods), mode=mode, probes=probes, probe_kind=probe_kind, steps=steps, units=units, min_count=min_count,
-            max_length=max_length, seed=seed,
-        )  # fmt: skip
-        self.statistics = None
+        self.config = config or WeightingConfig()
+        self.statistics: TokenStatistics | None = None
+
+    def load_sentences(self) -> list[str]:
+        return sample_sentences(sts_b_sentences(self.split), self.num_sentences, self.config.seed)
 
     def measure(self, pl_module: pl.LightningModule) -> tuple[dict[str, float], dict]:
         if self.statistics is None:
             c = self.config
             self.statistics = token_statistics(
-                pl_module.encoder.tokenizer, self.sentences, c.units, c.include_self, c.dkl_repeats, c.seed, c.max_length
-            )
+                pl_module.encoder.tokenizer, sts_b_sentences(self.split), c.units, c.include_self, c.dkl_repeats, c.seed,
+                c.max_length,
+            )  # fmt: skip
         result = weighting_probe(pl_module.encoder, self.sentences, self.config, self.statistics)
-        return result.metrics, {"metrics": result.metrics}
+        return result.metrics, {"config": asdict(self.config), "metrics": result.metrics}
 
 
 class GeometryProbe(_ScheduledProbe):

@@ -4,7 +4,7 @@ Both attribute the inference sentence embedding ``f(X)`` (eval mode, fp32, autoc
 off) and leave the model as they found it: train/eval mode and parameter dtypes are
 restored, parameter ``.grad`` is never written (gradients are taken w.r.t. the inputs
 only, through ``torch.func.vjp``) and the global torch RNG is never consumed (random
-probes and permutations come from a ``torch.Generator`` seeded by an argument).
+sketch directions and permutations come from a ``torch.Generator`` seeded by an argument).
 
 Decisions where the spec is open:
 
@@ -19,16 +19,25 @@ Decisions where the spec is open:
 - Exact mode takes its ``d`` VJPs per step along the orthonormal DCT-II basis of the
   output space rather than the unit vectors: the Frobenius norm is the same, and the
   dense cotangents ran about 2x faster on CPU than one-hot ones.
-- Sketch probes satisfy ``E[v v^T] = I`` and the estimate is the mean over the ``r``
-  probes. Orthogonal probes are ``sqrt(d)`` times ``r`` orthonormal rows of a Haar
-  matrix (the spec's "scaled by sqrt(d/r)" written per probe), exact at ``r = d``.
+- Sketch directions satisfy ``E[v v^T] = I`` and the estimate is the mean over the
+  ``r = sketch_size`` directions. Orthogonal directions are ``sqrt(d)`` times ``r``
+  orthonormal rows of a Haar matrix (the spec's "scaled by sqrt(d/r)" written per
+  direction), exact at ``r = d``.
 - Completeness is exact in both modes: exact mode sums its ``IG_ijk``; sketch mode,
   which never forms them, uses ``sum_ij IG_ijk = sum_a w_a (J(a) (x - b))_k``, one
   forward-mode JVP along the path (a few forward passes' cost).
-- SHAP permutation sampling (sentences longer than ``max_exact_tokens``) averages the
+- SHAP ``exact`` mode enumerates all coalitions of sentences with at most
+  ``max_exact_tokens`` players and samples permutations beyond (exact enumeration
+  costs ``2^p`` forward passes); ``permutation`` mode always samples.
+- SHAP permutation sampling averages the
   marginal contributions along ``permutations`` uniformly random orderings (budget:
   ``permutations * (p + 1)`` forward passes); like exact SHAP it is efficient, i.e.
   the values of a sentence sum to ``f(x) - f(all MASK)``.
+- SHAP ``partition`` mode is ``shap.PartitionExplainer`` with ``shap.maskers.Text``
+  (the word-weighting paper's tool): Owen values over the masker's hierarchical
+  clustering of the tokens, MASK as the absent value, the model called on the masked
+  *strings* (so a masked word may re-tokenise differently, as in the paper). Owen
+  values equal Shapley values on additive games and are efficient on every game.
 - A unit made of several positions (a word in ``units="words"``) weighs
   ``sqrt(sum_i c_i^2)`` over its positions: the Frobenius norm of the spec extended to
   all input dims of the word. ``c'`` divides by the mean over the sentence's units.
@@ -38,7 +47,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from itertools import chain
@@ -48,13 +57,16 @@ import numpy as np
 import torch
 from torch import Tensor
 from torch.nn.attention import SDPBackend, sdpa_kernel
+from transformers import PreTrainedTokenizerBase
 
 from ctrain.encoder import SentenceEncoder, eval_mode
 
 Quadrature = Literal["gauss_legendre", "riemann_trapezoid"]
 QUADRATURES: tuple[str, ...] = ("gauss_legendre", "riemann_trapezoid")
 Mode = Literal["exact", "sketch"]
-ProbeKind = Literal["rademacher", "orthogonal"]
+ShapMode = Literal["exact", "permutation", "partition"]
+SHAP_MODES: tuple[str, ...] = ("exact", "permutation", "partition")
+SketchKind = Literal["rademacher", "orthogonal"]
 
 
 @dataclass(frozen=True)
@@ -66,7 +78,7 @@ class Attribution:
 
 
 @contextmanager
-def probe_mode(encoder: SentenceEncoder) -> Iterator[torch.device]:
+def attribution_mode(encoder: SentenceEncoder) -> Iterator[torch.device]:
     """Eval mode, fp32, autocast off, autograd available; everything restored on exit."""
     low_precision = [
         t for t in chain(encoder.parameters(), encoder.buffers()) if t.is_floating_point() and t.dtype != torch.float32
@@ -107,8 +119,8 @@ def pad_baseline(encoder: SentenceEncoder, input_ids: Tensor) -> tuple[Tensor, T
         return x, torch.where(encoder.special_mask(input_ids).unsqueeze(-1), x, pad)
 
 
-def probe_directions(
-    mode: Mode, dim: int, probes: int, kind: ProbeKind, generator: torch.Generator
+def output_directions(
+    mode: Mode, dim: int, sketch_size: int, kind: SketchKind, generator: torch.Generator
 ) -> tuple[Tensor, float]:
     """Output directions ``v`` and the factor turning ``sum_v ||.||^2`` into ``c^2``.
 
@@ -123,17 +135,17 @@ def probe_directions(
         return basis.float(), 1.0
     if mode != "sketch":
         raise ValueError(f"unknown mode '{mode}': choose exact or sketch")
-    if probes < 1:
-        raise ValueError(f"probes must be >= 1, got {probes}")
+    if sketch_size < 1:
+        raise ValueError(f"sketch_size must be >= 1, got {sketch_size}")
     if kind == "rademacher":
-        return torch.randint(0, 2, (probes, dim), generator=generator).float() * 2 - 1, 1.0 / probes
+        return torch.randint(0, 2, (sketch_size, dim), generator=generator).float() * 2 - 1, 1.0 / sketch_size
     if kind == "orthogonal":
-        if probes > dim:
-            raise ValueError(f"orthogonal probes need probes <= output dim {dim}, got {probes}")
-        q, r = torch.linalg.qr(torch.randn(dim, probes, generator=generator, dtype=torch.float64))
+        if sketch_size > dim:
+            raise ValueError(f"orthogonal sketches need sketch_size <= output dim {dim}, got {sketch_size}: lower sketch_size")
+        q, r = torch.linalg.qr(torch.randn(dim, sketch_size, generator=generator, dtype=torch.float64))
         rows = (q * torch.sign(torch.diagonal(r))).T  # Haar-distributed orthonormal rows
-        return (math.sqrt(dim) * rows).float(), 1.0 / probes
-    raise ValueError(f"unknown probe kind '{kind}': choose rademacher or orthogonal")
+        return (math.sqrt(dim) * rows).float(), 1.0 / sketch_size
+    raise ValueError(f"unknown sketch kind '{kind}': choose rademacher or orthogonal")
 
 
 def integrated_gradients(
@@ -143,8 +155,8 @@ def integrated_gradients(
     steps: int = 50,
     quadrature: Quadrature = "gauss_legendre",
     mode: Mode = "exact",
-    probes: int = 32,
-    probe_kind: ProbeKind = "rademacher",
+    sketch_size: int = 32,
+    sketch_kind: SketchKind = "rademacher",
     seed: int = 0,
     vjp_batch: int | None = 8,
 ) -> Attribution:
@@ -152,12 +164,12 @@ def integrated_gradients(
 
     One forward pass over all ``steps`` interpolations of all sentences, then one
     batched VJP (``vmap`` over the cotangents) per ``vjp_batch`` output directions (the
-    ``d`` vectors of an orthonormal basis in exact mode, ``probes`` random vectors in
+    ``d`` vectors of an orthonormal basis in exact mode, ``sketch_size`` random vectors in
     sketch mode). The quadrature weights ride in the cotangents, so the step sum is a
     plain sum.
     """
     generator = torch.Generator().manual_seed(seed)
-    with probe_mode(encoder) as device, torch.no_grad(), sdpa_kernel(SDPBackend.MATH):
+    with attribution_mode(encoder) as device, torch.no_grad(), sdpa_kernel(SDPBackend.MATH):
         input_ids, attention_mask = input_ids.to(device), attention_mask.to(device)
         positions = encoder.position_ids(input_ids)
         x, baseline = pad_baseline(encoder, input_ids)
@@ -174,7 +186,7 @@ def integrated_gradients(
             inputs_embeds=torch.cat([x, baseline]), attention_mask=attention_mask.repeat(2, 1), position_ids=positions.repeat(2, 1)
         )
         batch, dim = x.shape[0], outputs.shape[-1]
-        directions, scale = probe_directions(mode, dim, probes, probe_kind, generator)
+        directions, scale = output_directions(mode, dim, sketch_size, sketch_kind, generator)
         directions = directions.to(device)
         squares = torch.zeros(input_ids.shape, device=device)
         sums = []  # exact mode: sum_ij IG_ij. along each basis direction
@@ -246,7 +258,7 @@ def shapley_values(
     if encoder.tokenizer.mask_token_id is None:
         raise ValueError("SHAP needs a tokenizer with a mask token (the absent value)")
     generator = torch.Generator().manual_seed(seed)
-    with probe_mode(encoder) as device, torch.no_grad():
+    with attribution_mode(encoder) as device, torch.no_grad():
         input_ids = input_ids.to(device).unsqueeze(0)
         positions = encoder.position_ids(input_ids)
         players = torch.nonzero(~encoder.special_mask(input_ids[0]))[:, 0]
@@ -267,21 +279,64 @@ def shapley_values(
         return (after - before).mean(0)
 
 
+def owen_values(
+    value_function: Callable[[list[str]], np.ndarray],
+    tokenizer: PreTrainedTokenizerBase,
+    sentence: str,
+    max_evals: int = 500,
+    batch_size: int = 64,
+) -> np.ndarray:
+    """PartitionSHAP (``shap`` library) values (n, d) of every position of ``sentence``, specials included (0 there).
+
+    ``value_function`` maps masked sentences (strings, MASK as the absent value) to
+    outputs (C, d); the players are the tokenizer's tokens, grouped by ``shap``'s text
+    clustering. ``max_evals`` bounds the model calls of one sentence.
+    """
+    import shap
+
+    if tokenizer.mask_token is None:
+        raise ValueError("SHAP needs a tokenizer with a mask token (the absent value): use another model or method ig")
+    masker = shap.maskers.Text(tokenizer, mask_token=tokenizer.mask_token, collapse_mask_token=False)
+    explainer = shap.PartitionExplainer(value_function, masker)
+    return explainer([sentence], max_evals=max_evals, batch_size=batch_size, silent=True).values[0]
+
+
 def shap_weights(
     encoder: SentenceEncoder,
     input_ids: Tensor,
     attention_mask: Tensor,
+    sentences: list[str],
+    mode: ShapMode = "exact",
     max_exact_tokens: int = 10,
     permutations: int = 64,
+    max_evals: int = 500,
     seed: int = 0,
     batch_size: int = 256,
 ) -> Attribution:
-    """SHAP weights ``c_i = ||phi_i||_2`` of a padded batch (sentence ``b`` sampled with seed ``seed + b``)."""
+    """SHAP weights ``c_i = ||phi_i||_2`` of a padded batch of ``sentences`` (sentence ``b`` sampled with seed ``seed + b``)."""
+    if mode not in SHAP_MODES:
+        raise ValueError(f"unknown shap_mode '{mode}': choose one of {', '.join(SHAP_MODES)}")
     weights = torch.zeros(input_ids.shape, dtype=torch.float64)
     special = encoder.special_mask(input_ids)
+
+    def encode(masked: list[str]) -> np.ndarray:
+        with attribution_mode(encoder), torch.no_grad():
+            return encoder.encode(list(masked), batch_size=batch_size).double().cpu().numpy()
+
     for b, (ids, keep) in enumerate(zip(input_ids, attention_mask.bool())):
-        phi = shapley_values(encoder, ids[keep], max_exact_tokens, permutations, seed + b, batch_size)
-        weights[b, torch.nonzero(keep & ~special[b])[:, 0].cpu()] = phi.norm(dim=1).cpu()
+        players = torch.nonzero(keep & ~special[b])[:, 0].cpu()
+        if mode == "partition":
+            phi = owen_values(encode, encoder.tokenizer, sentences[b], max_evals, batch_size)
+            if len(phi) != int(keep.sum()):
+                raise ValueError(
+                    f"shap's tokenisation of sentence '{sentences[b]}' has {len(phi)} positions, the probe's {int(keep.sum())}: "
+                    "raise max_length or use shap_mode exact"
+                )
+            weights[b, players] = torch.from_numpy(np.linalg.norm(phi, axis=1))[players]  # right padding: same positions
+        else:
+            exact_limit = max_exact_tokens if mode == "exact" else 0
+            phi = shapley_values(encoder, ids[keep], exact_limit, permutations, seed + b, batch_size)
+            weights[b, players] = phi.norm(dim=1).cpu()
     return Attribution(weights=weights, completeness_error=None)
 
 
@@ -295,26 +350,3 @@ def unit_weights(position_weights: Tensor, unit_of_position: Tensor, unit_senten
     totals = torch.zeros(num_sentences, dtype=torch.float64).index_add_(0, unit_sentence, weights)
     sizes = torch.bincount(unit_sentence, minlength=num_sentences).double()
     return weights, weights / (totals / sizes)[unit_sentence]
-
-
-def captum_loop_weights(
-    encoder: SentenceEncoder, input_ids: Tensor, attention_mask: Tensor, steps: int = 50
-) -> Tensor:
-    """The straightforward reference for exact mode: captum's IntegratedGradients one output dim at a time.
-
-    Same PAD baseline, explicit position ids and Gauss-Legendre steps; `c_i = sqrt(sum_k sum_j IG_ijk^2)`.
-    Costs `d` attribution calls: for tests on tiny models and the benchmark's peer, not for probing.
-    """
-    from captum.attr import IntegratedGradients
-
-    positions = encoder.position_ids(input_ids)
-    x, baseline = pad_baseline(encoder, input_ids)
-    ig = IntegratedGradients(lambda z, mask, pos: encoder(inputs_embeds=z, attention_mask=mask, position_ids=pos))
-    squares = torch.zeros(input_ids.shape)
-    for k in range(encoder.hidden_size):
-        attribution = ig.attribute(
-            x, baselines=baseline, target=k, additional_forward_args=(attention_mask, positions), n_steps=steps,
-            method="gausslegendre",
-        )  # fmt: skip
-        squares += attribution.detach().pow(2).sum(-1)
-    return squares.sqrt()

@@ -14,6 +14,9 @@ Decisions where the spec is open:
   and ``the`` are different types. A word type is the decoded string of its subwords,
   stripped of surrounding spaces, so ``Ġthe`` and ``the`` are the same word.
 - Statistics use the same truncation (``max_length``) as the probe inputs.
+- ``P_sent(.|w)`` counts the occurrence of ``w`` itself by default (``include_self=True``:
+  the paper's "sentences containing w"; the theorem's proof pairs ``w`` with its own
+  copy); ``include_self=False`` leaves each occurrence out of its own context.
 - ``KL(w)`` is NaN for a type whose occurrences have no other unit in their
   sentences (empty context distribution); regressions drop non-finite points.
 - ``dKL``'s shuffled corpora permute all units of the corpus across sentences
@@ -94,7 +97,7 @@ def segment(
     return Segmentation(input_ids, encoding["attention_mask"], unit_of_position, unit_sentence, unit_types)
 
 
-def kl_information(sentence: np.ndarray, types: np.ndarray, num_types: int, include_self: bool = False) -> np.ndarray:
+def kl_information(sentence: np.ndarray, types: np.ndarray, num_types: int, include_self: bool = True) -> np.ndarray:
     """Plug-in ``KL(P_sent(.|w) || P)`` for every type, from one row per unit occurrence.
 
     With ``C[s, w]`` the count of ``w`` in sentence ``s``, the context counts are
@@ -157,7 +160,7 @@ def token_statistics(
     tokenizer: PreTrainedTokenizerBase,
     sentences: list[str],
     units: Units = "tokens",
-    include_self: bool = False,
+    include_self: bool = True,
     dkl_repeats: int = 5,
     seed: int = 0,
     max_length: int | None = 128,

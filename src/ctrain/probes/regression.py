@@ -24,6 +24,18 @@ POINTS: tuple[str, ...] = ("occurrence", "type")
 
 
 @dataclass(frozen=True)
+class FitKeys:
+    """The metric key of each field of one fit, written out in full where the fit is logged."""
+
+    r2: str
+    slope: str
+    slope_se: str
+    intercept: str
+    intercept_se: str
+    n: str
+
+
+@dataclass(frozen=True)
 class Regression:
     """``y = intercept + slope x``: R^2, coefficients, their standard errors and the sample size."""
 
@@ -34,17 +46,16 @@ class Regression:
     intercept_se: float
     n: int
 
-    def metrics(self, prefix: str, slope_name: str = "slope") -> dict[str, float]:
-        """Flat metric keys ``{prefix}_r2``, ``{prefix}_{slope_name}``, ... for loggers."""
-        values = {
-            "r2": self.r2,
-            slope_name: self.slope,
-            f"{slope_name}_se": self.slope_se,
-            "intercept": self.intercept,
-            "intercept_se": self.intercept_se,
-            "n": self.n,
+    def metrics(self, keys: FitKeys) -> dict[str, float]:
+        """The fit as flat metrics under ``keys``."""
+        return {
+            keys.r2: float(self.r2),
+            keys.slope: float(self.slope),
+            keys.slope_se: float(self.slope_se),
+            keys.intercept: float(self.intercept),
+            keys.intercept_se: float(self.intercept_se),
+            keys.n: float(self.n),
         }
-        return {f"{prefix}_{key}": float(value) for key, value in values.items()}
 
 
 def ols(x: np.ndarray, y: np.ndarray) -> Regression:

@@ -30,7 +30,7 @@ WordVector = Literal["sum", "mean"]
 TypeAverage = Literal["vectors", "norms"]
 
 
-def unit_vectors(states: Tensor, unit_of_position: Tensor, num_units: int, word_vector: WordVector = "sum") -> Tensor:
+def vectors_per_unit(states: Tensor, unit_of_position: Tensor, num_units: int, word_vector: WordVector = "sum") -> Tensor:
     """One vector per unit from per-position vectors (B, n, h); ``unit_of_position`` is -1 at specials."""
     valid = unit_of_position.ge(0)
     index = unit_of_position[valid]

@@ -5,9 +5,13 @@ weighs every unit of the probe sentences by IG (and optionally SHAP), regresses 
 normalised weights ``c'`` on ``KL``, ``dKL`` and ``I`` of a statistics corpus (spec
 sections 1-4), and measures Theorem 1 (section 5). Pass ``statistics`` (from
 ``token_statistics``) to reuse them across calls: they depend on the corpus and the
-tokenizer only, not on the weights being trained.
+tokenizer only, not on the weights being trained. ``WeightingConfig`` holds every
+setting and its default; the callback, ``ctrain probe`` and the presets take it whole.
 
-Decisions where the spec is open (see also the modules it calls):
+Every logged key is written out in ``FIT_KEYS``, ``THEOREM_KEYS`` and the constants
+below it, so a grep for a column of ``metrics.csv`` lands here.
+
+Decisions where the spec is open:
 
 - The same ``min_count`` filter applies to the KL, dKL and I regressions and to the
   theorem fits, so that all of them use the same points and their R^2 compare; set
@@ -15,7 +19,7 @@ Decisions where the spec is open (see also the modules it calls):
 - Probe units missing from the statistics corpus (possible with a separate corpus)
   have count 0 and NaN information, so they never enter a fit.
 - Sentences are processed in order of token length (less padding); the batch that
-  starts at sorted position ``s`` uses seed ``seed + s`` for its sketch probes and
+  starts at sorted position ``s`` uses seed ``seed + s`` for its sketch directions and
   SHAP sentence ``s + b`` uses ``seed + s + b``, so results do not depend on the
   batch size except through float reassociation.
 """
@@ -23,6 +27,7 @@ Decisions where the spec is open (see also the modules it calls):
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Literal
 
@@ -31,46 +36,131 @@ import torch
 
 from ctrain.encoder import SentenceEncoder
 from ctrain.probes.attribution import (
+    QUADRATURES,
+    SHAP_MODES,
     Mode,
-    ProbeKind,
     Quadrature,
+    ShapMode,
+    SketchKind,
+    attribution_mode,
     integrated_gradients,
-    probe_mode,
     shap_weights,
     unit_weights,
 )
-from ctrain.probes.information import Segmentation, TokenStatistics, Units, segment, token_statistics
+from ctrain.probes.information import (
+    UNITS,
+    Segmentation,
+    TokenStatistics,
+    Units,
+    segment,
+    token_statistics,
+)
 from ctrain.probes.jsonio import to_strict_json
-from ctrain.probes.regression import Points, ols, regression_points
-from ctrain.probes.theorem import TypeAverage, WordVector, theorem_regressions, unit_vectors
+from ctrain.probes.regression import POINTS, FitKeys, Points, ols, regression_points
+from ctrain.probes.theorem import (
+    TypeAverage,
+    WordVector,
+    theorem_regressions,
+    vectors_per_unit,
+)
 
 Method = Literal["ig", "shap"]
 METHODS: tuple[str, ...] = ("ig", "shap")
 Quantity = Literal["kl", "dkl", "selfinfo"]
 QUANTITIES: tuple[str, ...] = ("kl", "dkl", "selfinfo")
 
+FIT_KEYS: dict[tuple[str, str], FitKeys] = {
+    ("ig", "kl"): FitKeys(
+        "weighting/ig_kl_r2", "weighting/ig_kl_beta", "weighting/ig_kl_beta_se",
+        "weighting/ig_kl_intercept", "weighting/ig_kl_intercept_se", "weighting/ig_kl_n",
+    ),
+    ("ig", "dkl"): FitKeys(
+        "weighting/ig_dkl_r2", "weighting/ig_dkl_beta", "weighting/ig_dkl_beta_se",
+        "weighting/ig_dkl_intercept", "weighting/ig_dkl_intercept_se", "weighting/ig_dkl_n",
+    ),
+    ("ig", "selfinfo"): FitKeys(
+        "weighting/ig_selfinfo_r2", "weighting/ig_selfinfo_beta", "weighting/ig_selfinfo_beta_se",
+        "weighting/ig_selfinfo_intercept", "weighting/ig_selfinfo_intercept_se", "weighting/ig_selfinfo_n",
+    ),
+    ("shap", "kl"): FitKeys(
+        "weighting/shap_kl_r2", "weighting/shap_kl_beta", "weighting/shap_kl_beta_se",
+        "weighting/shap_kl_intercept", "weighting/shap_kl_intercept_se", "weighting/shap_kl_n",
+    ),
+    ("shap", "dkl"): FitKeys(
+        "weighting/shap_dkl_r2", "weighting/shap_dkl_beta", "weighting/shap_dkl_beta_se",
+        "weighting/shap_dkl_intercept", "weighting/shap_dkl_intercept_se", "weighting/shap_dkl_n",
+    ),
+    ("shap", "selfinfo"): FitKeys(
+        "weighting/shap_selfinfo_r2", "weighting/shap_selfinfo_beta", "weighting/shap_selfinfo_beta_se",
+        "weighting/shap_selfinfo_intercept", "weighting/shap_selfinfo_intercept_se", "weighting/shap_selfinfo_n",
+    ),
+}  # fmt: skip
+"""(method, quantity) -> keys of the OLS of ``c'`` on that quantity (spec section 4)."""
+
+THEOREM_KEYS: dict[str, FitKeys] = {
+    "input": FitKeys(
+        "weighting/theorem_input_r2", "weighting/theorem_input_slope", "weighting/theorem_input_slope_se",
+        "weighting/theorem_input_intercept", "weighting/theorem_input_intercept_se", "weighting/theorem_input_n",
+    ),
+    "last": FitKeys(
+        "weighting/theorem_last_r2", "weighting/theorem_last_slope", "weighting/theorem_last_slope_se",
+        "weighting/theorem_last_intercept", "weighting/theorem_last_intercept_se", "weighting/theorem_last_n",
+    ),
+    "last_type": FitKeys(
+        "weighting/theorem_last_type_r2", "weighting/theorem_last_type_slope", "weighting/theorem_last_type_slope_se",
+        "weighting/theorem_last_type_intercept", "weighting/theorem_last_type_intercept_se", "weighting/theorem_last_type_n",
+    ),
+}  # fmt: skip
+"""Theorem-1 target -> keys of the OLS of ``0.5 ||w||^2`` on ``KL(w)`` (spec section 5)."""
+
+NUM_SENTENCES = "weighting/num_sentences"
+NUM_UNITS = "weighting/num_units"
+KL_INCLUDE_SELF = "weighting/kl_include_self"
+IG_COMPLETENESS_ERROR_MEAN = "weighting/ig_completeness_error_mean"
+IG_COMPLETENESS_ERROR_MAX = "weighting/ig_completeness_error_max"
+IG_COMPLETENESS_ERROR_N = "weighting/ig_completeness_error_n"
+
+_CHOICES = {
+    "ig_mode": ("exact", "sketch"),
+    "sketch_kind": ("rademacher", "orthogonal"),
+    "quadrature": QUADRATURES,
+    "shap_mode": SHAP_MODES,
+    "units": UNITS,
+    "points": POINTS,
+    "word_vector": ("sum", "mean"),
+    "type_average": ("vectors", "norms"),
+}
+
 
 @dataclass
 class WeightingConfig:
-    """Flags of the probe; defaults follow the spec (exact IG, 50 Gauss-Legendre steps, token units)."""
+    """Every setting of the word-weighting probe, with the spec's defaults; presets override only what they must.
+
+    ``include_self`` decides whether an occurrence of ``w`` counts itself in
+    ``P_sent(.|w)`` (spec section 1: yes, as the paper's "sentences containing w"
+    and the theorem's proof do). ``sketch_size`` and ``sketch_kind`` only matter with
+    ``ig_mode="sketch"``; the ``shap_*`` fields only with ``"shap"`` in ``methods``.
+    """
 
     methods: tuple[str, ...] = ("ig",)
-    mode: Mode = "exact"
-    probes: int = 32
-    probe_kind: ProbeKind = "rademacher"
+    ig_mode: Mode = "exact"
+    sketch_size: int = 32
+    sketch_kind: SketchKind = "rademacher"
     steps: int = 50
     quadrature: Quadrature = "gauss_legendre"
     units: Units = "tokens"
     min_count: int = 5
-    include_self: bool = False
+    include_self: bool = True
     dkl_repeats: int = 5
     points: Points = "occurrence"
     max_length: int | None = 128
     seed: int = 0
     batch_size: int = 8
     vjp_batch: int | None = 8
+    shap_mode: ShapMode = "exact"
     shap_max_exact_tokens: int = 10
     shap_permutations: int = 64
+    shap_max_evals: int = 500
     shap_batch_size: int = 256
     theorem: bool = True
     word_vector: WordVector = "sum"
@@ -81,6 +171,9 @@ class WeightingConfig:
         unknown = [m for m in self.methods if m not in METHODS]
         if unknown or not self.methods:
             raise ValueError(f"methods must be a non-empty subset of {METHODS}, got {self.methods}")
+        for name, choices in _CHOICES.items():
+            if getattr(self, name) not in choices:
+                raise ValueError(f"unknown {name} '{getattr(self, name)}': choose one of {', '.join(choices)}")
 
 
 @dataclass(frozen=True)
@@ -118,18 +211,18 @@ class WeightingResult:
 
 
 def _method_weights(
-    encoder: SentenceEncoder, method: str, seg: Segmentation, config: WeightingConfig, seed: int
+    encoder: SentenceEncoder, method: str, seg: Segmentation, sentences: list[str], config: WeightingConfig, seed: int
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Normalised unit weights ``c'`` of one batch, and IG's per-sentence completeness errors."""
     if method == "ig":
         attribution = integrated_gradients(
-            encoder, seg.input_ids, seg.attention_mask, config.steps, config.quadrature, config.mode,
-            config.probes, config.probe_kind, seed, config.vjp_batch,
+            encoder, seg.input_ids, seg.attention_mask, config.steps, config.quadrature, config.ig_mode,
+            config.sketch_size, config.sketch_kind, seed, config.vjp_batch,
         )  # fmt: skip
     else:
         attribution = shap_weights(
-            encoder, seg.input_ids, seg.attention_mask, config.shap_max_exact_tokens, config.shap_permutations,
-            seed, config.shap_batch_size,
+            encoder, seg.input_ids, seg.attention_mask, sentences, config.shap_mode, config.shap_max_exact_tokens,
+            config.shap_permutations, config.shap_max_evals, seed, config.shap_batch_size,
         )  # fmt: skip
     _, normalised = unit_weights(attribution.weights, seg.unit_of_position, seg.unit_sentence)
     return normalised, attribution.completeness_error
@@ -137,12 +230,12 @@ def _method_weights(
 
 def _theorem_vectors(encoder: SentenceEncoder, seg: Segmentation, config: WeightingConfig) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-unit input word-embedding vectors and last-layer hidden states of one batch."""
-    with probe_mode(encoder) as device, torch.no_grad():
+    with attribution_mode(encoder) as device, torch.no_grad():
         ids, mask = seg.input_ids.to(device), seg.attention_mask.to(device)
         last = encoder.token_states(ids, mask).last_hidden_state
         inputs = encoder.word_embeddings(ids)
         unit_of_position = seg.unit_of_position.to(device)
-        return tuple(unit_vectors(s, unit_of_position, seg.num_units, config.word_vector).cpu() for s in (inputs, last))
+        return tuple(vectors_per_unit(s, unit_of_position, seg.num_units, config.word_vector).cpu() for s in (inputs, last))
 
 
 def weighting_probe(
@@ -150,8 +243,12 @@ def weighting_probe(
     sentences: list[str],
     config: WeightingConfig | None = None,
     statistics: TokenStatistics | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> WeightingResult:
-    """Weigh the probe sentences' units and regress the weights on information (statistics default: the sentences)."""
+    """Weigh the probe sentences' units and regress the weights on information (statistics default: the sentences).
+
+    ``progress(done, total)`` is called after every batch with the number of sentences weighed so far.
+    """
     config = config or WeightingConfig()
     tokenizer = encoder.tokenizer
     if statistics is None:
@@ -161,7 +258,7 @@ def weighting_probe(
     if (statistics.units, statistics.include_self) != (config.units, config.include_self):
         raise ValueError(
             f"statistics were computed with units={statistics.units}, include_self={statistics.include_self}; "
-            f"the config asks for units={config.units}, include_self={config.include_self}"
+            f"the config asks for units={config.units}, include_self={config.include_self}: compute them with the config's"
         )
     lengths = [len(ids) for ids in tokenizer(list(sentences), truncation=config.max_length is not None, max_length=config.max_length)["input_ids"]]
     order = np.argsort(lengths, kind="stable")
@@ -170,10 +267,11 @@ def weighting_probe(
     input_vectors, last_vectors, unit_types = [], [], []
     for start in range(0, len(sentences), config.batch_size):
         indices = order[start : start + config.batch_size]
-        seg = segment(tokenizer, [sentences[i] for i in indices], config.units, config.max_length)
+        batch = [sentences[i] for i in indices]
+        seg = segment(tokenizer, batch, config.units, config.max_length)
         weights = {}
         for method in config.methods:
-            weights[method], completeness = _method_weights(encoder, method, seg, config, config.seed + start)
+            weights[method], completeness = _method_weights(encoder, method, seg, batch, config, config.seed + start)
             if completeness is not None:
                 errors.append(completeness)
         types = statistics.index(seg.unit_types)
@@ -195,18 +293,22 @@ def weighting_probe(
             input_vectors.append(vectors[0])
             last_vectors.append(vectors[1])
             unit_types.append(types)
+        if progress is not None:
+            progress(start + len(indices), len(sentences))
     result = WeightingResult(metrics={}, records=records, config=config)
-    metrics: dict[str, float] = {"num_sentences": float(len(sentences)), "num_units": float(len(records))}
+    metrics: dict[str, float] = {
+        NUM_SENTENCES: float(len(sentences)),
+        NUM_UNITS: float(len(records)),
+        KL_INCLUDE_SELF: float(config.include_self),
+    }
     for method in config.methods:
         for quantity in QUANTITIES:
-            metrics.update(ols(*result.regression_data(method, quantity)).metrics(f"{method}_{quantity}", "beta"))
+            metrics.update(ols(*result.regression_data(method, quantity)).metrics(FIT_KEYS[method, quantity]))
     if errors:
         error = torch.cat(errors).double()
-        metrics.update(
-            ig_completeness_error_mean=float(error.mean()),
-            ig_completeness_error_max=float(error.max()),
-            ig_completeness_error_n=float(len(error)),
-        )
+        metrics[IG_COMPLETENESS_ERROR_MEAN] = float(error.mean())
+        metrics[IG_COMPLETENESS_ERROR_MAX] = float(error.max())
+        metrics[IG_COMPLETENESS_ERROR_N] = float(len(error))
     if config.theorem and records:
         types = np.concatenate(unit_types)
         keep = types >= 0
@@ -216,6 +318,6 @@ def weighting_probe(
             torch.cat(input_vectors)[mask], torch.cat(last_vectors)[mask], types[keep], statistics.kl, config.type_average
         )
         for name, fit in fits.items():
-            metrics.update(fit.metrics(f"theorem_{name}"))
+            metrics.update(fit.metrics(THEOREM_KEYS[name]))
     result.metrics = metrics
     return result

@@ -68,12 +68,17 @@ class EpochSampler(Sampler[int]):
 
 @dataclass
 class Collator:
-    """Tokenises a list of example tuples into one flat batch: views stacked along dim 0."""
+    """Tokenises a list of example tuples into one flat batch: views stacked along dim 0.
+
+    With `labelled`, the items are (example, NLI class id) and the batch also holds `labels`.
+    """
 
     tokenizer: object
     max_length: int
+    labelled: bool = False
 
-    def __call__(self, examples: list[tuple[str, ...]]) -> dict[str, Tensor]:
+    def __call__(self, items: list) -> dict[str, Tensor]:
+        examples, labels = zip(*items) if self.labelled else (items, None)
         num_views = len(examples[0])
         texts = [example[view] for view in range(num_views) for example in examples]
         encoded = self.tokenizer(
@@ -90,12 +95,15 @@ class Collator:
         first[1:] = owner[1:] != owner[:-1]
         attention_mask = encoded["attention_mask"][first]
         width = int(attention_mask.sum(1).max())
-        return {
+        batch = {
             "input_ids": encoded["input_ids"][first][:, :width],
             "attention_mask": attention_mask[:, :width],
             "num_views": torch.tensor(num_views),
             "truncated": (torch.bincount(owner) > 1).sum(),
         }
+        if labels is not None:
+            batch["labels"] = torch.tensor(labels, dtype=torch.long)
+        return batch
 
 
 @dataclass
@@ -127,6 +135,8 @@ class ContrastiveDataModule(pl.LightningDataModule):
         train: "sts-b" (offline STS-B train), a .txt/.csv/.tsv/.jsonl file, or "hub:<dataset>[:<config>]".
         supervised: pairs / triplets (anchor, positive[, hard negative]) instead of single sentences.
         columns: the text columns of a csv/jsonl/hub source, in the order above.
+        label_column: the NLI label column (entailment / neutral / contradiction, or 0 / 1 / 2) of labelled
+            (premise, hypothesis) pairs, for model.objective=nli_classifier; needs supervised and two columns.
         min_positive_score: STS-B train pairs at or above this score are the offline supervised positives.
         eval_source: STS-B dev/test from the installed package ("offline") or the hub ("hub").
         batch_size: examples per process and step (the global batch is this times the number of processes).
@@ -140,6 +150,7 @@ class ContrastiveDataModule(pl.LightningDataModule):
         train: str = "sts-b",
         supervised: bool = False,
         columns: list[str] | None = None,
+        label_column: str | None = None,
         min_positive_score: float = 4.0,
         eval_source: Literal["offline", "hub"] = "offline",
         batch_size: int = 64,
@@ -153,6 +164,7 @@ class ContrastiveDataModule(pl.LightningDataModule):
         super().__init__()
         self.save_hyperparameters()
         self.examples: list[tuple[str, ...]] = []
+        self.labels: list[int] | None = None
         self.dev: list[tuple[str, str, float]] = []
         self.test: list[tuple[str, str, float]] = []
         self.sampler: EpochSampler | None = None
@@ -174,14 +186,23 @@ class ContrastiveDataModule(pl.LightningDataModule):
         if self.examples:
             return
         hp = self.hparams
-        if hp.train == "sts-b":
+        labels = None
+        if hp.label_column is not None:
+            if hp.train == "sts-b" or not hp.supervised:
+                raise ValueError(
+                    "data.label_column needs data.supervised=true and a csv/jsonl/hub source of NLI-labelled pairs "
+                    f"(data.train is '{hp.train}', supervised={hp.supervised})"
+                )
+            examples, labels = data.load_nli_pairs(hp.train, hp.columns or [], hp.label_column)
+        elif hp.train == "sts-b":
             examples = data.sts_b_examples(hp.supervised, hp.min_positive_score)
         else:
             examples = data.load_examples(hp.train, hp.columns)
         if hp.max_examples is not None:
             examples = examples[: hp.max_examples]
+            labels = labels if labels is None else labels[: hp.max_examples]
         self._check_examples(examples, world_size)
-        self.examples = examples
+        self.examples, self.labels = examples, labels
 
     def _check_examples(self, examples: list[tuple[str, ...]], world_size: int) -> None:
         hp = self.hparams
@@ -211,12 +232,13 @@ class ContrastiveDataModule(pl.LightningDataModule):
         batches_done = trainer.global_step * trainer.accumulate_grad_batches
         if batches_done:  # resumed: Lightning restores the epoch, the sampler skips what was trained
             self.sampler.skip_batches(batches_done % self.sampler.batches_per_epoch())
+        labelled = self.labels is not None
         return DataLoader(
-            self.examples,
+            list(zip(self.examples, self.labels)) if labelled else self.examples,
             batch_size=hp.batch_size,
             sampler=self.sampler,
             drop_last=True,
-            collate_fn=Collator(self.tokenizer, hp.max_length),
+            collate_fn=Collator(self.tokenizer, hp.max_length, labelled),
             num_workers=hp.num_workers,
             persistent_workers=hp.num_workers > 0,
         )

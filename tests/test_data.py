@@ -141,6 +141,16 @@ def test_label_column_needs_supervised_pairs():
     assert len(module.examples) == len(module.labels) == 10
 
 
+def test_labelled_pairs_give_labels_or_entailment_positives():
+    module = ContrastiveDataModule(train=str(NLI_FILE), supervised=True, columns=["premise", "hypothesis"], label_column="label", batch_size=4)
+    module.trainer = type("FakeTrainer", (), {"world_size": 1})()
+    module.load_training_examples(world_size=1)
+    labelled = module.training_items(wants_labels=True)
+    assert len(labelled) == 900 and labelled[0] == (module.examples[0], module.labels[0])
+    positives = module.training_items(wants_labels=False)
+    assert len(positives) == 300 and all(module.labels[module.examples.index(pair)] == 0 for pair in positives)
+
+
 def test_collator_carries_nli_labels(tiny_bert):
     collate = Collator(tiny_bert.tokenizer, max_length=8, labelled=True)
     batch = collate([(("a", "b"), 2), (("c", "d"), 0)])

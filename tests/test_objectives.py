@@ -115,14 +115,6 @@ def test_diffcse_bad_settings_are_one_line(saved_encoder, tmp_path):
         ContrastiveModule(encoder=saved_encoder, objective="simclr")
 
 
-def test_labels_with_an_unlabelled_objective_are_refused(saved_encoder):
-    module = ContrastiveModule(encoder=saved_encoder)
-    input_ids, attention_mask = _tokens(module)
-    batch = {"input_ids": input_ids[:2], "attention_mask": attention_mask[:2], "num_views": torch.tensor(2), "labels": torch.tensor([0])}
-    with pytest.raises(ValueError, match="would treat every pair"):
-        module.training_step(batch, 0)
-
-
 def _fit(save_dir: Path, encoder: str, *extra: str):
     preset = (ROOT / "callbacks" / "probes.yaml").read_text().replace("every_n_steps: 100", "every_n_steps: 4")
     (save_dir / "probes.yaml").parent.mkdir(parents=True, exist_ok=True)
@@ -159,7 +151,11 @@ def _assert_only_the_encoder_is_exported(run_dir: Path, saved_encoder: str, head
 
 
 def test_symmetric_infonce_trains(tmp_path, saved_encoder):
-    _, run_dir, rows = _fit(tmp_path, saved_encoder, "--model.objective", "symmetric_infonce", "--data.supervised", "true")
+    """On NLI-labelled data an unlabelled objective trains on the entailment pairs."""
+    _, run_dir, rows = _fit(
+        tmp_path, saved_encoder, "--model.objective", "symmetric_infonce", "--data.train", str(NLI_FILE),
+        "--data.supervised", "true", "--data.columns", "[premise, hypothesis]", "--data.label_column", "label",
+    )  # fmt: skip
     assert all(float(r["train/loss"]) > 0 for r in rows if r["train/loss"])
     assert (run_dir / "model_final" / "modules.json").exists()
 

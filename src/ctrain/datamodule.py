@@ -136,7 +136,8 @@ class ContrastiveDataModule(pl.LightningDataModule):
         supervised: pairs / triplets (anchor, positive[, hard negative]) instead of single sentences.
         columns: the text columns of a csv/jsonl/hub source, in the order above.
         label_column: the NLI label column (entailment / neutral / contradiction, or 0 / 1 / 2) of labelled
-            (premise, hypothesis) pairs, for model.objective=nli_classifier; needs supervised and two columns.
+            (premise, hypothesis) pairs; needs supervised and two columns. model.objective=nli_classifier trains
+            on every labelled pair, the other objectives on the entailment pairs as positives.
         min_positive_score: STS-B train pairs at or above this score are the offline supervised positives.
         eval_source: STS-B dev/test from the installed package ("offline") or the hub ("hub").
         batch_size: examples per process and step (the global batch is this times the number of processes).
@@ -224,21 +225,34 @@ class ContrastiveDataModule(pl.LightningDataModule):
                 f"({hp.batch_size} x {world_size} processes): lower data.batch_size or add data"
             )
 
+    def training_items(self, wants_labels: bool) -> list:
+        """What the loader draws. Of NLI-labelled pairs: (pair, label) for an objective that reads labels,
+        else the entailment pairs alone, as (anchor, positive) (supervised SimCSE's positives)."""
+        if self.labels is None:
+            return self.examples
+        if wants_labels:
+            return list(zip(self.examples, self.labels))
+        entailment = data.NLI_LABELS.index("entailment")
+        positives = [pair for pair, label in zip(self.examples, self.labels) if label == entailment]
+        self._check_examples(positives, self.trainer.world_size)
+        return positives
+
     def train_dataloader(self) -> DataLoader:
         hp = self.hparams
+        wants_labels = self.trainer.lightning_module.hparams.get("objective") == "nli_classifier"
+        items = self.training_items(wants_labels)
         seed = int(os.environ.get("PL_GLOBAL_SEED", 0))
-        self.sampler = EpochSampler(len(self.examples), hp.batch_size, seed, hp.shuffle)
+        self.sampler = EpochSampler(len(items), hp.batch_size, seed, hp.shuffle)
         trainer = self.trainer
         batches_done = trainer.global_step * trainer.accumulate_grad_batches
         if batches_done:  # resumed: Lightning restores the epoch, the sampler skips what was trained
             self.sampler.skip_batches(batches_done % self.sampler.batches_per_epoch())
-        labelled = self.labels is not None
         return DataLoader(
-            list(zip(self.examples, self.labels)) if labelled else self.examples,
+            items,
             batch_size=hp.batch_size,
             sampler=self.sampler,
             drop_last=True,
-            collate_fn=Collator(self.tokenizer, hp.max_length, labelled),
+            collate_fn=Collator(self.tokenizer, hp.max_length, labelled=wants_labels and self.labels is not None),
             num_workers=hp.num_workers,
             persistent_workers=hp.num_workers > 0,
         )

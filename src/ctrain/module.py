@@ -146,11 +146,6 @@ class ContrastiveModule(pl.LightningModule):
         if self.hparams.objective == "nli_classifier":
             loss = self._classifier_loss(*views_embeddings, labels=batch.get("labels"))
         else:
-            if "labels" in batch:
-                raise ValueError(
-                    f"data.label_column gives NLI labels but model.objective={self.hparams.objective} would treat every pair "
-                    "(contradictions too) as a positive: use model.objective=nli_classifier or drop data.label_column"
-                )
             loss = self._loss(*views_embeddings)
         if self.hparams.objective == "diffcse":
             detection = self._replaced_token_detection_loss(input_ids, attention_mask, embeddings)

@@ -12,8 +12,9 @@ StsSplit = Literal["train", "dev", "test"]
 
 # Class ids of SNLI, MultiNLI and sentence-transformers/all-nli: the index in this tuple.
 NLI_LABELS = ("entailment", "neutral", "contradiction")
-# SNLI's pairs whose annotators did not agree: -1 on the hub, "-" in the original files. Skipped.
-NO_GOLD_LABEL = ("-1", "-")
+# Accepted spellings of the labels: names or class ids. SNLI's pairs whose annotators did not agree
+# (-1 on the hub, "-" in the original files) map to None and are skipped.
+_NLI_LABEL_IDS = {**{name: i for i, name in enumerate(NLI_LABELS)}, **{str(i): i for i in range(3)}, "-1": None, "-": None}
 
 
 def read_sts_b(split: StsSplit, directory: Path | None = None) -> list[tuple[str, str, float]]:
@@ -94,18 +95,6 @@ def load_examples(source: str, columns: list[str] | None, split: str = "train") 
     return _texts(_columns(table, source, columns or table.column_names[:1], "data.columns"))
 
 
-def nli_label_id(value: object) -> int | None:
-    """0 / 1 / 2 for entailment / neutral / contradiction (given as names or ids); None for SNLI's no-gold pairs."""
-    text = str(value).strip().lower()
-    if text in NO_GOLD_LABEL:
-        return None
-    if text in NLI_LABELS:
-        return NLI_LABELS.index(text)
-    if text in ("0", "1", "2"):
-        return int(text)
-    raise ValueError(f"'{value}' is not an NLI label")
-
-
 def load_nli_pairs(
     source: str, columns: list[str], label_column: str, split: str = "train"
 ) -> tuple[list[tuple[str, str]], list[int]]:
@@ -119,13 +108,13 @@ def load_nli_pairs(
     first, second, labels = _columns(table, source, [*columns, label_column], "data.columns / data.label_column")
     pairs, ids = [], []
     for row, (pair, label) in enumerate(zip(_texts([first, second]), labels), 1):
-        try:
-            label_id = nli_label_id(label)
-        except ValueError:
+        key = str(label).strip().lower()
+        if key not in _NLI_LABEL_IDS:
             raise ValueError(
                 f"'{source}' row {row} has label '{label}' in column '{label_column}': use entailment / neutral / "
                 "contradiction or 0 / 1 / 2 (fix or remove the row)"
-            ) from None
+            )
+        label_id = _NLI_LABEL_IDS[key]
         if label_id is not None:
             pairs.append(pair)
             ids.append(label_id)

@@ -1,4 +1,4 @@
-"""Every shipped run config and callback preset parses, and the bert-base config has SimCSE's defaults."""
+"""Every shipped run config and callback preset parses, and the bert-base configs have the papers' settings."""
 
 from pathlib import Path
 
@@ -27,3 +27,25 @@ def test_bert_base_has_the_published_simcse_defaults():
     assert config["data"]["batch_size"] == 64 and config["data"]["max_length"] == 32
     assert config["trainer"]["max_epochs"] == 1 and config["trainer"]["val_check_interval"] == 125
     assert config["data"]["train"].endswith("wiki1m_for_simcse.txt")
+
+
+def test_bert_base_objective_configs_have_the_published_settings():
+    sbert = yaml.safe_load((ROOT / "configs" / "sbert_nli_bert.yaml").read_text())
+    assert sbert["model"]["objective"] == "nli_classifier" and sbert["model"]["pooling"] == "mean"
+    assert sbert["model"]["learning_rate"] == 2e-5 and sbert["model"]["warmup"] == 0.1 and sbert["data"]["batch_size"] == 16
+    assert sbert["data"]["label_column"] == "label" and sbert["trainer"]["max_epochs"] == 1
+    diffcse = yaml.safe_load((ROOT / "configs" / "diffcse_bert_unsup.yaml").read_text())["model"]
+    assert diffcse["objective"] == "diffcse" and diffcse["diffcse_generator"] == "distilbert-base-uncased"
+    assert diffcse["diffcse_weight"] == 0.005 and diffcse["diffcse_mask_ratio"] == 0.3 and diffcse["learning_rate"] == 7e-6
+    symmetric = yaml.safe_load((ROOT / "configs" / "symmetric_infonce_bert.yaml").read_text())["model"]
+    assert symmetric["objective"] == "symmetric_infonce" and symmetric["temperature"] == 0.05  # scale 20
+
+
+def test_objective_sweep_covers_every_objective():
+    from typing import get_args
+
+    from ctrain.module import Objective
+
+    sweep = yaml.safe_load((ROOT / "sweeps" / "objectives.yaml").read_text())
+    assert set(sweep["parameters"]["model.objective"]["values"]) == set(get_args(Objective)) - {"logistic"}
+    assert {"program", "method", "command"} <= set(sweep)

@@ -1,9 +1,11 @@
 """Data sources, the resumable sampler and the collator."""
 
+from pathlib import Path
+
 import pytest
 import torch
 
-from ctrain.data import load_examples, read_sts_b, sts_b_examples
+from ctrain.data import load_examples, load_nli_pairs, read_sts_b, sts_b_examples
 from ctrain.datamodule import Collator, ContrastiveDataModule, EpochSampler
 
 
@@ -101,3 +103,56 @@ def test_collator_truncates_and_counts(tiny_bert):
     pairs = collate([("a", "b"), ("c", "d")])
     assert pairs["input_ids"].shape[0] == 4 and int(pairs["num_views"]) == 2
     assert torch.equal(pairs["attention_mask"].sum(1), torch.full((4,), 3))
+
+
+NLI_FILE = Path(__file__).parent / "data" / "nli_synthetic.csv"
+
+
+def test_nli_pairs_from_names_ids_and_snli_no_gold(tmp_path):
+    (tmp_path / "nli.jsonl").write_text(
+        '{"p": "a", "h": "b", "y": "Entailment"}\n{"p": "c", "h": "d", "y": 2}\n'
+        '{"p": "e", "h": "f", "y": -1}\n{"p": "g", "h": "i", "y": "neutral"}\n'
+    )
+    pairs, labels = load_nli_pairs(str(tmp_path / "nli.jsonl"), ["p", "h"], "y")
+    assert pairs == [("a", "b"), ("c", "d"), ("g", "i")] and labels == [0, 2, 1]
+    pairs, labels = load_nli_pairs(str(NLI_FILE), ["premise", "hypothesis"], "label")
+    assert len(pairs) == 900 and sorted(set(labels)) == [0, 1, 2] and labels.count(0) == 300
+
+
+@pytest.mark.parametrize(
+    "columns, label_column, message",
+    [(["p", "h"], "y", r"row 2 has label 'maybe' in column 'y'"), (["p"], "y", "two sentence columns"), (["p", "h"], "z", r"\['z'\] not in")],
+)
+def test_bad_nli_data_gives_one_line_errors(tmp_path, columns, label_column, message):
+    (tmp_path / "nli.csv").write_text("p,h,y\na,b,contradiction\nc,d,maybe\n")
+    with pytest.raises(ValueError, match=message) as error:
+        load_nli_pairs(str(tmp_path / "nli.csv"), columns, label_column)
+    assert "\n" not in str(error.value)
+
+
+def test_label_column_needs_supervised_pairs():
+    module = ContrastiveDataModule(train=str(NLI_FILE), columns=["premise", "hypothesis"], label_column="label", batch_size=4)
+    with pytest.raises(ValueError, match="data.label_column needs data.supervised=true"):
+        module.load_training_examples(world_size=1)
+    module = ContrastiveDataModule(
+        train=str(NLI_FILE), supervised=True, columns=["premise", "hypothesis"], label_column="label", batch_size=4, max_examples=10
+    )
+    module.load_training_examples(world_size=1)
+    assert len(module.examples) == len(module.labels) == 10
+
+
+def test_labelled_pairs_give_labels_or_entailment_positives():
+    module = ContrastiveDataModule(train=str(NLI_FILE), supervised=True, columns=["premise", "hypothesis"], label_column="label", batch_size=4)
+    module.trainer = type("FakeTrainer", (), {"world_size": 1})()
+    module.load_training_examples(world_size=1)
+    labelled = module.training_items(wants_labels=True)
+    assert len(labelled) == 900 and labelled[0] == (module.examples[0], module.labels[0])
+    positives = module.training_items(wants_labels=False)
+    assert len(positives) == 300 and all(module.labels[module.examples.index(pair)] == 0 for pair in positives)
+
+
+def test_collator_carries_nli_labels(tiny_bert):
+    collate = Collator(tiny_bert.tokenizer, max_length=8, labelled=True)
+    batch = collate([(("a", "b"), 2), (("c", "d"), 0)])
+    assert batch["labels"].tolist() == [2, 0] and batch["input_ids"].shape[0] == 4
+    assert "labels" not in Collator(tiny_bert.tokenizer, max_length=8)([("a", "b")])

@@ -1,4 +1,4 @@
-"""InfoNCE and the logistic objective against their formulas; DDP gather against one process."""
+"""The objectives against their formulas (and sentence-transformers' losses); DDP gather against one process."""
 
 import math
 import os
@@ -8,7 +8,14 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from ctrain.losses import info_nce, logistic_loss, similarity_matrix
+from ctrain.losses import (
+    info_nce,
+    logistic_loss,
+    pair_classifier_loss,
+    replaced_token_detection_loss,
+    similarity_matrix,
+    symmetric_info_nce,
+)
 
 
 def _manual_info_nce(anchors, positives, temperature, similarity, negatives=None, weight=0.0):
@@ -39,6 +46,58 @@ def test_info_nce_matches_formula(similarity, with_negatives):
     assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
 
 
+@pytest.mark.parametrize("similarity", ["cos", "dot"])
+def test_symmetric_info_nce_is_the_mean_of_both_directions(similarity):
+    g = torch.Generator().manual_seed(4)
+    anchors, positives = torch.randn(5, 4, generator=g), torch.randn(5, 4, generator=g)
+    loss = symmetric_info_nce(anchors, positives, 0.3, similarity)
+    expected = (_manual_info_nce(anchors, positives, 0.3, similarity) + _manual_info_nce(positives, anchors, 0.3, similarity)) / 2
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
+    assert loss.item() != pytest.approx(info_nce(anchors, positives, 0.3, similarity).item(), rel=1e-3)
+
+
+@pytest.mark.parametrize("with_negatives", [False, True])
+def test_symmetric_info_nce_matches_sentence_transformers(with_negatives):
+    from sentence_transformers.sentence_transformer.losses import MultipleNegativesSymmetricRankingLoss
+
+    g = torch.Generator().manual_seed(5)
+    anchors, positives, negatives = (torch.randn(6, 8, generator=g) for _ in range(3))
+    embeddings = [anchors, positives] + ([negatives] if with_negatives else [])
+    reference = MultipleNegativesSymmetricRankingLoss(model=None, scale=20.0)  # cos_sim; scale = 1 / temperature
+    expected = reference.compute_loss_from_embeddings(embeddings, None)
+    loss = symmetric_info_nce(anchors, positives, 0.05, "cos", negatives if with_negatives else None)
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+def test_pair_classifier_loss_matches_hand_computation():
+    g = torch.Generator().manual_seed(6)
+    first, second = torch.randn(4, 3, generator=g), torch.randn(4, 3, generator=g)
+    labels = torch.tensor([0, 2, 1, 2])
+    classifier = torch.nn.Linear(9, 3)
+    loss = pair_classifier_loss(first, second, labels, classifier)
+    expected = 0.0
+    for u, v, label in zip(first.double(), second.double(), labels):
+        features = torch.cat([u, v, (u - v).abs()])
+        logits = classifier.weight.detach().double() @ features + classifier.bias.detach().double()
+        expected -= float(logits[label] - torch.logsumexp(logits, 0))
+    assert loss.item() == pytest.approx(expected / 4, rel=1e-5)
+
+
+def test_replaced_token_detection_scores_only_the_scored_tokens():
+    logits = torch.tensor([[5.0, 0.3, -1.2, 9.0], [-7.0, 2.0, 0.0, 4.0]])
+    replaced = torch.tensor([[False, True, False, True], [False, False, True, False]])
+    scored = torch.tensor([[False, True, True, False], [False, True, True, False]])  # [CLS] w w [SEP]/PAD
+    loss = replaced_token_detection_loss(logits, replaced, scored)
+    # -log sigma(0.3) - log(1 - sigma(-1.2)) - log(1 - sigma(2.0)) - log sigma(0.0), over 4 scored tokens
+    expected = -(math.log(1 / (1 + math.exp(-0.3))) + math.log(1 / (1 + math.exp(-1.2)))
+                 + math.log(1 / (1 + math.exp(2.0))) + math.log(0.5)) / 4  # fmt: skip
+    assert loss.item() == pytest.approx(expected, rel=1e-6)
+    changed = logits.masked_fill(~scored, 100.0)
+    assert replaced_token_detection_loss(changed, replaced, scored).item() == pytest.approx(expected, rel=1e-6)
+    with pytest.raises(ValueError, match="no scored tokens"):
+        replaced_token_detection_loss(logits, replaced, torch.zeros_like(scored))
+
+
 def test_similarity_is_fp32_under_autocast():
     a = torch.randn(4, 8, dtype=torch.bfloat16)
     with torch.autocast("cpu", dtype=torch.bfloat16):
@@ -67,7 +126,7 @@ def test_logistic_rejects_too_many_negatives():
         logistic_loss(torch.randn(3, 2), torch.randn(3, 2), 1.0, num_negatives=3)
 
 
-def _ddp_worker(rank, world, port, anchors, positives, negatives, results):
+def _ddp_worker(rank, world, port, loss_function, anchors, positives, negatives, results):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world)
     try:
@@ -75,7 +134,7 @@ def _ddp_worker(rank, world, port, anchors, positives, negatives, results):
         a = anchors[local].clone().requires_grad_(True)
         p = positives[local].clone().requires_grad_(True)
         n = negatives[local].clone().requires_grad_(True)
-        loss = info_nce(a, p, 0.05, "cos", n, hard_negative_weight=0.3)
+        loss = loss_function(a, p, 0.05, "cos", n, hard_negative_weight=0.3)
         loss.backward()
         # DDP averages gradients over ranks; do the same here to compare with one process.
         grads = [t.grad.clone() for t in (a, p, n)]
@@ -86,16 +145,17 @@ def _ddp_worker(rank, world, port, anchors, positives, negatives, results):
         dist.destroy_process_group()
 
 
-def test_ddp_gather_loss_and_gradients_equal_single_process():
+@pytest.mark.parametrize("loss_function", [info_nce, symmetric_info_nce], ids=lambda f: f.__name__)
+def test_ddp_gather_loss_and_gradients_equal_single_process(loss_function):
     g = torch.Generator().manual_seed(3)
     anchors, positives, negatives = (torch.randn(8, 6, generator=g) for _ in range(3))
     manager = mp.Manager()
     results = manager.dict()
     port = 29500 + os.getpid() % 1000
-    mp.spawn(_ddp_worker, args=(2, port, anchors, positives, negatives, results), nprocs=2, join=True)
+    mp.spawn(_ddp_worker, args=(2, port, loss_function, anchors, positives, negatives, results), nprocs=2, join=True)
 
     full = [t.clone().requires_grad_(True) for t in (anchors, positives, negatives)]
-    single = info_nce(full[0], full[1], 0.05, "cos", full[2], hard_negative_weight=0.3)
+    single = loss_function(full[0], full[1], 0.05, "cos", full[2], hard_negative_weight=0.3)
     single.backward()
     for rank in range(2):
         loss, grads = results[rank]

@@ -10,6 +10,12 @@ from ctrain import assets
 
 StsSplit = Literal["train", "dev", "test"]
 
+# Class ids of SNLI, MultiNLI and sentence-transformers/all-nli: the index in this tuple.
+NLI_LABELS = ("entailment", "neutral", "contradiction")
+# Accepted spellings of the labels: names or class ids. SNLI's pairs whose annotators did not agree
+# (-1 on the hub, "-" in the original files) map to None and are skipped.
+_NLI_LABEL_IDS = {**{name: i for i, name in enumerate(NLI_LABELS)}, **{str(i): i for i in range(3)}, "-1": None, "-": None}
+
 
 def read_sts_b(split: StsSplit, directory: Path | None = None) -> list[tuple[str, str, float]]:
     """(sentence1, sentence2, score in [0, 5]) rows of an official STS-Benchmark CSV.
@@ -46,37 +52,73 @@ def _check_text_file(path: Path) -> None:
                 ) from None
 
 
+def _read_table(source: str, split: str):
+    """A .csv / .tsv / .jsonl / .json file or `hub:<dataset>[:<config>]` split as a `datasets.Dataset`."""
+    import datasets
+
+    if source.startswith("hub:"):
+        name, _, config = source[4:].partition(":")
+        return datasets.load_dataset(name, config or None, split=split)
+    path = Path(source).expanduser()
+    _check_text_file(path)
+    suffix = path.suffix.lower()
+    builders = {".csv": ("csv", {}), ".tsv": ("csv", {"delimiter": "\t"}), ".jsonl": ("json", {}), ".json": ("json", {})}
+    if suffix not in builders:
+        raise ValueError(f"unsupported data file type '{suffix}' for '{path}': use .csv, .tsv or .jsonl (or .txt for single sentences)")
+    builder, options = builders[suffix]
+    return datasets.load_dataset(builder, data_files=str(path), split="train", **options)
+
+
+def _columns(table, source: str, columns: list[str], key: str) -> list[list]:
+    missing = [column for column in columns if column not in table.column_names]
+    if missing:
+        raise ValueError(f"columns {missing} not in '{source}' (it has {table.column_names}): set {key} to the right columns")
+    return [table[column] for column in columns]
+
+
+def _texts(columns: list[list]) -> list[tuple[str, ...]]:
+    return [tuple("" if text is None else str(text) for text in row) for row in zip(*columns)]
+
+
 def load_examples(source: str, columns: list[str] | None, split: str = "train") -> list[tuple[str, ...]]:
     """Training examples as tuples of texts: (sentence,), (anchor, positive) or (anchor, positive, negative).
 
     `source` is a .txt file (one sentence a line), a .csv / .tsv / .jsonl / .json file whose
     `columns` hold the texts, or `hub:<dataset>[:<config>]` for a Hugging Face dataset.
     """
-    import datasets
-
-    if source.startswith("hub:"):
-        name, _, config = source[4:].partition(":")
-        table = datasets.load_dataset(name, config or None, split=split)
-    else:
-        path = Path(source).expanduser()
+    path = Path(source).expanduser()
+    if not source.startswith("hub:") and path.suffix.lower() == ".txt":
         _check_text_file(path)
-        suffix = path.suffix.lower()
-        if suffix == ".txt":
-            lines = path.read_text(encoding="utf-8").splitlines()
-            return [(line.strip(),) for line in lines if line.strip()]
-        builders = {".csv": ("csv", {}), ".tsv": ("csv", {"delimiter": "\t"}), ".jsonl": ("json", {}), ".json": ("json", {})}
-        if suffix not in builders:
-            raise ValueError(f"unsupported data file type '{suffix}' for '{path}': use .txt, .csv, .tsv or .jsonl")
-        builder, options = builders[suffix]
-        table = datasets.load_dataset(builder, data_files=str(path), split="train", **options)
-    columns = columns or table.column_names[:1]
-    missing = [column for column in columns if column not in table.column_names]
-    if missing:
-        raise ValueError(
-            f"columns {missing} not in '{source}' (it has {table.column_names}): set data.columns to the text columns"
-        )
-    texts = [table[column] for column in columns]
-    return [tuple("" if text is None else str(text) for text in row) for row in zip(*texts)]
+        lines = path.read_text(encoding="utf-8").splitlines()
+        return [(line.strip(),) for line in lines if line.strip()]
+    table = _read_table(source, split)
+    return _texts(_columns(table, source, columns or table.column_names[:1], "data.columns"))
+
+
+def load_nli_pairs(
+    source: str, columns: list[str], label_column: str, split: str = "train"
+) -> tuple[list[tuple[str, str]], list[int]]:
+    """(premise, hypothesis) pairs and their NLI class ids (see NLI_LABELS) from a csv/jsonl file or the hub.
+
+    Pairs without a gold label (SNLI's -1 / "-") are skipped; any other unknown label is an error.
+    """
+    if len(columns) != 2:
+        raise ValueError(f"data.label_column needs data.columns to name the two sentence columns (e.g. [premise, hypothesis]), got {columns}")
+    table = _read_table(source, split)
+    first, second, labels = _columns(table, source, [*columns, label_column], "data.columns / data.label_column")
+    pairs, ids = [], []
+    for row, (pair, label) in enumerate(zip(_texts([first, second]), labels), 1):
+        key = str(label).strip().lower()
+        if key not in _NLI_LABEL_IDS:
+            raise ValueError(
+                f"'{source}' row {row} has label '{label}' in column '{label_column}': use entailment / neutral / "
+                "contradiction or 0 / 1 / 2 (fix or remove the row)"
+            )
+        label_id = _NLI_LABEL_IDS[key]
+        if label_id is not None:
+            pairs.append(pair)
+            ids.append(label_id)
+    return pairs, ids
 
 
 def sts_b_examples(supervised: bool, min_positive_score: float = 4.0) -> list[tuple[str, ...]]:

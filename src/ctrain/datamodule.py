@@ -68,12 +68,17 @@ class EpochSampler(Sampler[int]):
 
 @dataclass
 class Collator:
-    """Tokenises a list of example tuples into one flat batch: views stacked along dim 0."""
+    """Tokenises a list of example tuples into one flat batch: views stacked along dim 0.
+
+    With `labelled`, the items are (example, NLI class id) and the batch also holds `labels`.
+    """
 
     tokenizer: object
     max_length: int
+    labelled: bool = False
 
-    def __call__(self, examples: list[tuple[str, ...]]) -> dict[str, Tensor]:
+    def __call__(self, items: list) -> dict[str, Tensor]:
+        examples, labels = zip(*items) if self.labelled else (items, None)
         num_views = len(examples[0])
         texts = [example[view] for view in range(num_views) for example in examples]
         encoded = self.tokenizer(
@@ -90,12 +95,15 @@ class Collator:
         first[1:] = owner[1:] != owner[:-1]
         attention_mask = encoded["attention_mask"][first]
         width = int(attention_mask.sum(1).max())
-        return {
+        batch = {
             "input_ids": encoded["input_ids"][first][:, :width],
             "attention_mask": attention_mask[:, :width],
             "num_views": torch.tensor(num_views),
             "truncated": (torch.bincount(owner) > 1).sum(),
         }
+        if labels is not None:
+            batch["labels"] = torch.tensor(labels, dtype=torch.long)
+        return batch
 
 
 @dataclass
@@ -127,6 +135,9 @@ class ContrastiveDataModule(pl.LightningDataModule):
         train: "sts-b" (offline STS-B train), a .txt/.csv/.tsv/.jsonl file, or "hub:<dataset>[:<config>]".
         supervised: pairs / triplets (anchor, positive[, hard negative]) instead of single sentences.
         columns: the text columns of a csv/jsonl/hub source, in the order above.
+        label_column: the NLI label column (entailment / neutral / contradiction, or 0 / 1 / 2) of labelled
+            (premise, hypothesis) pairs; needs supervised and two columns. model.objective=nli_classifier trains
+            on every labelled pair, the other objectives on the entailment pairs as positives.
         min_positive_score: STS-B train pairs at or above this score are the offline supervised positives.
         eval_source: STS-B dev/test from the installed package ("offline") or the hub ("hub").
         batch_size: examples per process and step (the global batch is this times the number of processes).
@@ -140,6 +151,7 @@ class ContrastiveDataModule(pl.LightningDataModule):
         train: str = "sts-b",
         supervised: bool = False,
         columns: list[str] | None = None,
+        label_column: str | None = None,
         min_positive_score: float = 4.0,
         eval_source: Literal["offline", "hub"] = "offline",
         batch_size: int = 64,
@@ -153,6 +165,7 @@ class ContrastiveDataModule(pl.LightningDataModule):
         super().__init__()
         self.save_hyperparameters()
         self.examples: list[tuple[str, ...]] = []
+        self.labels: list[int] | None = None
         self.dev: list[tuple[str, str, float]] = []
         self.test: list[tuple[str, str, float]] = []
         self.sampler: EpochSampler | None = None
@@ -174,14 +187,23 @@ class ContrastiveDataModule(pl.LightningDataModule):
         if self.examples:
             return
         hp = self.hparams
-        if hp.train == "sts-b":
+        labels = None
+        if hp.label_column is not None:
+            if hp.train == "sts-b" or not hp.supervised:
+                raise ValueError(
+                    "data.label_column needs data.supervised=true and a csv/jsonl/hub source of NLI-labelled pairs "
+                    f"(data.train is '{hp.train}', supervised={hp.supervised})"
+                )
+            examples, labels = data.load_nli_pairs(hp.train, hp.columns or [], hp.label_column)
+        elif hp.train == "sts-b":
             examples = data.sts_b_examples(hp.supervised, hp.min_positive_score)
         else:
             examples = data.load_examples(hp.train, hp.columns)
         if hp.max_examples is not None:
             examples = examples[: hp.max_examples]
+            labels = labels if labels is None else labels[: hp.max_examples]
         self._check_examples(examples, world_size)
-        self.examples = examples
+        self.examples, self.labels = examples, labels
 
     def _check_examples(self, examples: list[tuple[str, ...]], world_size: int) -> None:
         hp = self.hparams
@@ -203,20 +225,34 @@ class ContrastiveDataModule(pl.LightningDataModule):
                 f"({hp.batch_size} x {world_size} processes): lower data.batch_size or add data"
             )
 
+    def training_items(self, wants_labels: bool) -> list:
+        """What the loader draws. Of NLI-labelled pairs: (pair, label) for an objective that reads labels,
+        else the entailment pairs alone, as (anchor, positive) (supervised SimCSE's positives)."""
+        if self.labels is None:
+            return self.examples
+        if wants_labels:
+            return list(zip(self.examples, self.labels))
+        entailment = data.NLI_LABELS.index("entailment")
+        positives = [pair for pair, label in zip(self.examples, self.labels) if label == entailment]
+        self._check_examples(positives, self.trainer.world_size)
+        return positives
+
     def train_dataloader(self) -> DataLoader:
         hp = self.hparams
+        wants_labels = self.trainer.lightning_module.hparams.get("objective") == "nli_classifier"
+        items = self.training_items(wants_labels)
         seed = int(os.environ.get("PL_GLOBAL_SEED", 0))
-        self.sampler = EpochSampler(len(self.examples), hp.batch_size, seed, hp.shuffle)
+        self.sampler = EpochSampler(len(items), hp.batch_size, seed, hp.shuffle)
         trainer = self.trainer
         batches_done = trainer.global_step * trainer.accumulate_grad_batches
         if batches_done:  # resumed: Lightning restores the epoch, the sampler skips what was trained
             self.sampler.skip_batches(batches_done % self.sampler.batches_per_epoch())
         return DataLoader(
-            self.examples,
+            items,
             batch_size=hp.batch_size,
             sampler=self.sampler,
             drop_last=True,
-            collate_fn=Collator(self.tokenizer, hp.max_length),
+            collate_fn=Collator(self.tokenizer, hp.max_length, labelled=wants_labels and self.labels is not None),
             num_workers=hp.num_workers,
             persistent_workers=hp.num_workers > 0,
         )

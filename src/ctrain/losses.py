@@ -1,6 +1,6 @@
-"""Contrastive objectives on sentence embeddings, computed in fp32.
+"""Training objectives on sentence embeddings, computed in fp32.
 
-Both objectives take local anchors and candidates; under torch.distributed the
+The in-batch objectives take local anchors and candidates; under torch.distributed the
 candidates of all processes are gathered so that every anchor sees the global
 batch's negatives. The gather's backward sums the gradient that every process's
 loss sends to a shard, so with DDP's gradient averaging the update equals the
@@ -81,6 +81,51 @@ def info_nce(
         logits = logits.clone()
         logits[torch.arange(anchors.shape[0]), num_positives + targets] += hard_negative_weight
     return F.cross_entropy(logits, targets)
+
+
+def symmetric_info_nce(
+    anchors: Tensor,
+    positives: Tensor,
+    temperature: float,
+    similarity: Similarity = "cos",
+    hard_negatives: Tensor | None = None,
+    hard_negative_weight: float = 0.0,
+) -> Tensor:
+    """InfoNCE in both directions, averaged: anchors retrieve positives and positives retrieve anchors.
+
+    The in-batch ranking loss of the all-* sentence-transformers models (MultipleNegativesSymmetricRankingLoss,
+    scale = 1 / temperature). Hard negatives are candidates of the anchor -> positive direction only, as there.
+    """
+    forward = info_nce(anchors, positives, temperature, similarity, hard_negatives, hard_negative_weight)
+    backward = info_nce(positives, anchors, temperature, similarity)
+    return (forward + backward) / 2
+
+
+def pair_features(first: Tensor, second: Tensor) -> Tensor:
+    """SBERT's classifier input (u, v, |u - v|), in fp32."""
+    first, second = first.float(), second.float()
+    return torch.cat([first, second, (first - second).abs()], dim=-1)
+
+
+def pair_classifier_loss(first: Tensor, second: Tensor, labels: Tensor, classifier: torch.nn.Linear) -> Tensor:
+    """SBERT's softmax classifier objective: cross-entropy of a linear classifier over (u, v, |u - v|).
+
+    Each pair is its own example (no in-batch negatives), so nothing is gathered across processes.
+    """
+    with torch.autocast(device_type=first.device.type, enabled=False):
+        logits = F.linear(pair_features(first, second), classifier.weight.float(), classifier.bias.float())
+    return F.cross_entropy(logits, labels)
+
+
+def replaced_token_detection_loss(logits: Tensor, replaced: Tensor, scored: Tensor) -> Tensor:
+    """ELECTRA / DiffCSE discriminator loss: binary cross-entropy of "was this token replaced?".
+
+    Averaged over the `scored` positions only (words: not [CLS]/[SEP]/PAD), which carry no signal
+    elsewhere: special tokens are never replaced, and [CLS] holds the sentence embedding.
+    """
+    if not scored.any():
+        raise ValueError("replaced-token detection has no scored tokens: the batch holds only special tokens")
+    return F.binary_cross_entropy_with_logits(logits[scored].float(), replaced[scored].float())
 
 
 def logistic_loss(

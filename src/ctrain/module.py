@@ -3,25 +3,34 @@
 from __future__ import annotations
 
 import os
-from typing import Literal
+from typing import Literal, get_args
 
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ctrain.data import NLI_LABELS
+from ctrain.diffcse import ConditionedDiscriminator, FrozenGenerator
 from ctrain.encoder import Pooling, load_encoder
-from ctrain.losses import Similarity, info_nce, logistic_loss
+from ctrain.losses import (
+    Similarity,
+    info_nce,
+    logistic_loss,
+    pair_classifier_loss,
+    replaced_token_detection_loss,
+    symmetric_info_nce,
+)
 from ctrain.probes.sts import sts_spearman
 
-Objective = Literal["infonce", "logistic"]
+Objective = Literal["infonce", "symmetric_infonce", "logistic", "nli_classifier", "diffcse"]
 
 # Distinct seeds per (step, rank) for the dropout RNG; any odd constant larger than a world size works.
 _STEP_STRIDE = 1_000_003
 
 
 class ContrastiveModule(pl.LightningModule):
-    """Fine-tunes `encoder` with InfoNCE (or the theorem's logistic objective) on dropout or given positives.
+    """Fine-tunes `encoder` with InfoNCE or another objective (below) on dropout or given positives.
 
     Args:
         encoder: hub id, local path, run's saved model, `all-MiniLM-L6-v2` / `all-mpnet-base-v2`
@@ -32,10 +41,17 @@ class ContrastiveModule(pl.LightningModule):
         normalize: L2-normalise the inference embedding; None keeps what the model declares.
         similarity: cos, or dot (inner product, no normalisation: the theorem's setting).
         temperature: logits are similarity / temperature.
-        objective: infonce (in-batch negatives, plus hard negatives when the data has them) or
-            logistic (sigma(<s, s'>) with the sentence itself positive, random others negative).
+        objective: infonce (in-batch negatives, plus hard negatives when the data has them);
+            symmetric_infonce (infonce averaged with its positives -> anchors direction: the all-* models' loss);
+            logistic (sigma(<s, s'>) with the sentence itself positive, random others negative);
+            nli_classifier (SBERT: softmax classifier over (u, v, |u - v|) on NLI-labelled pairs);
+            diffcse (infonce plus DiffCSE's replaced-token detection conditioned on the sentence embedding).
         hard_negative_weight: added to the logit of each anchor's own hard negative (SimCSE's z3 weight).
         logistic_negatives: random negatives per anchor for the logistic objective.
+        diffcse_generator: the frozen masked LM that edits sentences for diffcse (a path or hub id with
+            the encoder's tokenizer, e.g. distilbert-base-uncased for BERT; tiny-bert: random, for CPU runs).
+        diffcse_weight: weight of the replaced-token-detection loss (DiffCSE's lambda).
+        diffcse_mask_ratio: share of words the generator may edit.
         learning_rate, weight_decay: AdamW.
         warmup: linear warm-up, in steps (>= 1) or as a fraction of all steps (< 1); linear decay to 0 after.
         dropout: override the encoder's hidden and attention dropout (the positives' only noise when unsupervised).
@@ -54,6 +70,9 @@ class ContrastiveModule(pl.LightningModule):
         objective: Objective = "infonce",
         hard_negative_weight: float = 0.0,
         logistic_negatives: int = 1,
+        diffcse_generator: str | None = None,
+        diffcse_weight: float = 0.005,
+        diffcse_mask_ratio: float = 0.3,
         learning_rate: float = 3e-5,
         weight_decay: float = 0.0,
         warmup: float = 0.0,
@@ -65,6 +84,15 @@ class ContrastiveModule(pl.LightningModule):
         super().__init__()
         if temperature <= 0:
             raise ValueError(f"model.temperature must be positive, got {temperature}")
+        if objective not in get_args(Objective):
+            raise ValueError(f"unknown model.objective '{objective}': choose one of {', '.join(get_args(Objective))}")
+        if objective == "diffcse" and diffcse_generator is None:
+            raise ValueError(
+                "model.objective=diffcse needs model.diffcse_generator: a masked-LM path with the encoder's tokenizer "
+                "(distilbert-base-uncased for bert-base-uncased), or tiny-bert on CPU"
+            )
+        if not 0 < diffcse_mask_ratio < 1:
+            raise ValueError(f"model.diffcse_mask_ratio must be between 0 and 1, got {diffcse_mask_ratio}")
         self.save_hyperparameters()
         self.encoder = load_encoder(
             encoder,
@@ -78,6 +106,13 @@ class ContrastiveModule(pl.LightningModule):
         )
         if dropout is not None:
             self._set_dropout(dropout)
+        seed = int(os.environ.get("PL_GLOBAL_SEED", 0))
+        # Training-only heads: not part of `encoder`, so never exported (checkpoints keep them for resuming).
+        self.pair_classifier = (
+            torch.nn.Linear(3 * self.encoder.hidden_size, len(NLI_LABELS)) if objective == "nli_classifier" else None
+        )
+        self.discriminator = ConditionedDiscriminator(self.encoder.backbone.config, seed) if objective == "diffcse" else None
+        self.generator = FrozenGenerator(diffcse_generator, self.encoder.tokenizer, seed) if objective == "diffcse" else None
         self._sts_outputs: list[tuple[Tensor, Tensor]] = []
 
     def _set_dropout(self, probability: float) -> None:
@@ -106,11 +141,19 @@ class ContrastiveModule(pl.LightningModule):
         input_ids, attention_mask = batch["input_ids"], batch["attention_mask"]
         if views == 1:  # unsupervised: the positive is the same sentence under another dropout mask
             input_ids, attention_mask = input_ids.repeat(2, 1), attention_mask.repeat(2, 1)
-        embeddings = self(input_ids, attention_mask).chunk(max(views, 2))
-        loss = self._loss(*embeddings)
+        embeddings = self(input_ids, attention_mask)
+        views_embeddings = embeddings.chunk(max(views, 2))
+        size = views_embeddings[0].shape[0]
+        if self.hparams.objective == "nli_classifier":
+            loss = self._classifier_loss(*views_embeddings, labels=batch.get("labels"))
+        else:
+            loss = self._loss(*views_embeddings)
+        if self.hparams.objective == "diffcse":
+            detection = self._replaced_token_detection_loss(input_ids, attention_mask, embeddings)
+            self.log("train/rtd_loss", detection, batch_size=size, sync_dist=True)
+            loss = loss + self.hparams.diffcse_weight * detection
         if not torch.isfinite(loss):
             raise FloatingPointError(f"training loss is {loss.item()} at step {self.global_step}: {self._likely_cause()}")
-        size = embeddings[0].shape[0]
         # Synced: the logged loss is the global batch's, as on one process.
         self.log("train/loss", loss, prog_bar=True, batch_size=size, sync_dist=True)
         # Exactly 1 for unsupervised positives means dropout never ran: the two views are one point.
@@ -124,7 +167,25 @@ class ContrastiveModule(pl.LightningModule):
         if hp.objective == "logistic":
             generator = torch.Generator().manual_seed(self._step_seed())
             return logistic_loss(anchors, positives, hp.temperature, hp.similarity, hp.logistic_negatives, generator)
+        if hp.objective == "symmetric_infonce":
+            return symmetric_info_nce(anchors, positives, hp.temperature, hp.similarity, hard_negatives, hp.hard_negative_weight)
         return info_nce(anchors, positives, hp.temperature, hp.similarity, hard_negatives, hp.hard_negative_weight)
+
+    def _classifier_loss(self, first: Tensor, second: Tensor, labels: Tensor | None) -> Tensor:
+        if labels is None:
+            raise ValueError(
+                "model.objective=nli_classifier needs NLI-labelled pairs: set data.label_column and data.columns "
+                "to the two sentence columns (e.g. [premise, hypothesis])"
+            )
+        return pair_classifier_loss(first, second, labels, self.pair_classifier)
+
+    def _replaced_token_detection_loss(self, input_ids: Tensor, attention_mask: Tensor, embeddings: Tensor) -> Tensor:
+        """DiffCSE: the generator edits words of each sentence, the discriminator finds the edits given its embedding."""
+        words = ~self.encoder.special_mask(input_ids) & attention_mask.bool()
+        rng = torch.Generator().manual_seed(self._step_seed())
+        edited = self.generator.corrupt(input_ids, attention_mask, words, self.hparams.diffcse_mask_ratio, rng)
+        logits = self.discriminator(edited, attention_mask, embeddings)
+        return replaced_token_detection_loss(logits, edited != input_ids, words)
 
     def _likely_cause(self) -> str:
         hp = self.hparams

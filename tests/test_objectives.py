@@ -1,0 +1,184 @@
+"""The objectives beyond InfoNCE in ContrastiveModule: DiffCSE's generator and discriminator, and short
+offline runs of each objective on a saved-and-reloaded tiny encoder with the probes on."""
+
+import csv
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from ctrain.cli import run_cli
+from ctrain.encoder import load_encoder
+from ctrain.module import ContrastiveModule
+
+ROOT = Path(__file__).resolve().parents[1]
+NLI_FILE = ROOT / "tests" / "data" / "nli_synthetic.csv"
+SENTENCES = ["a man is playing a guitar on the stage", "the cat sleeps", "two dogs run in a green field"]
+
+
+@pytest.fixture(scope="module")
+def saved_encoder(tmp_path_factory):
+    """A tiny BERT saved with save_pretrained and its tokenizer: a model as a user would pass it."""
+    path = tmp_path_factory.mktemp("encoder")
+    encoder = load_encoder("tiny-bert")
+    encoder.backbone.save_pretrained(path)
+    encoder.tokenizer.save_pretrained(path)
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def saved_generator(tmp_path_factory):
+    """A tiny random masked LM with the encoder's (BERT uncased) vocabulary."""
+    from transformers import BertConfig, BertForMaskedLM
+
+    path = tmp_path_factory.mktemp("generator")
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64)
+    BertForMaskedLM(config).save_pretrained(path)
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def diffcse_module(saved_encoder, saved_generator):
+    return ContrastiveModule(encoder=saved_encoder, objective="diffcse", diffcse_generator=saved_generator, diffcse_mask_ratio=0.5)
+
+
+def _tokens(module):
+    batch = module.encoder.tokenizer(SENTENCES, padding=True, return_tensors="pt")
+    return batch["input_ids"], batch["attention_mask"]
+
+
+def test_generator_edits_only_words_and_never_refills_special_tokens(diffcse_module):
+    input_ids, attention_mask = _tokens(diffcse_module)
+    words = ~diffcse_module.encoder.special_mask(input_ids) & attention_mask.bool()
+    generator = diffcse_module.generator
+    edited = generator.corrupt(input_ids, attention_mask, words, 0.99, torch.Generator().manual_seed(0))
+    changed = edited != input_ids
+    assert changed.any() and not (changed & ~words).any()
+    assert not torch.isin(edited[changed], torch.tensor(diffcse_module.encoder.tokenizer.all_special_ids)).any()
+    again = generator.corrupt(input_ids, attention_mask, words, 0.99, torch.Generator().manual_seed(0))
+    assert torch.equal(edited, again)
+    assert not generator.model.training and not any(p.requires_grad for p in generator.model.parameters())
+
+
+def test_discriminator_loss_scores_words_only(diffcse_module, monkeypatch):
+    """The loss sees the non-special, non-pad tokens as scored, and special tokens are never labelled replaced."""
+    import ctrain.module
+
+    seen = {}
+    original = ctrain.module.replaced_token_detection_loss
+
+    def spy(logits, replaced, scored):
+        seen.update(replaced=replaced, scored=scored)
+        return original(logits, replaced, scored)
+
+    monkeypatch.setattr(ctrain.module, "replaced_token_detection_loss", spy)
+    input_ids, attention_mask = _tokens(diffcse_module)
+    diffcse_module._replaced_token_detection_loss(input_ids, attention_mask, diffcse_module(input_ids, attention_mask))
+    tokenizer = diffcse_module.encoder.tokenizer
+    specials = torch.isin(input_ids, torch.tensor([tokenizer.cls_token_id, tokenizer.sep_token_id, tokenizer.pad_token_id]))
+    assert torch.equal(seen["scored"], ~specials)
+    assert (attention_mask == 0).any()  # the batch really has padding
+    assert not (seen["replaced"] & ~seen["scored"]).any()
+
+
+def test_discriminator_gradient_reaches_the_encoder_through_the_sentence_embedding(diffcse_module):
+    input_ids, attention_mask = _tokens(diffcse_module)
+    encoder_parameters = list(diffcse_module.encoder.parameters())
+
+    diffcse_module.zero_grad()
+    embeddings = diffcse_module(input_ids, attention_mask)
+    embeddings.retain_grad()
+    diffcse_module._replaced_token_detection_loss(input_ids, attention_mask, embeddings).backward()
+    assert embeddings.grad.abs().sum() > 0
+    assert sum(float(p.grad.abs().sum()) for p in encoder_parameters if p.grad is not None) > 0
+
+    diffcse_module.zero_grad()
+    detached = diffcse_module(input_ids, attention_mask).detach()
+    diffcse_module._replaced_token_detection_loss(input_ids, attention_mask, detached).backward()
+    assert all(p.grad is None or not p.grad.any() for p in encoder_parameters)  # the embedding is the only path
+    assert any(p.grad is not None and p.grad.any() for p in diffcse_module.discriminator.parameters())
+
+
+def test_diffcse_bad_settings_are_one_line(saved_encoder, tmp_path):
+    from transformers import BertConfig, BertForMaskedLM
+
+    with pytest.raises(ValueError, match="needs model.diffcse_generator"):
+        ContrastiveModule(encoder=saved_encoder, objective="diffcse")
+    small = BertConfig(vocab_size=100, hidden_size=8, num_hidden_layers=1, num_attention_heads=2, intermediate_size=8)
+    BertForMaskedLM(small).save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match="predicts 100 tokens but the encoder's tokenizer has 30522") as error:
+        ContrastiveModule(encoder=saved_encoder, objective="diffcse", diffcse_generator=str(tmp_path))
+    assert "\n" not in str(error.value)
+    with pytest.raises(ValueError, match="unknown model.objective 'simclr'"):
+        ContrastiveModule(encoder=saved_encoder, objective="simclr")
+
+
+def _fit(save_dir: Path, encoder: str, *extra: str):
+    preset = (ROOT / "callbacks" / "probes.yaml").read_text().replace("every_n_steps: 100", "every_n_steps: 4")
+    (save_dir / "probes.yaml").parent.mkdir(parents=True, exist_ok=True)
+    (save_dir / "probes.yaml").write_text(preset.replace("num_sentences: 48", "num_sentences: 16").replace("num_sentences: 400", "num_sentences: 32"))
+    cli = run_cli([
+        "fit", "--config", str(ROOT / "configs" / "demo.yaml"), "--config", str(save_dir / "probes.yaml"),
+        "--model.encoder", encoder, "--data.batch_size", "8", "--data.max_examples", "64",
+        "--trainer.max_steps", "4", "--trainer.val_check_interval", "4", "--trainer.limit_val_batches", "2",
+        "--trainer.log_every_n_steps", "1", "--trainer.enable_progress_bar", "false",
+        "--trainer.enable_model_summary", "false", "--trainer.logger.init_args.save_dir", str(save_dir), *extra,
+    ])  # fmt: skip
+    run_dir = save_dir / "demo" / "version_0"
+    with (run_dir / "metrics.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert sum(1 for r in rows if r["train/loss"]) == 4
+    assert sorted({int(r["step"]) for r in rows if r.get("weighting/ig_kl_r2")}) == [0, 4]
+    assert sorted({int(r["step"]) for r in rows if r.get("geometry/anisotropy/layer_2")}) == [0, 4]
+    return cli, run_dir, rows
+
+
+def _exported_weights(model_dir: Path) -> set[str]:
+    """Weight names of an exported model, less BERT's unused next-sentence pooler that sentence-transformers adds."""
+    names = {name for path in model_dir.rglob("*.safetensors") for name in load_file(path)}
+    return {name for name in names if not name.startswith("pooler.")}
+
+
+def _assert_only_the_encoder_is_exported(run_dir: Path, saved_encoder: str, head_prefix: str) -> None:
+    encoder_weights = set(load_encoder(saved_encoder).backbone.state_dict())
+    for name in ("model_final", "model_best"):
+        assert _exported_weights(run_dir / name) == encoder_weights, name
+        assert load_encoder(str(run_dir / name)).encode(SENTENCES).shape == (3, 64)
+    state = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)["state_dict"]
+    assert any(key.startswith(head_prefix) for key in state)  # kept for resuming, never exported
+
+
+def test_symmetric_infonce_trains(tmp_path, saved_encoder):
+    """On NLI-labelled data an unlabelled objective trains on the entailment pairs."""
+    _, run_dir, rows = _fit(
+        tmp_path, saved_encoder, "--model.objective", "symmetric_infonce", "--data.train", str(NLI_FILE),
+        "--data.supervised", "true", "--data.columns", "[premise, hypothesis]", "--data.label_column", "label",
+    )  # fmt: skip
+    assert all(float(r["train/loss"]) > 0 for r in rows if r["train/loss"])
+    assert (run_dir / "model_final" / "modules.json").exists()
+
+
+def test_nli_classifier_trains_and_exports_no_classifier(tmp_path, saved_encoder):
+    cli, run_dir, rows = _fit(
+        tmp_path, saved_encoder, "--model.objective", "nli_classifier", "--data.train", str(NLI_FILE),
+        "--data.supervised", "true", "--data.columns", "[premise, hypothesis]", "--data.label_column", "label",
+    )  # fmt: skip
+    first = next(float(r["train/loss"]) for r in rows if r["train/loss"])
+    assert first == pytest.approx(torch.log(torch.tensor(3.0)).item(), abs=0.3)  # a fresh classifier: about log 3
+    _assert_only_the_encoder_is_exported(run_dir, saved_encoder, "pair_classifier.")
+
+
+def test_diffcse_trains_with_a_frozen_generator_out_of_the_module(tmp_path, saved_encoder, saved_generator):
+    cli, run_dir, rows = _fit(
+        tmp_path, saved_encoder, "--model.objective", "diffcse", "--model.diffcse_generator", saved_generator
+    )
+    assert sum(1 for r in rows if r["train/rtd_loss"]) == 4
+    generator = cli.model.generator.model
+    # Lightning's train() at fit start and the encoder's at every step would have switched a registered child.
+    assert all(module is not generator for module in cli.model.modules())
+    assert not generator.training and not any(p.requires_grad for p in generator.parameters())
+    _assert_only_the_encoder_is_exported(run_dir, saved_encoder, "discriminator.")
+    state = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)["state_dict"]
+    assert not any("generator" in key for key in state)

@@ -178,3 +178,36 @@ def test_corpus_excludes_every_sts_b_dev_and_test_sentence(corpus_dirs):
     # the exclusion did remove something: STS-B train repeats some dev/test sentences
     train = {normalise(s) for row in read_sts_b("train") for s in row[:2]}
     assert train & held_out
+
+
+def test_killed_pretraining_resumes_to_the_same_metrics(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    corpus = tiny_corpus(tmp_path / "tiny.txt")
+
+    def run_args(save_dir: Path) -> list[str]:
+        return [
+            "pretrain", "--config", str(ROOT / "configs" / "pretrain_bert_cpu.yaml"),
+            "--model.hidden_size", "16", "--model.num_layers", "1", "--data.train", str(corpus),
+            "--data.val_size", "8", "--data.batch_size", "8", "--trainer.max_steps", "8", "--trainer.val_check_interval", "4",
+            "--trainer.log_every_n_steps", "1", "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
+            "--trainer.logger.init_args.save_dir", str(save_dir), "--outputs.export_dir", str(save_dir / "model"),
+        ]  # fmt: skip
+
+    def metrics(save_dir: Path) -> list[dict]:
+        with (save_dir / "pretrain_bert_cpu" / "version_0" / "metrics.csv").open() as handle:
+            return list(csv.DictReader(handle))
+
+    main(run_args(tmp_path / "whole"))
+    environment = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(ROOT / "tests"), os.environ.get("PYTHONPATH", "")])}
+    killed = subprocess.run(
+        [sys.executable, "-m", "ctrain.cli", *run_args(tmp_path / "crash"), "--trainer.callbacks", "helpers.KillAtStep", "--trainer.callbacks.step", "6"],
+        env=environment, capture_output=True, text=True,
+    )  # fmt: skip
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    run_dir = tmp_path / "crash" / "pretrain_bert_cpu" / "version_0"
+    main(["pretrain", "--resume", str(run_dir), "--trainer.callbacks=[]", "--trainer.enable_progress_bar", "false"])
+    assert metrics(tmp_path / "crash") == metrics(tmp_path / "whole")
+    assert sum(1 for row in metrics(tmp_path / "whole") if row["train/mlm_loss"]) == 8

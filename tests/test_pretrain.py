@@ -211,3 +211,17 @@ def test_killed_pretraining_resumes_to_the_same_metrics(tmp_path):
     main(["pretrain", "--resume", str(run_dir), "--trainer.callbacks=[]", "--trainer.enable_progress_bar", "false"])
     assert metrics(tmp_path / "crash") == metrics(tmp_path / "whole")
     assert sum(1 for row in metrics(tmp_path / "whole") if row["train/mlm_loss"]) == 8
+
+
+def test_missing_corpus_and_unknown_key_are_one_line_errors(tmp_path, capsys):
+    config = str(ROOT / "configs" / "pretrain_bert_cpu.yaml")
+    save = ["--trainer.logger.init_args.save_dir", str(tmp_path)]
+    for extra, expected in (
+        (["--data.train", str(tmp_path / "missing.txt")], "missing.txt' does not exist: fix the path in data.train"),
+        (["--model.not_a_key", "8"], "ctrain pretrain --help lists the keys"),
+    ):
+        with pytest.raises(SystemExit) as exit_code:
+            main(["pretrain", "--config", config, *save, *extra])
+        assert exit_code.value.code == 2
+        error = capsys.readouterr().err.strip()
+        assert expected in error and len(error.splitlines()) == 1, error

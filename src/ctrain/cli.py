@@ -52,10 +52,10 @@ class CtrainCLI(LightningCLI):
 
     def before_fit(self) -> None:
         self.datamodule.load_training_examples(self.trainer.world_size)  # bad data fails before any work
-        self.sts_at_start = None
+        self.monitored_at_start = None
         if self.config_init[self.subcommand].get("ckpt_path") is None:
             results = self.trainer.validate(self.model, datamodule=self.datamodule, verbose=False)
-            self.sts_at_start = results[0].get(self.monitor) if results else None  # none with limit_val_batches=0
+            self.monitored_at_start = results[0].get(self.monitor) if results else None  # none with limit_val_batches=0
 
     def after_fit(self) -> None:
         run_dir = self.trainer.log_dir  # a collective under DDP: every rank reads it
@@ -66,8 +66,8 @@ class CtrainCLI(LightningCLI):
         print(f"\nctrain: run directory {run_dir}")
         print(f"  config.yaml, metrics.csv, checkpoints/{{last,best}}.ckpt, {self.outputs_class.written}")
         label = self.monitor_label
-        if self.sts_at_start is not None:
-            print(f"  {label} at start: {self.sts_at_start:.2f}")
+        if self.monitored_at_start is not None:
+            print(f"  {label} at start: {self.monitored_at_start:.2f}")
         if end is not None:
             print(f"  {label} at end:   {float(end):.2f}")
         if best is not None:
@@ -150,7 +150,8 @@ def main(argv: list[str] | None = None) -> None:
         else:
             run_cli(args)
     except (argparse.ArgumentError, ValueError, FileNotFoundError, OSError, FloatingPointError) as error:
-        hint = " (ctrain fit --help lists the keys)" if isinstance(error, argparse.ArgumentError) else ""
+        command = "pretrain" if args[:1] == ["pretrain"] else "fit"
+        hint = f" (ctrain {command} --help lists the keys)" if isinstance(error, argparse.ArgumentError) else ""
         print(f"ctrain: error: {' '.join(str(error).split())}{hint}", file=sys.stderr)
         sys.exit(2)
 

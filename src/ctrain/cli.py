@@ -1,4 +1,5 @@
-"""`ctrain fit | validate | test | probe`: one LightningCLI over ContrastiveModule and ContrastiveDataModule.
+"""`ctrain fit | validate | test | probe | pretrain | corpus`: one LightningCLI over ContrastiveModule and
+ContrastiveDataModule; `ctrain pretrain` is the same CLI over the masked-LM pair (ctrain.pretrain).
 
 Every run writes one directory (the CSV logger's): config.yaml, checkpoints/{last,best}.ckpt,
 metrics.csv, model_final/ and model_best/ (sentence-transformers format).
@@ -33,6 +34,8 @@ commands:
   validate   STS-B dev Spearman of a model or checkpoint
   test       STS-B test Spearman of a model or checkpoint
   probe      measure any model without training: ctrain probe all-MiniLM-L6-v2 [--setup kurita2023]
+  corpus     build the offline English corpus: ctrain corpus --output data/corpus
+  pretrain   masked-LM pre-training from scratch (a vanilla start): ctrain pretrain --config configs/pretrain_bert_cpu.yaml
 
   ctrain fit --resume RUN_DIR   continue a run from its last checkpoint, in the same directory
 
@@ -41,7 +44,15 @@ commands:
 
 
 class CtrainCLI(LightningCLI):
-    """LightningCLI with ctrain's always-on callbacks, an STS check at step 0 and a closing summary."""
+    """LightningCLI with ctrain's always-on callbacks, a validation at step 0 and a closing summary.
+
+    Subclasses train another objective by changing the class attributes (see ctrain.pretrain)."""
+
+    model_class: type = ContrastiveModule
+    datamodule_class: type = ContrastiveDataModule
+    outputs_class: type = RunOutputs
+    monitor, monitor_mode, monitor_label = STS_METRIC, "max", "STS-B dev Spearman x100"
+    default_run_name = "ctrain"
 
     @staticmethod
     def subcommands() -> dict[str, set[str]]:
@@ -52,36 +63,37 @@ class CtrainCLI(LightningCLI):
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
         parser.set_defaults(
             {
-                "checkpoint.monitor": STS_METRIC,
-                "checkpoint.mode": "max",
+                "checkpoint.monitor": self.monitor,
+                "checkpoint.mode": self.monitor_mode,
                 "checkpoint.filename": "best",
                 "checkpoint.save_last": True,
                 "checkpoint.auto_insert_metric_name": False,
             }
         )
-        parser.add_lightning_class_args(RunOutputs, "outputs")
+        parser.add_lightning_class_args(self.outputs_class, "outputs")
 
     def before_fit(self) -> None:
         self.datamodule.load_training_examples(self.trainer.world_size)  # bad data fails before any work
-        self.sts_at_start = None
+        self.monitored_at_start = None
         if self.config_init[self.subcommand].get("ckpt_path") is None:
             results = self.trainer.validate(self.model, datamodule=self.datamodule, verbose=False)
-            self.sts_at_start = results[0][STS_METRIC]
+            self.monitored_at_start = results[0].get(self.monitor) if results else None  # none with limit_val_batches=0
 
     def after_fit(self) -> None:
         run_dir = self.trainer.log_dir  # a collective under DDP: every rank reads it
         if self.trainer.state.status != "finished" or not self.trainer.is_global_zero:
             return
-        end = self.trainer.callback_metrics.get(STS_METRIC)
+        end = self.trainer.callback_metrics.get(self.monitor)
         best = self.trainer.checkpoint_callback.best_model_score
         print(f"\nctrain: run directory {run_dir}")
-        print("  config.yaml, metrics.csv, checkpoints/{last,best}.ckpt, model_final/, model_best/")
-        if self.sts_at_start is not None:
-            print(f"  STS-B dev Spearman x100 at start: {self.sts_at_start:.2f}")
+        print(f"  config.yaml, metrics.csv, checkpoints/{{last,best}}.ckpt, {self.outputs_class.written}")
+        label = self.monitor_label
+        if self.monitored_at_start is not None:
+            print(f"  {label} at start: {self.monitored_at_start:.2f}")
         if end is not None:
-            print(f"  STS-B dev Spearman x100 at end:   {float(end):.2f}")
+            print(f"  {label} at end:   {float(end):.2f}")
         if best is not None:
-            print(f"  STS-B dev Spearman x100 best:     {float(best):.2f}")
+            print(f"  {label} best:     {float(best):.2f}")
 
 
 def _resume_arguments(run_dir: Path) -> list[str]:
@@ -115,17 +127,17 @@ def _drop_metrics_after(metrics_file: Path, step: int) -> None:
     write_csv_atomic(str(metrics_file), fields, rows)
 
 
-def run_cli(args: list[str]) -> CtrainCLI:
+def run_cli(args: list[str], cli_class: type[CtrainCLI] = CtrainCLI) -> CtrainCLI:
     if "--resume" in args:
         index = args.index("--resume")
         if index + 1 >= len(args):
             raise ValueError("--resume needs the run directory, e.g. --resume runs/demo/version_0")
         args = args[:index] + _resume_arguments(Path(args[index + 1])) + args[index + 2 :]
-    return CtrainCLI(
-        ContrastiveModule,
-        ContrastiveDataModule,
+    return cli_class(
+        cli_class.model_class,
+        cli_class.datamodule_class,
         args=args,
-        trainer_defaults={"use_distributed_sampler": False, "logger": {"class_path": "ctrain.loggers.RunCSVLogger", "init_args": {"save_dir": "runs", "name": "ctrain"}}},
+        trainer_defaults={"use_distributed_sampler": False, "logger": {"class_path": "ctrain.loggers.RunCSVLogger", "init_args": {"save_dir": "runs", "name": cli_class.default_run_name}}},
         save_config_kwargs={"overwrite": True},
         parser_kwargs={"exit_on_error": False, "prog": "ctrain"},
     )
@@ -152,6 +164,14 @@ def main(argv: list[str] | None = None) -> None:
             from ctrain.probe_cli import probe_main
 
             probe_main(args[1:])
+        elif args[:1] == ["corpus"]:
+            from ctrain.corpus import corpus_main
+
+            corpus_main(args[1:])
+        elif args[:1] == ["pretrain"]:
+            from ctrain.pretrain import PretrainCLI
+
+            run_cli(["fit", *args[1:]], PretrainCLI)
         else:
             run_cli(args)
     except (argparse.ArgumentError, ValueError, FileNotFoundError, OSError, FloatingPointError) as error:

@@ -66,6 +66,15 @@ class EpochSampler(Sampler[int]):
         return self.batches_per_epoch() * self.batch_size
 
 
+def resumable_sampler(trainer: pl.Trainer, num_examples: int, batch_size: int, shuffle: bool = True) -> EpochSampler:
+    """The training sampler of a run that may be resumed: it skips the batches the restored steps trained on."""
+    sampler = EpochSampler(num_examples, batch_size, int(os.environ.get("PL_GLOBAL_SEED", 0)), shuffle)
+    batches_done = trainer.global_step * trainer.accumulate_grad_batches
+    if batches_done:  # resumed: Lightning restores the epoch, the sampler skips what was trained
+        sampler.skip_batches(batches_done % sampler.batches_per_epoch())
+    return sampler
+
+
 @dataclass
 class Collator:
     """Tokenises a list of example tuples into one flat batch: views stacked along dim 0.
@@ -241,12 +250,7 @@ class ContrastiveDataModule(pl.LightningDataModule):
         hp = self.hparams
         wants_labels = self.trainer.lightning_module.hparams.get("objective") == "nli_classifier"
         items = self.training_items(wants_labels)
-        seed = int(os.environ.get("PL_GLOBAL_SEED", 0))
-        self.sampler = EpochSampler(len(items), hp.batch_size, seed, hp.shuffle)
-        trainer = self.trainer
-        batches_done = trainer.global_step * trainer.accumulate_grad_batches
-        if batches_done:  # resumed: Lightning restores the epoch, the sampler skips what was trained
-            self.sampler.skip_batches(batches_done % self.sampler.batches_per_epoch())
+        self.sampler = resumable_sampler(self.trainer, len(items), hp.batch_size, hp.shuffle)
         return DataLoader(
             items,
             batch_size=hp.batch_size,

@@ -18,6 +18,8 @@ class RunOutputs(pl.Callback):
     has every metric up to that checkpoint on disk and resumes without a gap.
     """
 
+    written = "model_final/, model_best/"  # what on_fit_end adds to the run directory, for the closing summary
+
     def __init__(self, max_seq_length: int = 128) -> None:
         self.max_seq_length = max_seq_length
         self.run_dir: Path | None = None

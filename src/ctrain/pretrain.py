@@ -1,0 +1,318 @@
+"""`ctrain pretrain`: masked-language-model pre-training from scratch, a vanilla start for contrastive training.
+
+The same LightningCLI as `ctrain fit` (config files, checkpoints/{last,best}.ckpt, metrics.csv,
+`--resume RUN_DIR`), over MaskedLMModule and PretrainDataModule. The run ends by saving a Hugging Face
+directory (model with its MLM head, and tokenizer) that `model.encoder` of `ctrain fit` loads; the
+loader keeps the encoder and drops the head.
+
+Masking happens in the training step, not in the data loader, from a generator seeded by
+(seed, step, rank): a resumed run draws the same masks as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import pytorch_lightning as pl
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader
+from transformers import AutoModelForMaskedLM, AutoTokenizer, PreTrainedTokenizerBase
+
+from ctrain import assets, data
+from ctrain.callbacks.outputs import RunOutputs
+from ctrain.cli import CtrainCLI
+from ctrain.datamodule import EpochSampler, resumable_sampler
+from ctrain.encoder import _byte_level_bpe_tokenizer, tiny_backbone, word_special_ids
+from ctrain.module import _STEP_STRIDE, ContrastiveModule
+
+IGNORE_INDEX = -100  # the label of every position the loss skips (PyTorch's cross-entropy default)
+VALIDATION_SEED = 12345  # held-out masks are the same at every evaluation, so the curve compares like with like
+MAX_POSITIONS = 128  # tiny_backbone's position table holds 128 tokens plus the specials' margin
+
+
+def mask_tokens(
+    input_ids: Tensor,
+    maskable: Tensor,
+    word_start: Tensor,
+    mask_token_id: int,
+    vocab_size: int,
+    generator: torch.Generator,
+    probability: float = 0.15,
+) -> tuple[Tensor, Tensor]:
+    """BERT's masking: choose `probability` of the maskable words; of their tokens 80% -> [MASK],
+    10% -> a random token, 10% unchanged. Returns (masked input ids, labels with -100 where not chosen).
+
+    `word_start[b, t]` is the position of the first token of token t's word; a word is chosen
+    with its first token, so whole-word masking is `word_start` of real words, and token masking
+    is `word_start = arange`. Positions where `maskable` is False (specials, padding) are never chosen.
+    """
+    choice_draw = torch.rand(input_ids.shape, generator=generator)
+    action_draw = torch.rand(input_ids.shape, generator=generator)
+    random_tokens = torch.randint(vocab_size, input_ids.shape, generator=generator)
+    chosen = (choice_draw.gather(1, word_start) < probability) & maskable
+    labels = input_ids.masked_fill(~chosen, IGNORE_INDEX)
+    masked = input_ids.masked_fill(chosen & (action_draw < 0.8), mask_token_id)
+    replace_randomly = chosen & (action_draw >= 0.8) & (action_draw < 0.9)
+    masked = torch.where(replace_randomly, random_tokens, masked)
+    return masked, labels
+
+
+def word_start_positions(word_ids: list[int | None]) -> list[int]:
+    """Position of the first token of each token's word (a special token, word id None, is its own word)."""
+    starts, first_of = [], {}
+    for position, word in enumerate(word_ids):
+        if word is None:
+            starts.append(position)
+        else:
+            starts.append(first_of.setdefault(word, position))
+    return starts
+
+
+def load_tokenizer(name: str) -> PreTrainedTokenizerBase:
+    """`bert-uncased` (shipped with the offline all-MiniLM-L6-v2), `byte-level-bpe` (tiny-roberta's), or a directory."""
+    if name == "bert-uncased":
+        return AutoTokenizer.from_pretrained(assets.minilm_path())
+    if name == "byte-level-bpe":
+        return _byte_level_bpe_tokenizer()
+    if not Path(name).is_dir():
+        raise FileNotFoundError(f"tokenizer '{name}' is not bert-uncased, byte-level-bpe or an existing directory")
+    return AutoTokenizer.from_pretrained(name)
+
+
+def save_hf_model(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, path: str | Path) -> Path:
+    """`save_pretrained` of model and tokenizer into `path`, replacing it only once the new copy is complete."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=target.parent, prefix=f".{target.name}.") as scratch:
+        staged = Path(scratch) / "model"
+        model.save_pretrained(staged)
+        tokenizer.save_pretrained(staged)
+        if target.exists():
+            os.replace(target, Path(scratch) / "previous")  # moved aside, removed with the scratch directory
+        os.replace(staged, target)
+    return target
+
+
+@dataclass
+class MaskedLMCollator:
+    """Tokenises sentences (truncated to `max_length`) and marks the positions masking may choose."""
+
+    tokenizer: PreTrainedTokenizerBase
+    max_length: int
+    whole_word_masking: bool
+
+    def __call__(self, sentences: list[str]) -> dict[str, Tensor]:
+        encoded = self.tokenizer(sentences, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt")
+        input_ids = encoded["input_ids"]
+        special = torch.isin(input_ids, torch.tensor(word_special_ids(self.tokenizer)))
+        if self.whole_word_masking:
+            word_start = torch.tensor([word_start_positions(encoded.word_ids(row)) for row in range(len(sentences))])
+        else:
+            word_start = torch.arange(input_ids.shape[1]).expand_as(input_ids).clone()
+        return {
+            "input_ids": input_ids,
+            "attention_mask": encoded["attention_mask"],
+            "maskable": encoded["attention_mask"].bool() & ~special,
+            "word_start": word_start,
+        }
+
+
+class MaskedLMModule(pl.LightningModule):
+    """A BERT- or RoBERTa-shaped encoder with its MLM head, trained from random initialisation.
+
+    The shape is `tiny_backbone`'s (4 heads, feed-forward 4 x hidden), so `tiny-bert` with the
+    same hidden size and layers is the random-initialisation twin of the pre-trained model.
+
+    Args:
+        architecture: bert or roberta.
+        tokenizer: bert-uncased (offline), byte-level-bpe (trained on STS-B train, tiny-roberta's) or a tokenizer directory.
+        hidden_size, num_layers: model size.
+        mlm_probability: share of (whole-word or token) units chosen for prediction.
+        whole_word_masking: choose whole words (all their word pieces) instead of single tokens.
+        learning_rate, weight_decay, warmup: AdamW with linear warm-up and decay, as in contrastive training.
+        max_length: tokens per sentence, [CLS]/[SEP] included (at most 128).
+    """
+
+    def __init__(
+        self,
+        architecture: Literal["bert", "roberta"] = "bert",
+        tokenizer: str = "bert-uncased",
+        hidden_size: int = 128,
+        num_layers: int = 4,
+        mlm_probability: float = 0.15,
+        whole_word_masking: bool = False,
+        learning_rate: float = 5e-4,
+        weight_decay: float = 0.01,
+        warmup: float = 0.05,
+        max_length: int = 64,
+    ) -> None:
+        super().__init__()
+        if not 0 < mlm_probability < 1:
+            raise ValueError(f"model.mlm_probability must be in (0, 1), got {mlm_probability}")
+        if not 3 <= max_length <= MAX_POSITIONS:
+            raise ValueError(f"model.max_length must be between 3 and {MAX_POSITIONS}, got {max_length}")
+        self.save_hyperparameters()
+        self.tokenizer = load_tokenizer(tokenizer)
+        seed = int(os.environ.get("PL_GLOBAL_SEED", 0))
+        config = tiny_backbone(architecture, self.tokenizer, hidden_size, num_layers, seed).config
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            self.model = AutoModelForMaskedLM.from_config(config)
+        self._held_out = torch.zeros(3, dtype=torch.float64)  # loss sum, correct, masked tokens
+
+    @property
+    def collator(self) -> MaskedLMCollator:
+        return MaskedLMCollator(self.tokenizer, self.hparams.max_length, self.hparams.whole_word_masking)
+
+    def _mlm_head(self) -> torch.nn.Module:
+        return self.model.cls if hasattr(self.model, "cls") else self.model.lm_head
+
+    def masked_lm(self, batch: dict[str, Tensor], generator: torch.Generator) -> tuple[Tensor, Tensor, Tensor]:
+        """(summed loss, correct predictions, masked tokens) of one batch under the masks `generator` draws.
+
+        The vocabulary projection runs at the masked positions only: on a CPU it would otherwise
+        cost more than the encoder."""
+        masked, labels = mask_tokens(
+            batch["input_ids"].cpu(), batch["maskable"].cpu(), batch["word_start"].cpu(),
+            self.tokenizer.mask_token_id, len(self.tokenizer), generator, self.hparams.mlm_probability,
+        )  # fmt: skip
+        masked, labels = masked.to(self.device), labels.to(self.device)
+        states = self.model.base_model(input_ids=masked, attention_mask=batch["attention_mask"]).last_hidden_state
+        selected = labels != IGNORE_INDEX
+        logits = self._mlm_head()(states[selected]).float()
+        targets = labels[selected]
+        loss_sum = torch.nn.functional.cross_entropy(logits, targets, reduction="sum")
+        return loss_sum, (logits.argmax(-1) == targets).sum(), selected.sum()
+
+    def _step_seed(self) -> int:
+        return int(os.environ.get("PL_GLOBAL_SEED", 0)) + _STEP_STRIDE * self.global_step + self.global_rank
+
+    def on_train_batch_start(self, batch: dict, batch_idx: int) -> None:
+        """Train mode (dropout on) and dropout seeded per step, as in ContrastiveModule."""
+        self.model.train()
+        torch.manual_seed(self._step_seed())
+
+    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+        generator = torch.Generator().manual_seed(self._step_seed())
+        loss_sum, correct, count = self.masked_lm(batch, generator)
+        count = count.clamp_min(1)
+        loss = loss_sum / count
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"MLM loss is {loss.item()} at step {self.global_step}: lower model.learning_rate")
+        size = batch["input_ids"].shape[0]
+        self.log("train/mlm_loss", loss, prog_bar=True, batch_size=size, sync_dist=True)
+        self.log("train/mlm_accuracy", correct / count, batch_size=size, sync_dist=True)
+        return loss
+
+    def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
+        generator = torch.Generator().manual_seed(VALIDATION_SEED + batch_idx)
+        loss_sum, correct, count = self.masked_lm(batch, generator)
+        self._held_out += torch.stack([loss_sum.detach().double().cpu(), correct.double().cpu(), count.double().cpu()])
+
+    def on_validation_epoch_end(self) -> None:
+        """Held-out loss and accuracy per masked token over the whole held-out set."""
+        loss_sum, correct, count = self._held_out.tolist()
+        self._held_out.zero_()
+        self.log("val/mlm_loss", loss_sum / max(count, 1), prog_bar=True, sync_dist=True)
+        self.log("val/mlm_accuracy", correct / max(count, 1), sync_dist=True)
+
+    # One optimiser and schedule for both objectives: AdamW without decay on biases and LayerNorm,
+    # linear warm-up then linear decay to 0 (reads hparams learning_rate, weight_decay, warmup).
+    configure_optimizers = ContrastiveModule.configure_optimizers
+
+
+class PretrainDataModule(pl.LightningDataModule):
+    """Sentences from a text file (one a line); a fixed held-out share for the MLM validation loss.
+
+    Args:
+        train: a .txt file with one sentence a line (e.g. all.txt of `ctrain corpus`).
+        val_size: sentences held out (chosen by a fixed permutation, whatever the seed) for val/mlm_loss.
+        batch_size: sentences per process and step.
+        eval_batch_size: sentences per held-out batch.
+        max_examples: use only the first N sentences of the file (quick runs).
+    """
+
+    def __init__(
+        self,
+        train: str = "data/corpus/all.txt",
+        val_size: int = 1000,
+        batch_size: int = 64,
+        eval_batch_size: int = 128,
+        num_workers: int = 0,
+        max_examples: int | None = None,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.sentences: list[str] = []
+        self.held_out: list[str] = []
+        self.sampler: EpochSampler | None = None
+
+    def load_training_examples(self, world_size: int) -> None:
+        """Read the file once and split off the held-out sentences; fail early on too little data."""
+        if self.sentences:
+            return
+        hp = self.hparams
+        sentences = [example[0] for example in data.load_examples(hp.train, None)][: hp.max_examples]
+        order = torch.randperm(len(sentences), generator=torch.Generator().manual_seed(0)).tolist()
+        held_out = set(order[: hp.val_size])
+        self.held_out = [sentences[i] for i in sorted(held_out)]
+        self.sentences = [sentence for i, sentence in enumerate(sentences) if i not in held_out]
+        if len(self.sentences) < hp.batch_size * world_size or not self.held_out:
+            raise ValueError(
+                f"data.train '{hp.train}' has {len(sentences)} sentences: too few for data.val_size={hp.val_size} "
+                f"held out plus one global batch of {hp.batch_size} x {world_size}; lower them or add sentences"
+            )
+
+    def setup(self, stage: str) -> None:
+        self.load_training_examples(self.trainer.world_size)
+
+    def train_dataloader(self) -> DataLoader:
+        hp = self.hparams
+        self.sampler = resumable_sampler(self.trainer, len(self.sentences), hp.batch_size)
+        return DataLoader(
+            self.sentences, batch_size=hp.batch_size, sampler=self.sampler, drop_last=True,
+            collate_fn=self.trainer.lightning_module.collator, num_workers=hp.num_workers,
+            persistent_workers=hp.num_workers > 0,
+        )  # fmt: skip
+
+    def val_dataloader(self) -> DataLoader:
+        """Every process scores the whole held-out set (it is small), so the metric needs no gathering."""
+        collator = self.trainer.lightning_module.collator
+        return DataLoader(self.held_out, batch_size=self.hparams.eval_batch_size, collate_fn=collator)
+
+
+class PretrainOutputs(RunOutputs):
+    """Flushes logs with every checkpoint (as RunOutputs) and saves the final model as a Hugging Face directory.
+
+    Args:
+        export_dir: where the model goes (default: model_final/ in the run directory); a fixed path
+            lets a contrastive config name it as model.encoder.
+    """
+
+    written = "model_final/ (Hugging Face: model with MLM head + tokenizer)"
+
+    def __init__(self, export_dir: str | None = None) -> None:
+        super().__init__()
+        self.export_dir = export_dir
+
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not trainer.is_global_zero:
+            return
+        target = Path(self.export_dir) if self.export_dir else self.run_dir / "model_final"
+        save_hf_model(pl_module.model, pl_module.tokenizer, target)
+        print(f"ctrain pretrain: model saved to {target} (use it as model.encoder of ctrain fit)")
+
+
+class PretrainCLI(CtrainCLI):
+    """`ctrain fit`'s CLI over the masked-LM objective: best checkpoint by held-out MLM loss."""
+
+    model_class = MaskedLMModule
+    datamodule_class = PretrainDataModule
+    outputs_class = PretrainOutputs
+    monitor, monitor_mode, monitor_label = "val/mlm_loss", "min", "held-out MLM loss"
+    default_run_name = "pretrain"

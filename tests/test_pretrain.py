@@ -1,0 +1,227 @@
+"""MLM pre-training (masking statistics, loss going down, the saved model as a contrastive start) and the offline corpus."""
+
+import csv
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from ctrain.cli import main
+from ctrain.corpus import build_corpus, held_out_sentences, normalise, split_sentences, wikitext_paragraphs
+from ctrain.pretrain import IGNORE_INDEX, MaskedLMCollator, load_tokenizer, mask_tokens, word_start_positions
+
+ROOT = Path(__file__).resolve().parents[1]
+MASK_ID, VOCAB = 4, 1000
+
+
+def toy_batch(rows: int = 16, length: int = 24) -> tuple[torch.Tensor, torch.Tensor]:
+    """Ids 10.. for words, 1 = [CLS] at 0, 2 = [SEP] after the words, 0 = pad after it; row r has length - r % 6 tokens."""
+    input_ids = torch.zeros(rows, length, dtype=torch.long)
+    maskable = torch.zeros(rows, length, dtype=torch.bool)
+    for row in range(rows):
+        words = length - 2 - row % 6
+        input_ids[row, 0], input_ids[row, words + 1] = 1, 2
+        input_ids[row, 1 : words + 1] = torch.arange(10, 10 + words)
+        maskable[row, 1 : words + 1] = True
+    return input_ids, maskable
+
+
+def test_token_masking_rates_and_80_10_10_split():
+    input_ids, maskable = toy_batch()
+    word_start = torch.arange(input_ids.shape[1]).expand_as(input_ids)
+    generator = torch.Generator().manual_seed(0)
+    chosen_total, as_mask, as_random, unchanged = 0, 0, 0, 0
+    draws = 400
+    for _ in range(draws):
+        masked, labels = mask_tokens(input_ids, maskable, word_start, MASK_ID, VOCAB, generator)
+        chosen = labels != IGNORE_INDEX
+        assert not chosen[~maskable].any(), "a special or pad token was chosen"
+        assert torch.equal(labels[chosen], input_ids[chosen])
+        assert torch.equal(masked[~chosen], input_ids[~chosen]), "an unchosen token was changed"
+        chosen_total += int(chosen.sum())
+        as_mask += int((masked[chosen] == MASK_ID).sum())
+        unchanged += int((masked[chosen] == input_ids[chosen]).sum())
+        as_random += int(((masked[chosen] != MASK_ID) & (masked[chosen] != input_ids[chosen])).sum())
+    rate = chosen_total / (draws * int(maskable.sum()))
+    assert abs(rate - 0.15) < 0.005  # ~46k Bernoulli(0.15) draws: sd 0.0017
+    assert abs(as_mask / chosen_total - 0.8) < 0.015
+    # 10% random tokens, of which 1/VOCAB happen to be the original (they count as unchanged)
+    assert abs(as_random / chosen_total - 0.1 * (1 - 1 / VOCAB)) < 0.01
+    assert abs(unchanged / chosen_total - 0.1 * (1 + 1 / VOCAB)) < 0.01
+
+
+def test_whole_word_masking_chooses_all_pieces_of_a_word_together():
+    input_ids, maskable = toy_batch(rows=16, length=24)
+    # words of two pieces: positions (1, 2), (3, 4), ...: word_start is the odd position of each pair
+    positions = torch.arange(24)
+    word_start = torch.where(positions % 2 == 0, positions - 1, positions).clamp_min(0).expand_as(input_ids).clone()
+    word_start[~maskable] = positions.expand_as(input_ids)[~maskable]
+    generator = torch.Generator().manual_seed(1)
+    chosen_words, words = 0, 0
+    for _ in range(300):
+        _, labels = mask_tokens(input_ids, maskable, word_start, MASK_ID, VOCAB, generator)
+        chosen = labels != IGNORE_INDEX
+        first = maskable & (word_start == positions)  # first piece of each word
+        second = maskable & ~first
+        partners = chosen.gather(1, word_start)
+        assert torch.equal(chosen[second], partners[second]), "a word was split by the masking"
+        chosen_words += int(chosen[first].sum())
+        words += int(first.sum())
+    assert abs(chosen_words / words - 0.15) < 0.01
+
+
+def test_word_start_positions_by_hand():
+    assert word_start_positions([None, 0, 0, 1, 2, 2, 2, None, None]) == [0, 1, 1, 3, 4, 4, 4, 7, 8]
+
+
+def test_collator_marks_specials_pad_and_word_pieces():
+    tokenizer = load_tokenizer("bert-uncased")
+    batch = MaskedLMCollator(tokenizer, 32, whole_word_masking=True)(["tokenization is fun", "hi"])
+    ids = batch["input_ids"]
+    tokens = tokenizer.convert_ids_to_tokens(ids[0].tolist())
+    assert tokens == ["[CLS]", "token", "##ization", "is", "fun", "[SEP]"]
+    assert batch["word_start"][0].tolist() == [0, 1, 1, 3, 4, 5]
+    assert batch["maskable"].tolist() == [[False, True, True, True, True, False], [False, True, False, False, False, False]]
+
+
+def tiny_corpus(path: Path) -> Path:
+    subjects, verbs, objects = ["the cat", "a dog", "the man", "my friend"], ["eats", "sees", "likes", "finds"], ["fish", "bread", "a ball", "the park"]
+    lines = [f"{s} {v} {o} ." for s in subjects for v in verbs for o in objects]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+@pytest.fixture(scope="module")
+def pretrained_run(tmp_path_factory):
+    """A 40-step pre-training of a one-layer BERT on 64 sentences, through the `ctrain pretrain` CLI."""
+    root = tmp_path_factory.mktemp("pretrain")
+    corpus = tiny_corpus(root / "tiny.txt")
+    export = root / "vanilla"
+    main([
+        "pretrain", "--config", str(ROOT / "configs" / "pretrain_bert_cpu.yaml"),
+        "--model.hidden_size", "32", "--model.num_layers", "1", "--model.learning_rate", "5e-3",
+        "--model.mlm_probability", "0.3", "--data.train", str(corpus), "--data.val_size", "16", "--data.batch_size", "16",
+        "--trainer.max_steps", "40", "--trainer.val_check_interval", "40", "--trainer.log_every_n_steps", "5",
+        "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
+        "--trainer.logger.init_args.save_dir", str(root / "runs"), "--outputs.export_dir", str(export),
+    ])  # fmt: skip
+    return root, export
+
+
+def test_pretraining_reduces_the_held_out_loss(pretrained_run):
+    root, _ = pretrained_run
+    with (root / "runs" / "pretrain_bert_cpu" / "version_0" / "metrics.csv").open() as handle:
+        held_out = [float(row["val/mlm_loss"]) for row in csv.DictReader(handle) if row["val/mlm_loss"]]
+    assert len(held_out) == 2  # step 0 and the end
+    assert held_out[-1] < held_out[0] - 1.0, held_out
+
+
+def test_saved_model_is_a_contrastive_start_that_trains_with_dropout(pretrained_run):
+    from ctrain.module import ContrastiveModule
+
+    _, export = pretrained_run
+    assert (export / "config.json").exists() and (export / "tokenizer.json").exists()
+    module = ContrastiveModule(encoder=str(export), pooling="cls_mlp", mlp_only_train=True)
+    assert type(module.encoder.backbone).__name__ == "BertModel" and module.encoder.hidden_size == 32
+    module.eval()  # whatever left it in eval mode, the training step puts dropout back on
+    batch = module.encoder.tokenize(["the cat eats fish .", "a dog sees the park ."])
+    module.on_train_batch_start(batch, 0)
+    assert module.encoder.training and module.encoder.backbone.training
+    first, second = module(**batch), module(**batch)
+    assert not torch.allclose(first, second), "two dropout views are identical: dropout is off"
+
+
+def test_pretrain_configs_parse(capsys):
+    for config in sorted((ROOT / "configs").glob("pretrain_*.yaml")):
+        with pytest.raises(SystemExit) as exit_code:
+            main(["pretrain", "--config", str(config), "--print_config"])
+        assert exit_code.value.code in (0, None)
+        printed = yaml.safe_load(capsys.readouterr().out)
+        assert printed["model"]["mlm_probability"] == 0.15
+
+
+def test_normalise_and_sentence_split_by_hand():
+    assert normalise("  A Man, is PLAYING  a guitar!! ") == "a man is playing a guitar"
+    assert split_sentences('He left. "Why?" she asked. It was 5 p.m. in May.') == ["He left.", '"Why?" she asked.', "It was 5 p.m. in May."]
+
+
+def test_wikitext_stripping_by_hand():
+    page = (
+        "{{Infobox|name={{nested}}}}'''Albedo''' is the [[reflection|reflectivity]] of a [[surface]].<ref>Smith</ref>\n"
+        "[[File:x.png|thumb|a [[caption]]]]\n== History ==\n* a list item\n\nIt is measured from 0 to 1."
+    )
+    assert wikitext_paragraphs(page) == ["Albedo is the reflectivity of a surface.", "It is measured from 0 to 1."]
+
+
+@pytest.fixture(scope="module")
+def corpus_dirs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("corpus")
+    return [build_corpus(str(root / name)) and root / name for name in ("a", "b")]
+
+
+def test_corpus_is_deterministic(corpus_dirs):
+    first, second = corpus_dirs
+    for name in ("all.txt", "wikipedia.txt", "news.txt", "stsb_train.txt", "manifest.json"):
+        assert (first / name).read_bytes() == (second / name).read_bytes(), name
+
+
+def test_corpus_excludes_every_sts_b_dev_and_test_sentence(corpus_dirs):
+    from ctrain.data import read_sts_b
+
+    lines = (corpus_dirs[0] / "all.txt").read_text().splitlines()
+    normalised = {normalise(line) for line in lines}
+    held_out = held_out_sentences()
+    assert len(held_out) > 5000  # both splits' sentences were read
+    assert not normalised & held_out
+    assert len(normalised) == len(lines), "duplicates left in the corpus"
+    # the exclusion did remove something: STS-B train repeats some dev/test sentences
+    train = {normalise(s) for row in read_sts_b("train") for s in row[:2]}
+    assert train & held_out
+
+
+def test_killed_pretraining_resumes_to_the_same_metrics(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    corpus = tiny_corpus(tmp_path / "tiny.txt")
+
+    def run_args(save_dir: Path) -> list[str]:
+        return [
+            "pretrain", "--config", str(ROOT / "configs" / "pretrain_bert_cpu.yaml"),
+            "--model.hidden_size", "16", "--model.num_layers", "1", "--data.train", str(corpus),
+            "--data.val_size", "8", "--data.batch_size", "8", "--trainer.max_steps", "8", "--trainer.val_check_interval", "4",
+            "--trainer.log_every_n_steps", "1", "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
+            "--trainer.logger.init_args.save_dir", str(save_dir), "--outputs.export_dir", str(save_dir / "model"),
+        ]  # fmt: skip
+
+    def metrics(save_dir: Path) -> list[dict]:
+        with (save_dir / "pretrain_bert_cpu" / "version_0" / "metrics.csv").open() as handle:
+            return list(csv.DictReader(handle))
+
+    main(run_args(tmp_path / "whole"))
+    environment = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(ROOT / "tests"), os.environ.get("PYTHONPATH", "")])}
+    killed = subprocess.run(
+        [sys.executable, "-m", "ctrain.cli", *run_args(tmp_path / "crash"), "--trainer.callbacks", "helpers.KillAtStep", "--trainer.callbacks.step", "6"],
+        env=environment, capture_output=True, text=True,
+    )  # fmt: skip
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    run_dir = tmp_path / "crash" / "pretrain_bert_cpu" / "version_0"
+    main(["pretrain", "--resume", str(run_dir), "--trainer.callbacks=[]", "--trainer.enable_progress_bar", "false"])
+    assert metrics(tmp_path / "crash") == metrics(tmp_path / "whole")
+    assert sum(1 for row in metrics(tmp_path / "whole") if row["train/mlm_loss"]) == 8
+
+
+def test_missing_corpus_and_unknown_key_are_one_line_errors(tmp_path, capsys):
+    config = str(ROOT / "configs" / "pretrain_bert_cpu.yaml")
+    save = ["--trainer.logger.init_args.save_dir", str(tmp_path)]
+    for extra, expected in (
+        (["--data.train", str(tmp_path / "missing.txt")], "missing.txt' does not exist: fix the path in data.train"),
+        (["--model.not_a_key", "8"], "ctrain pretrain --help lists the keys"),
+    ):
+        with pytest.raises(SystemExit) as exit_code:
+            main(["pretrain", "--config", config, *save, *extra])
+        assert exit_code.value.code == 2
+        error = capsys.readouterr().err.strip()
+        assert expected in error and len(error.splitlines()) == 1, error

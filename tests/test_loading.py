@@ -179,3 +179,21 @@ def test_offline_encoder_trains_with_dropout_and_matches_sentence_transformers(t
     before = load_encoder(name).encode(SENTENCES)
     after = load_encoder(str(run_dir / "model_final")).encode(SENTENCES)
     assert (after - before).abs().max() > 1e-4  # the steps changed the model
+
+
+def test_probes_on_a_reloaded_model_with_a_dense_head(tmp_path):
+    """The weighting probe differentiates f(X) after the Dense layer (32 output dims, not the 64 hidden ones)."""
+    from ctrain.probes.attribution import integrated_gradients, shapley_values
+    from ctrain.probes.geometry import GeometryConfig, geometry_probe
+    from ctrain.probes.reference import brute_force_shapley, captum_loop_weights
+
+    encoder = load_encoder(str(_dense_directory(tmp_path))).eval()
+    batch = encoder.tokenize(SENTENCES[:2])
+    ours = integrated_gradients(encoder, batch["input_ids"], batch["attention_mask"], steps=6)
+    reference = captum_loop_weights(encoder, batch["input_ids"], batch["attention_mask"], steps=6)
+    torch.testing.assert_close(ours.weights, reference, rtol=1e-4, atol=1e-6)
+    ids = encoder.tokenize(["Two dogs run."])["input_ids"][0]
+    torch.testing.assert_close(shapley_values(encoder, ids), brute_force_shapley(encoder, ids), rtol=1e-4, atol=1e-6)
+    result = geometry_probe(encoder, SENTENCES * 3, GeometryConfig(sentence_level=False))
+    last = encoder.num_layers
+    assert 0 < result.metrics[f"intra_similarity/layer_{last}"] <= 1 and abs(result.metrics[f"anisotropy/layer_{last}"]) <= 1

@@ -264,7 +264,7 @@ def shapley_values(
         players = torch.nonzero(~encoder.special_mask(input_ids[0]))[:, 0]
         p = len(players)
         if p == 0:
-            return torch.zeros(0, encoder.hidden_size, dtype=torch.float64)
+            return torch.zeros(0, encoder.embedding_size, dtype=torch.float64)
         if p <= max_exact_tokens:
             present = ((torch.arange(2**p).unsqueeze(1) >> torch.arange(p)) & 1).bool().to(device)
             values = _coalition_values(encoder, input_ids, positions, players, present, batch_size)

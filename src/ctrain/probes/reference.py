@@ -28,7 +28,7 @@ def captum_loop_weights(encoder: SentenceEncoder, input_ids: Tensor, attention_m
     x, baseline = pad_baseline(encoder, input_ids)
     ig = IntegratedGradients(lambda z, mask, pos: encoder(inputs_embeds=z, attention_mask=mask, position_ids=pos))
     squares = torch.zeros(input_ids.shape)
-    for k in range(encoder.hidden_size):
+    for k in range(encoder.embedding_size):
         attribution = ig.attribute(
             x, baselines=baseline, target=k, additional_forward_args=(attention_mask, positions), n_steps=steps,
             method="gausslegendre",
@@ -50,7 +50,7 @@ def brute_force_shapley(encoder: SentenceEncoder, input_ids: Tensor) -> Tensor:
     """Shapley values (p, d) of the non-special positions: marginal contributions averaged over all p! orderings."""
     players = torch.nonzero(~encoder.special_mask(input_ids))[:, 0].tolist()
     p = len(players)
-    values = torch.zeros(p, encoder.hidden_size, dtype=torch.float64)
+    values = torch.zeros(p, encoder.embedding_size, dtype=torch.float64)
     for order in itertools.permutations(range(p)):
         for place, player in enumerate(order):
             values[player] += masked_value(encoder, input_ids, players, order[: place + 1]) - masked_value(

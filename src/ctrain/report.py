@@ -36,8 +36,14 @@ GEOMETRY_WORDS = {
     "self_similarity": "self-similarity (same word, other contexts)",
     "intra_similarity": "intra-sentence similarity (word vs its sentence)",
     "norm_mean": "mean embedding norm",
-    "rogue_top1": "variance share of the top dimension",
-    "informativity_r2_k1": "informativity R^2 (k=1)",
+    "rogue_top1": "share of the largest dimension",
+    "rogue_top2": "share of the 2nd largest dimension",
+    "rogue_top3": "share of the 3rd largest dimension",
+    "rogue_dims_10": "dimensions holding 10% of the share",
+    "rogue_dims_20": "dimensions holding 20% of the share",
+    "rogue_dims_50": "dimensions holding 50% of the share",
+    "informativity_r2_k1": "informativity R^2, top 1 rogue dim removed",
+    "informativity_r2_k3": "informativity R^2, top 3 rogue dims removed",
     "alignment": "alignment (positive pairs)",
     "uniformity": "uniformity (log mean Gaussian potential)",
 }
@@ -61,7 +67,7 @@ def read_run(run_dir: Path) -> pd.DataFrame:
     probes = read_probes(run_dir)
     if not probes.empty:
         missing = [column for column in probes.columns if column not in frame.columns]
-        frame = pd.concat([frame, probes[["step", *missing]]], ignore_index=True)
+        frame = pd.concat([frame, probes[["step", *missing]]], ignore_index=True).copy()
     if frame.empty:
         raise ValueError(f"'{run_dir}' has no metrics yet (no metrics.csv or probes/*.jsonl); give a ctrain run directory")
     frame = frame.groupby("step", as_index=False).first().sort_values("step")
@@ -228,12 +234,12 @@ def save_png(figure: Figure, path: Path) -> Path:
     return path
 
 
-def html_page(title: str, images: list[Path], tables: list[str]) -> str:
+def html_page(title: str, images: list[Path], tables: list[str], captions: dict[str, str]) -> str:
     """A page with every image inline (base64) and no external resource: it opens from disk."""
     parts = [f"<h1>{html.escape(title)}</h1>", *tables]
     for image in images:
         encoded = base64.b64encode(image.read_bytes()).decode("ascii")
-        caption = html.escape(image.stem.replace("_", " "))
+        caption = html.escape(captions.get(image.stem, image.stem.replace("_", " ")))
         parts.append(f'<figure><img src="data:image/png;base64,{encoded}" alt="{caption}"><figcaption>{caption}</figcaption></figure>')
     style = (
         "body{font-family:sans-serif;margin:2em;max-width:1400px}figure{display:inline-block;margin:0.5em}"
@@ -259,9 +265,12 @@ def _table(rows: list[dict], caption: str) -> str:
     return f"<table><caption>{html.escape(caption)}</caption><tr>{head}</tr>{body}</table>"
 
 
-def _write(figures: dict[str, Figure], out: Path, title: str, tables: list[str]) -> Path:
+def _write(figures: dict[str, Figure], out: Path, title: str, tables: list[str], extra: list[Path] = ()) -> Path:
+    """PNGs of `figures`, then report.html with them, the tables and `extra` images (already drawn)."""
     images = [save_png(figure, out / f"{name}.png") for name, figure in figures.items()]
-    return atomic_write_text(out / "report.html", html_page(title, images, tables))
+    captions = {name: figure.axes[0].get_ylabel() for name, figure in figures.items()}
+    captions.update({image.stem: f"final model: {image.stem.replace('_', ' ')}" for image in extra})
+    return atomic_write_text(out / "report.html", html_page(title, [*images, *extra], tables, captions))
 
 
 def sweep_runs(sweep_dir: Path) -> dict[str, Path]:
@@ -276,13 +285,28 @@ def sweep_runs(sweep_dir: Path) -> dict[str, Path]:
     return runs
 
 
-def report(directory: str, out: str | None = None, x: XAxis | None = None) -> Path:
+def final_probe_figures(run_dir: Path, out: Path, num_sentences: int) -> list[Path]:
+    """The final model's weight-vs-KL scatter (with its regression line) and sentence weight bars, drawn by
+    `ctrain probe` on the run's exported model (IG, sketch mode); none when the run exported no model yet."""
+    from ctrain.probe_cli import probe, resolve_model
+
+    if resolve_model(str(run_dir)) == str(run_dir):
+        return []
+    probe(str(run_dir), sts=False, out=str(out), num_sentences=num_sentences, methods=["ig"], steps=16, probes=8)
+    return sorted(out.glob("*.png"))
+
+
+def report(
+    directory: str, out: str | None = None, x: XAxis | None = None, final_probe: bool = True, probe_sentences: int = 48
+) -> Path:
     """Draw the run or sweep in DIRECTORY; returns the HTML page.
 
     Args:
         directory: a run directory (has metrics.csv) or a sweep directory (has sweep.yaml and runs/).
         out: where the PNGs and report.html go (default DIRECTORY/report).
         x: x-axis, step or examples (training examples seen); a sweep over the batch size defaults to examples.
+        final_probe: for a run, also probe its exported model for the weight-vs-KL scatter and sentence weight bars.
+        probe_sentences: STS-B dev sentences of that final probe.
     """
     path = Path(directory)
     target = Path(out) if out else path / "report"
@@ -302,7 +326,8 @@ def report(directory: str, out: str | None = None, x: XAxis | None = None) -> Pa
     title = run_title(path)
     figures = run_figures(frame, title, x or "step")
     rows = [{"metric": words, "final value": value} for words, value in final_values(frame).items()]
-    return _write(figures, target, title, [_table(rows, f"Final values, step {int(frame['step'].max())}")])
+    extra = final_probe_figures(path, target / "final_probe", probe_sentences) if final_probe else []
+    return _write(figures, target, title, [_table(rows, f"Final values, step {int(frame['step'].max())}")], extra)
 
 
 def report_main(args: list[str]) -> None:

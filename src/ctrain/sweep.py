@@ -133,7 +133,7 @@ def _write_summary(path: Path, rows: list[dict]) -> None:
 
 def _run_one(command: list[str], run_dir: Path, log_file: Path, threads: int) -> tuple[int, float, str]:
     """Start, resume or skip one run; (exit code, seconds, what was done)."""
-    if (run_dir / "model_final" / "README.md").exists():
+    if "sts_test_final" in run_summary(run_dir):  # logged last, after both models are exported
         return 0, 0.0, "already finished"
     if (run_dir / "checkpoints" / "last.ckpt").exists():
         command, action = [*command[: command.index("fit")], "fit", "--resume", str(run_dir)], "resumed"

@@ -25,6 +25,7 @@ from ctrain.loggers import WandbOptions, git_revision, wandb_logger, write_csv_a
 from ctrain.module import ContrastiveModule
 
 STS_METRIC = "val/stsb_spearman"
+AFTER_CHECKPOINT_PREFIXES = ("train/", "data/", "test/")  # rows logged at a checkpoint's step, after it was written
 
 
 class CtrainCLI(LightningCLI):
@@ -56,8 +57,7 @@ class CtrainCLI(LightningCLI):
         """Adds the W&B logger (files inside the run directory, the run's path as its name) when
         `wandb.mode` is not off, and gives every logger the examples seen per optimizer step."""
         options = self.config_init[self.subcommand]["wandb"]
-        loggers = config.get("logger")
-        loggers = [] if loggers in (None, True, False) else list(loggers) if isinstance(loggers, list) else [loggers]
+        loggers = _logger_entries(config.get("logger"))
         if options.mode != "off":
             run_csv = next((logger for logger in loggers if isinstance(logger, CSVLogger)), None)
             if run_csv is None:
@@ -139,13 +139,21 @@ def _drop_metrics_after(metrics_file: Path, step: int) -> None:
     """Remove rows logged after the checkpoint: the resumed run logs those steps again.
 
     Lightning logs the batch that makes optimizer step k + 1 under step k, so a checkpoint taken
-    after `step` optimizer steps covers the rows logged under steps below `step`."""
+    after `step` optimizer steps covers the rows logged under steps below `step`, and that step's
+    validation and probe rows (measured before the checkpoint was written; the resumed run does
+    not measure them again), but not that step's training row or the end-of-fit test scores."""
     if not metrics_file.exists():
         return
     with metrics_file.open(newline="") as handle:
         reader = csv.DictReader(handle)
-        fields, rows = reader.fieldnames or [], [row for row in reader if int(row["step"]) < step]
+        fields, rows = reader.fieldnames or [], [row for row in reader if _logged_before_checkpoint(row, step)]
     write_csv_atomic(str(metrics_file), fields, rows)
+
+
+def _logged_before_checkpoint(row: dict[str, str], step: int) -> bool:
+    if int(row["step"]) != step:
+        return int(row["step"]) < step
+    return not any(value for key, value in row.items() if key.startswith(AFTER_CHECKPOINT_PREFIXES))
 
 
 def run_cli(args: list[str]) -> CtrainCLI:

@@ -71,7 +71,7 @@ def render(chromium: str, page: Path, screenshot: Path, width: int = 1400) -> di
     with tempfile.TemporaryDirectory() as profile:
         process = subprocess.Popen(
             [chromium, *FLAGS, f"--user-data-dir={profile}", "about:blank"],
-            preexec_fn=descriptors, close_fds=False,  # keep 3 and 4 (close_fds runs after preexec_fn)
+            preexec_fn=descriptors, close_fds=False,  # noqa: PLW1509 (no threads here); keeps 3 and 4
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )  # fmt: skip
         os.close(browser_reads)

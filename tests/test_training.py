@@ -96,8 +96,10 @@ def test_probe_callbacks_do_not_change_training(tmp_path):
     plain = _metrics(tmp_path / "plain" / "demo" / "version_0")
     probed = _metrics(tmp_path / "probed" / "demo" / "version_0")
     columns = ("step", "train/loss", "val/stsb_spearman")
-    training = [tuple(r[c] for c in columns) for r in probed if r["train/loss"] or r["val/stsb_spearman"]]
-    assert training == [tuple(r[c] for c in columns) for r in plain]
+    def training(rows: list[dict]) -> list[tuple]:
+        return [tuple(r[c] for c in columns) for r in rows if r["train/loss"] or r["val/stsb_spearman"]]
+
+    assert training(probed) == training(plain)
     probe_steps = sorted({int(r["step"]) for r in probed if r.get("weighting/ig_kl_r2")})
     assert probe_steps == [0, 3, 6]
     assert sorted({int(r["step"]) for r in probed if r.get("geometry/anisotropy/layer_2")}) == [0, 3, 6]

@@ -15,15 +15,18 @@ import warnings
 from pathlib import Path
 
 import torch
-from pytorch_lightning.callbacks import ModelCheckpoint
-from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
+import yaml
+from pytorch_lightning.callbacks import Callback, ModelCheckpoint
+from pytorch_lightning.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
+from pytorch_lightning.loggers import CSVLogger, WandbLogger
 
-from ctrain.callbacks.outputs import RunOutputs
+from ctrain.callbacks.outputs import RunOutputs, WandbProbeFigures
 from ctrain.datamodule import ContrastiveDataModule
-from ctrain.loggers import write_csv_atomic
+from ctrain.loggers import WandbOptions, git_revision, wandb_logger, write_csv_atomic
 from ctrain.module import ContrastiveModule
 
 STS_METRIC = "val/stsb_spearman"
+AFTER_CHECKPOINT_PREFIXES = ("train/", "data/", "test/")  # rows logged at a checkpoint's step, after it was written
 
 HELP = """usage: ctrain COMMAND [options]
 
@@ -36,6 +39,8 @@ commands:
   probe      measure any model without training: ctrain probe all-MiniLM-L6-v2 [--setup kurita2023]
   corpus     build the offline English corpus: ctrain corpus --output data/corpus
   pretrain   masked-LM pre-training from scratch (a vanilla start): ctrain pretrain --config configs/pretrain_bert_cpu.yaml
+  sweep      run a W&B sweep file locally, resumable: ctrain sweep sweeps/temperature_cpu.yaml [--parallel 2]
+  report     figures and one HTML page of a run or a sweep: ctrain report runs/demo/version_0
 
   ctrain fit --resume RUN_DIR   continue a run from its last checkpoint, in the same directory
 
@@ -71,6 +76,35 @@ class CtrainCLI(LightningCLI):
             }
         )
         parser.add_lightning_class_args(self.outputs_class, "outputs")
+        parser.add_class_arguments(WandbOptions, "wandb")
+
+    def before_instantiate_classes(self) -> None:
+        """`--trainer.default_root_dir DIR` puts the run under DIR, as Lightning users expect."""
+        trainer = self.config[self.subcommand].trainer
+        if trainer.default_root_dir is not None:
+            for logger in _logger_entries(trainer.logger):
+                if "save_dir" in logger.init_args:
+                    logger.init_args.save_dir = trainer.default_root_dir
+
+    def _instantiate_trainer(self, config: dict, callbacks: list[Callback]):
+        """Adds the W&B logger (files inside the run directory, the run's path as its name) when
+        `wandb.mode` is not off, and gives every logger the examples seen per optimizer step."""
+        options = self.config_init[self.subcommand]["wandb"]
+        loggers = _logger_entries(config.get("logger"))
+        if options.mode != "off":
+            run_csv = next((logger for logger in loggers if isinstance(logger, CSVLogger)), None)
+            if run_csv is None:
+                raise ValueError("W&B needs the run's CSV logger for its directory; keep trainer.logger's RunCSVLogger")
+            run_dir = Path(run_csv.log_dir)
+            loggers.append(wandb_logger(options, run_dir, str(run_dir.relative_to(run_csv.save_dir))))
+            config["logger"] = loggers
+            callbacks = [*callbacks, WandbProbeFigures()]
+        trainer = super()._instantiate_trainer(config, callbacks)
+        examples_per_step = self.datamodule.hparams.batch_size * trainer.world_size * trainer.accumulate_grad_batches
+        for logger in trainer.loggers:
+            if hasattr(logger, "examples_per_step"):
+                logger.examples_per_step = examples_per_step
+        return trainer
 
     def before_fit(self) -> None:
         self.datamodule.load_training_examples(self.trainer.world_size)  # bad data fails before any work
@@ -94,6 +128,25 @@ class CtrainCLI(LightningCLI):
             print(f"  {label} at end:   {float(end):.2f}")
         if best is not None:
             print(f"  {label} best:     {float(best):.2f}")
+        for logger in self.trainer.loggers:
+            if isinstance(logger, WandbLogger) and logger._experiment is not None:
+                print(f"  W&B run {logger.experiment.id}: files in {logger.experiment.dir}")
+                logger.experiment.finish()  # a second run in this process starts a new W&B run
+
+
+class RunConfigCallback(SaveConfigCallback):
+    """Writes config.yaml, and gives W&B the whole resolved config and the ctrain git revision."""
+
+    def save_config(self, trainer, pl_module, stage: str) -> None:
+        resolved = yaml.safe_load(self.parser.dump(self.config, skip_none=False))
+        for logger in trainer.loggers:
+            if isinstance(logger, WandbLogger):
+                logger.experiment.config.update({**resolved, "git_revision": git_revision()}, allow_val_change=True)
+
+
+def _logger_entries(logger) -> list:
+    """The configured loggers as a list (trainer.logger is one logger, a list, a bool or None)."""
+    return list(logger) if isinstance(logger, list) else [] if logger in (None, True, False) else [logger]
 
 
 def _resume_arguments(run_dir: Path) -> list[str]:
@@ -105,26 +158,36 @@ def _resume_arguments(run_dir: Path) -> list[str]:
     # mmap: read the step without loading a base model's weights and optimizer state into memory
     step = torch.load(checkpoint, map_location="cpu", weights_only=False, mmap=True)["global_step"]
     _drop_metrics_after(run_dir / "metrics.csv", step)
-    return [
-        "--config", str(config),
-        "--ckpt_path", str(checkpoint),
-        "--trainer.logger.init_args.save_dir", str(run_dir.parent.parent),
-        "--trainer.logger.init_args.name", run_dir.parent.name,
-        "--trainer.logger.init_args.version", run_dir.name,
-    ]  # fmt: skip
+    settings = yaml.safe_load(config.read_text())
+    trainer = settings.setdefault("trainer", {})
+    run_csv = [entry for entry in _logger_entries(trainer.get("logger")) if str(entry.get("class_path", "")).endswith("CSVLogger")]
+    if not run_csv:
+        raise ValueError(f"cannot resume: '{config}' has no CSV logger, so the run's directory is unknown")
+    # Set on the CSV logger itself: `--trainer.logger.init_args...` would land on the last logger.
+    run_csv[0].setdefault("init_args", {}).update(save_dir=str(run_dir.parent.parent), name=run_dir.parent.name, version=run_dir.name)
+    trainer["default_root_dir"] = None  # the CSV logger above names the directory
+    return ["--config", yaml.safe_dump(settings), "--ckpt_path", str(checkpoint)]
 
 
 def _drop_metrics_after(metrics_file: Path, step: int) -> None:
     """Remove rows logged after the checkpoint: the resumed run logs those steps again.
 
     Lightning logs the batch that makes optimizer step k + 1 under step k, so a checkpoint taken
-    after `step` optimizer steps covers the rows logged under steps below `step`."""
+    after `step` optimizer steps covers the rows logged under steps below `step`, and that step's
+    validation and probe rows (measured before the checkpoint was written; the resumed run does
+    not measure them again), but not that step's training row or the end-of-fit test scores."""
     if not metrics_file.exists():
         return
     with metrics_file.open(newline="") as handle:
         reader = csv.DictReader(handle)
-        fields, rows = reader.fieldnames or [], [row for row in reader if int(row["step"]) < step]
+        fields, rows = reader.fieldnames or [], [row for row in reader if _logged_before_checkpoint(row, step)]
     write_csv_atomic(str(metrics_file), fields, rows)
+
+
+def _logged_before_checkpoint(row: dict[str, str], step: int) -> bool:
+    if int(row["step"]) != step:
+        return int(row["step"]) < step
+    return not any(value for key, value in row.items() if key.startswith(AFTER_CHECKPOINT_PREFIXES))
 
 
 def run_cli(args: list[str], cli_class: type[CtrainCLI] = CtrainCLI) -> CtrainCLI:
@@ -138,6 +201,7 @@ def run_cli(args: list[str], cli_class: type[CtrainCLI] = CtrainCLI) -> CtrainCL
         cli_class.datamodule_class,
         args=args,
         trainer_defaults={"use_distributed_sampler": False, "logger": {"class_path": "ctrain.loggers.RunCSVLogger", "init_args": {"save_dir": "runs", "name": cli_class.default_run_name}}},
+        save_config_callback=RunConfigCallback,
         save_config_kwargs={"overwrite": True},
         parser_kwargs={"exit_on_error": False, "prog": "ctrain"},
     )
@@ -172,6 +236,14 @@ def main(argv: list[str] | None = None) -> None:
             from ctrain.pretrain import PretrainCLI
 
             run_cli(["fit", *args[1:]], PretrainCLI)
+        elif args[:1] == ["sweep"]:
+            from ctrain.sweep import sweep_main
+
+            sweep_main(args[1:])
+        elif args[:1] == ["report"]:
+            from ctrain.report import report_main
+
+            report_main(args[1:])
         else:
             run_cli(args)
     except (argparse.ArgumentError, ValueError, FileNotFoundError, OSError, FloatingPointError) as error:

@@ -11,11 +11,13 @@ from __future__ import annotations
 import copy
 import os
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from ctrain.encoder import SentenceEncoder
+from ctrain.fileio import atomic_write_text
 
 try:  # sentence-transformers >= 6
     from sentence_transformers.sentence_transformer.modules import Dense, Normalize, Pooling, Transformer
@@ -64,3 +66,66 @@ def save_sentence_transformer(
         os.replace(staged, target)
     return target
 
+
+
+@dataclass(frozen=True)
+class RunFacts:
+    """What a run was, for its exported models' cards."""
+
+    base_model: str
+    data: str
+    objective: str
+    similarity: str
+    pooling: str
+    temperature: float
+    global_batch_size: int
+    steps: int
+    run_dir: str
+
+    @classmethod
+    def of(cls, trainer, pl_module, run_dir: Path) -> RunFacts:
+        model, data = pl_module.hparams, trainer.datamodule.hparams
+        supervised = " (supervised pairs)" if data.supervised else " (unsupervised: dropout positives)"
+        return cls(
+            base_model=str(model.encoder),
+            data=f"{data.train}{supervised}",
+            objective=str(model.objective),
+            similarity=str(model.similarity),
+            pooling=str(pl_module.encoder.pooler.mode) + (" (MLP in training only)" if model.mlp_only_train else ""),
+            temperature=float(model.temperature),
+            global_batch_size=int(data.batch_size) * trainer.world_size * trainer.accumulate_grad_batches,
+            steps=int(trainer.global_step),
+            run_dir=str(run_dir),
+        )
+
+
+def _score(value: float | None) -> str:
+    return "not measured" if value is None else f"{value:.2f}"
+
+
+def write_model_card(path: str | Path, facts: RunFacts, which: str, sts_dev: float | None, sts_test: float | None) -> Path:
+    """Replace sentence-transformers' placeholder README.md in `path` with the run's settings and scores."""
+    rows = [
+        ("Base model", facts.base_model),
+        ("Training data", facts.data),
+        ("Objective", facts.objective),
+        ("Similarity", facts.similarity),
+        ("Pooling", facts.pooling),
+        ("Temperature", f"{facts.temperature:g}"),
+        ("Global batch size", str(facts.global_batch_size)),
+        ("Optimizer steps", str(facts.steps)),
+        ("STS-B dev Spearman x100", _score(sts_dev)),
+        ("STS-B test Spearman x100", _score(sts_test)),
+    ]
+    table = "\n".join(f"| {name} | {value} |" for name, value in rows)
+    text = (
+        "---\nlibrary_name: sentence-transformers\npipeline_tag: sentence-similarity\ntags:\n- sentence-transformers\n"
+        f"- ctrain\n- contrastive\nbase_model: {facts.base_model}\n---\n\n"
+        f"# {Path(facts.run_dir).name}: {which} model of a ctrain run\n\n"
+        f"Contrastive fine-tuning (SimCSE-style) of `{facts.base_model}` with ctrain; run directory `{facts.run_dir}`.\n"
+        f"This is the {'model at the end of training' if which == 'final' else 'checkpoint with the best STS-B dev score'}.\n\n"
+        f"| Setting | Value |\n|---|---|\n{table}\n\n"
+        "```python\nfrom sentence_transformers import SentenceTransformer\n\n"
+        f'model = SentenceTransformer("{Path(path).resolve()}")\nembeddings = model.encode(["A sentence.", "Another one."])\n```\n'
+    )
+    return atomic_write_text(Path(path) / "README.md", text)

@@ -1,4 +1,5 @@
-"""Run outputs: logs flushed with every checkpoint, final and best models in sentence-transformers format."""
+"""Run outputs: logs flushed with every checkpoint, validation logged at the probes' step, final and
+best models in sentence-transformers format with a model card that says what the run was."""
 
 from __future__ import annotations
 
@@ -8,7 +9,10 @@ from pathlib import Path
 import pytorch_lightning as pl
 import torch
 
-from ctrain.export import save_sentence_transformer
+from ctrain.export import RunFacts, save_sentence_transformer, write_model_card
+from ctrain.probes.sts import encoder_sts
+
+STS_DEV, STS_TEST, STS_TEST_BEST = "val/stsb_spearman", "test/stsb_spearman", "test/stsb_spearman_best"
 
 
 class RunOutputs(pl.Callback):
@@ -16,6 +20,12 @@ class RunOutputs(pl.Callback):
 
     Loggers are flushed whenever a checkpoint is written, so a run killed after a checkpoint
     has every metric up to that checkpoint on disk and resumes without a gap.
+
+    Validation during fit is logged at the global step (the number of optimizer steps the
+    measured model has taken), the step the probes use: Lightning's own counter is one behind
+    there, which put STS-B dev at steps 99, 199, ... beside probes at 100, 200, ...
+    At the end, both exported models are scored on STS-B test (logged as `test/stsb_spearman`
+    and `test/stsb_spearman_best`) and their README.md cards state the run's settings and scores.
     """
 
     written = "model_final/, model_best/"  # what on_fit_end adds to the run directory, for the closing summary
@@ -23,10 +33,22 @@ class RunOutputs(pl.Callback):
     def __init__(self, max_seq_length: int = 128) -> None:
         self.max_seq_length = max_seq_length
         self.run_dir: Path | None = None
+        self._lightning_step: int | None = None
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         # trainer.log_dir is a collective under DDP: read it on every rank, not on rank 0 alone.
         self.run_dir = Path(trainer.log_dir or trainer.default_root_dir)
+
+    def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.state.fn != "fit" or trainer.sanity_checking:
+            return
+        loop = trainer.fit_loop.epoch_loop
+        self._lightning_step, loop._batches_that_stepped = loop._batches_that_stepped, trainer.global_step
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # Runs before ModelCheckpoint's hook (Lightning calls it last), so checkpoints keep Lightning's count.
+        if self._lightning_step is not None:
+            trainer.fit_loop.epoch_loop._batches_that_stepped, self._lightning_step = self._lightning_step, None
 
     def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict) -> None:
         for logger in trainer.loggers:
@@ -35,12 +57,58 @@ class RunOutputs(pl.Callback):
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not trainer.is_global_zero:
             return
-        run_dir = self.run_dir
-        similarity = pl_module.hparams.similarity
+        run_dir, similarity = self.run_dir, pl_module.hparams.similarity
+        test_rows = trainer.datamodule.test
+        facts = RunFacts.of(trainer, pl_module, run_dir)
+        final_test, _ = encoder_sts(pl_module.encoder, test_rows)
+        scores = {STS_TEST: final_test}
         save_sentence_transformer(pl_module.encoder, run_dir / "model_final", similarity, self.max_seq_length)
+        dev = trainer.callback_metrics.get(STS_DEV)
+        write_model_card(run_dir / "model_final", facts, "final", None if dev is None else float(dev), final_test)
         best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
         if best:
             state = torch.load(best, map_location="cpu", weights_only=False)["state_dict"]
-            encoder = copy.deepcopy(pl_module.encoder).cpu()
+            encoder = copy.deepcopy(pl_module.encoder)
             encoder.load_state_dict({k.removeprefix("encoder."): v for k, v in state.items() if k.startswith("encoder.")})
+            scores[STS_TEST_BEST], _ = encoder_sts(encoder, test_rows)
             save_sentence_transformer(encoder, run_dir / "model_best", similarity, self.max_seq_length)
+            best_dev = trainer.checkpoint_callback.best_model_score
+            write_model_card(
+                run_dir / "model_best", facts, "best", None if best_dev is None else float(best_dev), scores[STS_TEST_BEST]
+            )
+        for logger in trainer.loggers:
+            logger.log_metrics(scores, step=trainer.global_step)
+
+
+class WandbProbeFigures(pl.Callback):
+    """Logs the probes' figures (geometry per layer, word-weighting fits, so far) to W&B after each probe.
+
+    It reads what the probe callbacks appended to `<run dir>/probes/*.jsonl`, so it needs no
+    access to their internals; the CLI adds it when W&B is on."""
+
+    def __init__(self) -> None:
+        self._records_seen = 0
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._log_new_figures(trainer)
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs, batch, batch_idx: int) -> None:
+        self._log_new_figures(trainer)
+
+    def _log_new_figures(self, trainer: pl.Trainer) -> None:
+        from pytorch_lightning.loggers import WandbLogger
+
+        from ctrain.report import figure_pixels, read_probes, run_figures, run_title
+
+        run_dir = Path(trainer.log_dir or trainer.default_root_dir)
+        records = sum(len(path.read_text().splitlines()) for path in (run_dir / "probes").glob("*.jsonl"))
+        if not trainer.is_global_zero or records == self._records_seen:
+            return
+        self._records_seen = records
+        probes = read_probes(run_dir)
+        probes["examples"] = probes["step"]  # the x-axis drawn is the step; W&B also gets examples seen per row
+        figures = run_figures(probes, run_title(run_dir), "step")
+        for logger in trainer.loggers:
+            if isinstance(logger, WandbLogger):
+                for name, figure in figures.items():
+                    logger.log_image(key=f"figures/{name}", images=[figure_pixels(figure)], step=trainer.global_step)

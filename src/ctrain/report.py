@@ -1,0 +1,346 @@
+"""`ctrain report DIR`: PNG figures and one self-contained HTML page for a run or a sweep directory.
+
+It reads only what runs write (metrics.csv, config.yaml, probes/*.jsonl, a sweep's sweep.yaml),
+so it works on finished, running and interrupted runs alike. Figures: every metric family against
+the optimizer step or the number of training examples seen (STS-B, loss, word-weighting R^2 and
+slope per method and information quantity, geometry per layer); for a sweep, one figure per
+metric with a curve per run and a table of final values.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+import math
+import re
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Literal
+
+import pandas as pd
+import yaml
+from jsonargparse import CLI
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from ctrain.fileio import atomic_path, atomic_write_text
+from ctrain.loggers import EXAMPLES_SEEN
+
+XAxis = Literal["step", "examples"]
+X_LABELS = {"step": "optimizer step", "examples": "training examples seen"}
+METHODS = {"ig": "IG", "shap": "SHAP"}
+QUANTITIES = {"kl": "KL(w)", "dkl": "dKL(w)", "selfinfo": "-log P(w)"}
+GEOMETRY_WORDS = {
+    "anisotropy": "anisotropy (mean cosine of random word pairs)",
+    "self_similarity": "self-similarity (same word, other contexts)",
+    "intra_similarity": "intra-sentence similarity (word vs its sentence)",
+    "norm_mean": "mean embedding norm",
+    "rogue_top1": "share of the largest dimension",
+    "rogue_top2": "share of the 2nd largest dimension",
+    "rogue_top3": "share of the 3rd largest dimension",
+    "rogue_dims_10": "dimensions holding 10% of the share",
+    "rogue_dims_20": "dimensions holding 20% of the share",
+    "rogue_dims_50": "dimensions holding 50% of the share",
+    "informativity_r2_k1": "informativity R^2, top 1 rogue dim removed",
+    "informativity_r2_k3": "informativity R^2, top 3 rogue dims removed",
+    "alignment": "alignment (positive pairs)",
+    "uniformity": "uniformity (log mean Gaussian potential)",
+}
+SCALARS = {
+    "val/stsb_spearman": "STS-B dev Spearman x100",
+    "test/stsb_spearman": "STS-B test Spearman x100 (final model)",
+    "train/loss": "training loss",
+}
+
+
+# ---- reading runs (pure functions of the files a run writes) ----
+
+
+def read_run(run_dir: Path) -> pd.DataFrame:
+    """One row per logged step: metrics.csv merged by step, with `examples` (examples seen) added.
+
+    Probe metrics missing from metrics.csv (a run still training flushes it only at checkpoints)
+    are filled from probes/*.jsonl."""
+    metrics_file = run_dir / "metrics.csv"
+    frame = pd.read_csv(metrics_file) if metrics_file.exists() else pd.DataFrame({"step": []})
+    probes = read_probes(run_dir)
+    if not probes.empty:
+        missing = [column for column in probes.columns if column not in frame.columns]
+        frame = pd.concat([frame, probes[["step", *missing]]], ignore_index=True).copy()
+    if frame.empty:
+        raise ValueError(f"'{run_dir}' has no metrics yet (no metrics.csv or probes/*.jsonl); give a ctrain run directory")
+    frame = frame.groupby("step", as_index=False).first().sort_values("step")
+    frame["examples"] = frame["step"] * examples_per_step(run_dir)
+    return frame.drop(columns=[EXAMPLES_SEEN], errors="ignore")
+
+
+def read_probes(run_dir: Path) -> pd.DataFrame:
+    """The probes' JSON lines as columns named as in metrics.csv (`geometry/...`, `weighting/...`)."""
+    rows: dict[int, dict[str, float]] = {}
+    for path in sorted((run_dir / "probes").glob("*.jsonl")):
+        for line in path.read_text().splitlines():
+            if line.strip():
+                record = json.loads(line)
+                row = rows.setdefault(int(record["step"]), {"step": int(record["step"])})
+                row.update({f"{path.stem}/{key}": value for key, value in record.get("metrics", {}).items()})
+    return pd.DataFrame(sorted(rows.values(), key=lambda row: row["step"]))
+
+
+def run_config(run_dir: Path) -> dict:
+    path = run_dir / "config.yaml"
+    return yaml.safe_load(path.read_text()) if path.exists() else {}
+
+
+def config_value(config: dict, dotted: str):
+    """`model.temperature` -> config["model"]["temperature"] (None when absent)."""
+    value = config
+    for part in dotted.split("."):
+        value = value.get(part) if isinstance(value, dict) else None
+    return value
+
+
+def examples_per_step(run_dir: Path) -> int:
+    """Global batch size: per-process batch x processes x accumulation, from the run's config."""
+    config = run_config(run_dir)
+    batch = config_value(config, "data.batch_size") or 1
+    devices = config_value(config, "trainer.devices")
+    processes = devices if isinstance(devices, int) else len(devices) if isinstance(devices, list) else 1
+    return int(batch) * int(processes) * int(config_value(config, "trainer.accumulate_grad_batches") or 1)
+
+
+def run_title(run_dir: Path) -> str:
+    model = config_value(run_config(run_dir), "model.encoder") or "unknown model"
+    return f"{model}, run {run_dir.parent.name}/{run_dir.name}"
+
+
+# ---- figures ----
+
+
+def _figure() -> Figure:
+    figure = Figure(figsize=(6.4, 4.0), layout="constrained")
+    FigureCanvasAgg(figure)
+    return figure
+
+
+def line_figure(curves: dict[str, pd.DataFrame], y_label: str, title: str, x: XAxis, key: str = "value") -> Figure | None:
+    """One line per labelled (x, value) table; None when no curve has a value."""
+    figure = _figure()
+    axes = figure.add_subplot()
+    drawn = 0
+    for label, curve in curves.items():
+        curve = curve.dropna(subset=[key])
+        if curve.empty:
+            continue
+        axes.plot(curve[x], curve[key], marker="o" if len(curve) < 30 else None, markersize=3, label=label)
+        drawn += 1
+    if not drawn:
+        return None
+    axes.set_xlabel(X_LABELS[x])
+    axes.set_ylabel(y_label)
+    axes.set_title(title, fontsize=10)
+    axes.grid(alpha=0.3)
+    axes.legend(fontsize=8, title_fontsize=8)
+    return figure
+
+
+def _curve(frame: pd.DataFrame, column: str) -> pd.DataFrame:
+    return frame[["step", "examples", column]].rename(columns={column: "value"}) if column in frame else frame.iloc[:0].assign(value=[])
+
+
+def metric_families(columns: Iterable[str]) -> dict[str, tuple[str, dict[str, str]]]:
+    """Figure name -> (y-axis label, {legend words: column}) for every metric family present."""
+    columns = list(columns)
+    families: dict[str, tuple[str, dict[str, str]]] = {}
+    for column, words in SCALARS.items():
+        if column in columns:
+            families[column.replace("/", "_")] = (words, {words: column})
+    for statistic, words in (("r2", "R^2 of word weight on information"), ("beta", "slope of word weight on information")):
+        lines = {}
+        for column in columns:
+            match = re.fullmatch(rf"weighting/(\w+?)_(kl|dkl|selfinfo)_{statistic}", column)
+            if match:
+                lines[f"{METHODS.get(match[1], match[1])} on {QUANTITIES[match[2]]}"] = column
+        if lines:
+            families[f"weighting_{statistic}"] = (words, lines)
+    geometry: dict[str, dict[str, str]] = {}
+    for column in columns:
+        match = re.fullmatch(r"geometry/(\w+)/layer_(\d+)", column)
+        if match and not match[1].endswith(("_std", "_adjusted")):
+            geometry.setdefault(match[1], {})[f"layer {match[2]}" + (" (embeddings)" if match[2] == "0" else "")] = column
+        elif re.fullmatch(r"geometry/(alignment|uniformity)", column):
+            geometry.setdefault(column.split("/")[1], {})["sentence embedding"] = column
+    for name, lines in sorted(geometry.items()):
+        families[f"geometry_{name}"] = (GEOMETRY_WORDS.get(name, name.replace("_", " ")), lines)
+    return families
+
+
+def run_figures(frame: pd.DataFrame, title: str, x: XAxis = "step") -> dict[str, Figure]:
+    """Every metric family of one run against `x`, a line per layer / method and quantity."""
+    figures = {}
+    for name, (y_label, lines) in metric_families(frame.columns).items():
+        figure = line_figure({words: _curve(frame, column) for words, column in lines.items()}, y_label, f"{y_label}\n{title}", x)
+        if figure is not None:
+            figures[name] = figure
+    return figures
+
+
+def sweep_figures(runs: dict[str, pd.DataFrame], title: str, x: XAxis, legend_title: str) -> dict[str, Figure]:
+    """One figure per metric with a curve per run; geometry at the last layer (the sentence encoder's output)."""
+    families: dict[str, tuple[str, dict[str, str]]] = {}
+    for frame in runs.values():
+        for name, (y_label, lines) in metric_families(frame.columns).items():
+            if name.startswith("geometry_") and len(lines) > 1:
+                last = max(lines, key=lambda words: int(re.sub(r"\D", "", words) or 0))
+                families[f"{name}_{last.split()[-1]}"] = (f"{y_label}, {last}", {"": lines[last]})
+            else:
+                for words, column in lines.items():
+                    label = y_label if len(lines) == 1 else f"{y_label}: {words}"
+                    families[re.sub(r"\W+", "_", f"{name}_{words}" if len(lines) > 1 else name)] = (label, {"": column})
+    figures = {}
+    for name, (y_label, lines) in families.items():
+        column = next(iter(lines.values()))
+        figure = line_figure({label: _curve(frame, column) for label, frame in runs.items()}, y_label, f"{y_label}\n{title}", x)
+        if figure is not None:
+            figure.axes[0].get_legend().set_title(legend_title)
+            figures[name] = figure
+    return figures
+
+
+def final_values(frame: pd.DataFrame) -> dict[str, float]:
+    """Last logged value of each headline metric (words as keys)."""
+    values = {}
+    for name, (y_label, lines) in metric_families(frame.columns).items():
+        if name.startswith("geometry_") and len(lines) > 1:
+            last = max(lines, key=lambda words: int(re.sub(r"\D", "", words) or 0))
+            lines = {f"{y_label}, {last}": lines[last]}
+        elif len(lines) > 1:
+            lines = {f"{y_label}: {words}": column for words, column in lines.items()}
+        else:
+            lines = {y_label: next(iter(lines.values()))}
+        for words, column in lines.items():
+            series = frame[column].dropna()
+            if not series.empty:
+                values[words] = float(series.iloc[-1])
+    return values
+
+
+# ---- pages ----
+
+
+def save_png(figure: Figure, path: Path) -> Path:
+    with atomic_path(path) as temporary:
+        figure.savefig(temporary, format="png", dpi=110)
+    return path
+
+
+def html_page(title: str, images: list[Path], tables: list[str], captions: dict[str, str]) -> str:
+    """A page with every image inline (base64) and no external resource: it opens from disk."""
+    parts = [f"<h1>{html.escape(title)}</h1>", *tables]
+    for image in images:
+        encoded = base64.b64encode(image.read_bytes()).decode("ascii")
+        caption = html.escape(captions.get(image.stem, image.stem.replace("_", " ")))
+        parts.append(f'<figure><img src="data:image/png;base64,{encoded}" alt="{caption}"><figcaption>{caption}</figcaption></figure>')
+    style = (
+        "body{font-family:sans-serif;margin:2em;max-width:1400px}figure{display:inline-block;margin:0.5em}"
+        "img{max-width:640px}table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #bbb;padding:3px 8px;"
+        "text-align:right}th{background:#eee}"
+    )
+    return (
+        f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
+        f"<style>{style}</style></head><body>\n" + "\n".join(parts) + "\n</body></html>\n"
+    )
+
+
+def _table(rows: list[dict], caption: str) -> str:
+    if not rows:
+        return ""
+    columns = list(dict.fromkeys(key for row in rows for key in row))
+    def cell(value) -> str:
+        if isinstance(value, float):
+            return "" if math.isnan(value) else f"{value:.4g}"
+        return html.escape(str(value))
+    head = "".join(f"<th>{html.escape(column)}</th>" for column in columns)
+    body = "".join("<tr>" + "".join(f"<td>{cell(row.get(column, ''))}</td>" for column in columns) + "</tr>" for row in rows)
+    return f"<table><caption>{html.escape(caption)}</caption><tr>{head}</tr>{body}</table>"
+
+
+def _write(figures: dict[str, Figure], out: Path, title: str, tables: list[str], extra: list[Path] = ()) -> Path:
+    """PNGs of `figures`, then report.html with them, the tables and `extra` images (already drawn)."""
+    images = [save_png(figure, out / f"{name}.png") for name, figure in figures.items()]
+    captions = {name: figure.axes[0].get_ylabel() for name, figure in figures.items()}
+    captions.update({image.stem: f"final model: {image.stem.replace('_', ' ')}" for image in extra})
+    return atomic_write_text(out / "report.html", html_page(title, [*images, *extra], tables, captions))
+
+
+def sweep_runs(sweep_dir: Path) -> dict[str, Path]:
+    """Run label (its swept values in words) -> run directory, in ascending order of the swept values."""
+    spec = yaml.safe_load((sweep_dir / "sweep.yaml").read_text())
+    keys = [key for key in spec.get("parameters", {}) if "values" in spec["parameters"][key] or "distribution" in spec["parameters"][key]]
+    swept = {run_dir: [config_value(run_config(run_dir), key) for key in keys] for run_dir in (sweep_dir / "runs").iterdir() if (run_dir / "config.yaml").exists()}
+
+    def ascending(run_dir: Path) -> tuple:  # numbers by value, then words
+        return tuple((0, value, "") if isinstance(value, (int, float)) else (1, 0, str(value)) for value in swept[run_dir])
+
+    return {
+        ", ".join(f"{key.split('.')[-1]}={value}" for key, value in zip(keys, swept[run_dir])) or run_dir.name: run_dir
+        for run_dir in sorted(swept, key=ascending)
+    }
+
+
+def final_probe_figures(run_dir: Path, out: Path, num_sentences: int) -> list[Path]:
+    """The final model's weight-vs-KL scatter (with its regression line) and sentence weight bars, drawn by
+    `ctrain probe` on the run's exported model (IG, sketch mode); none when the run exported no model yet."""
+    from ctrain.probe_cli import probe, resolve_model
+
+    if resolve_model(str(run_dir)) == str(run_dir):
+        return []
+    probe(str(run_dir), sts=False, out=str(out), num_sentences=num_sentences, methods=["ig"], steps=16, probes=8)
+    return sorted(out.glob("*.png"))
+
+
+def report(
+    directory: str, out: str | None = None, x: XAxis | None = None, final_probe: bool = True, probe_sentences: int = 48
+) -> Path:
+    """Draw the run or sweep in DIRECTORY; returns the HTML page.
+
+    Args:
+        directory: a run directory (has metrics.csv) or a sweep directory (has sweep.yaml and runs/).
+        out: where the PNGs and report.html go (default DIRECTORY/report).
+        x: x-axis, step or examples (training examples seen); a sweep over the batch size defaults to examples.
+        final_probe: for a run, also probe its exported model for the weight-vs-KL scatter and sentence weight bars.
+        probe_sentences: STS-B dev sentences of that final probe.
+    """
+    path = Path(directory)
+    target = Path(out) if out else path / "report"
+    if (path / "sweep.yaml").exists():
+        runs = {label: read_run(run_dir) for label, run_dir in sweep_runs(path).items()}
+        if not runs:
+            raise ValueError(f"sweep '{path}' has no runs yet; start it with ctrain sweep")
+        spec = yaml.safe_load((path / "sweep.yaml").read_text())
+        swept = list(spec.get("parameters", {}))
+        axis = x or ("examples" if any(key.endswith("batch_size") for key in swept) else "step")
+        model = config_value(run_config(next(iter(sweep_runs(path).values()))), "model.encoder")
+        title = f"{model}, sweep {path.name} over {', '.join(swept)}"
+        figures = sweep_figures(runs, title, axis, legend_title="run")
+        rows = [{"run": label, "last step": int(frame["step"].max()), **final_values(frame)} for label, frame in runs.items()]
+        return _write(figures, target, title, [_table(rows, "Final values of each run")])
+    frame = read_run(path)
+    title = run_title(path)
+    figures = run_figures(frame, title, x or "step")
+    rows = [{"metric": words, "final value": value} for words, value in final_values(frame).items()]
+    extra = final_probe_figures(path, target / "final_probe", probe_sentences) if final_probe else []
+    return _write(figures, target, title, [_table(rows, f"Final values, step {int(frame['step'].max())}")], extra)
+
+
+def report_main(args: list[str]) -> None:
+    page = CLI(report, args=args, as_positional=True)
+    print(f"ctrain report: {page} ({len(list(page.parent.glob('*.png')))} figures)")
+
+
+def figure_pixels(figure: Figure):
+    """The figure as an RGBA array (what W&B's image logging takes without pyplot)."""
+    import numpy as np
+
+    figure.canvas.draw()
+    return np.asarray(figure.canvas.buffer_rgba())

@@ -1,0 +1,146 @@
+"""Sweep files and `ctrain sweep` / `ctrain report`, through the commands users run."""
+
+import csv
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from ctrain.cli import main
+from ctrain.report import config_value
+from ctrain.sweep import fit_command, plan_runs, read_sweep
+
+ROOT = Path(__file__).resolve().parent.parent
+SWEEP_FILES = sorted((ROOT / "sweeps").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("sweep_file", SWEEP_FILES, ids=lambda path: path.name)
+def test_every_swept_parameter_is_a_config_key(sweep_file, capsys, monkeypatch):
+    monkeypatch.chdir(ROOT)  # the files name configs relative to the repository, as `wandb agent` runs them
+    spec = read_sweep(sweep_file)
+    for settings in plan_runs(spec):
+        command = fit_command(spec, settings)
+        with pytest.raises(SystemExit) as exit_code:
+            main([*command[command.index("fit") :], "--print_config"])
+        assert exit_code.value.code in (0, None), capsys.readouterr().err
+        printed = yaml.safe_load(capsys.readouterr().out)
+        for key, value in settings.items():
+            assert config_value(printed, key) == value, key
+
+
+def test_gpu_sweeps_use_the_published_simcse_config_and_each_has_a_cpu_twin():
+    names = {path.stem for path in SWEEP_FILES}
+    for name in ("temperature", "temperature_decades", "batch_size", "pooling_similarity"):
+        assert {name, f"{name}_cpu"} <= names
+        assert "configs/simcse_bert_unsup.yaml" in read_sweep(ROOT / "sweeps" / f"{name}.yaml")["command"]
+    assert plan_runs(read_sweep(ROOT / "sweeps" / "temperature.yaml")) == [{"model.temperature": t} for t in (0.025, 0.05, 0.1)]
+
+
+TINY_COMMAND = [
+    "ctrain", "fit",
+    "--config", str(ROOT / "configs" / "demo.yaml"),
+    "--config", str(ROOT / "tests" / "tiny_probes.yaml"),
+    "--data.batch_size=8", "--data.max_examples=96", "--trainer.max_steps=6", "--trainer.val_check_interval=2",
+    "--trainer.log_every_n_steps=1", "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false",
+    "${args}",
+]  # fmt: skip
+
+
+def _ctrain(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "ctrain.cli", *args], cwd=cwd, capture_output=True, text=True, timeout=1200, check=False)
+
+
+@pytest.fixture(scope="module")
+def tiny_sweep(tmp_path_factory):
+    """A two-run temperature sweep run by `ctrain sweep`, then one run marked unfinished and the sweep run again."""
+    work = tmp_path_factory.mktemp("sweep")
+    sweep_file = work / "tiny.yaml"
+    sweep_file.write_text(yaml.safe_dump({"program": "ctrain", "method": "grid", "parameters": {"model.temperature": {"values": [0.05, 0.5]}}, "command": TINY_COMMAND}))
+    command = [sys.executable, "-m", "ctrain.cli", "sweep", str(sweep_file), "--out", str(work / "out")]
+    first = subprocess.Popen(command, cwd=work, stdout=subprocess.PIPE, text=True, start_new_session=True)
+    checkpoint = work / "out" / "runs" / "temperature=0.5" / "checkpoints" / "last.ckpt"
+    while not checkpoint.exists() and first.poll() is None:
+        time.sleep(0.1)
+    os.killpg(first.pid, signal.SIGKILL)  # the machine went down during the second run
+    first_output = first.communicate()[0]
+    assert "[1/2] temperature=0.05: ran, finished" in first_output, first_output
+    second = _ctrain("sweep", str(sweep_file), "--out", str(work / "out"), "--parallel", "2", cwd=work)
+    assert second.returncode == 0, second.stderr[-3000:]
+    report = _ctrain("report", str(work / "out"), cwd=work)
+    assert report.returncode == 0, report.stderr[-3000:]
+    return work / "out", first_output, second.stdout
+
+
+def test_sweep_runs_every_setting_and_resumes_only_the_unfinished(tiny_sweep):
+    sweep_dir, first, second = tiny_sweep
+    assert "[2/2]" not in first
+    assert "temperature=0.05: already finished" in second and "temperature=0.5: resumed, finished" in second
+    with (sweep_dir / "summary.csv").open() as handle:
+        rows = {row["run"]: row for row in csv.DictReader(handle)}
+    assert set(rows) == {"temperature=0.05", "temperature=0.5"}
+    assert all(row["status"] == "finished" and row["last_step"] == "6" and float(row["sts_test_final"]) > 0 for row in rows.values())
+    for run in rows:
+        run_dir = sweep_dir / "runs" / run
+        assert (run_dir / "model_final" / "README.md").exists()
+        assert config_value(yaml.safe_load((run_dir / "config.yaml").read_text()), "model.temperature") == float(run.split("=")[1])
+
+
+def test_sweep_report_has_a_curve_per_run_and_a_table(tiny_sweep):
+    sweep_dir, _, _ = tiny_sweep
+    page = (sweep_dir / "report" / "report.html").read_text()
+    figures = sorted((sweep_dir / "report").glob("*.png"))
+    assert {"val_stsb_spearman.png", "geometry_anisotropy_4.png", "weighting_r2_IG_on_KL_w_.png"} <= {path.name for path in figures}
+    assert page.count("<img ") == len(figures) and "data:image/png;base64," in page
+    assert "http" not in page.replace("http-equiv", "")  # nothing fetched: opens from disk
+    assert "temperature=0.05" in page and "temperature=0.5" in page and "<table>" in page
+
+
+def test_run_report_draws_every_family(tiny_sweep, tmp_path):
+    run_dir = tiny_sweep[0] / "runs" / "temperature=0.05"
+    result = _ctrain("report", str(run_dir), "--out", str(tmp_path), "--x", "examples", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    names = {path.stem for path in tmp_path.glob("*.png")}
+    assert {"val_stsb_spearman", "train_loss", "weighting_r2", "weighting_beta", "geometry_anisotropy", "geometry_intra_similarity"} <= names
+    assert {"ig_vs_kl", "ig_sentences"} <= {path.stem for path in tmp_path.glob("final_probe/*.png")}  # the final scatter and bars
+
+
+def test_bad_sweep_file_is_one_line(tmp_path, capsys):
+    bad = tmp_path / "bayes.yaml"
+    bad.write_text("method: bayes\nparameters: {model.temperature: {values: [0.1]}}\n")
+    with pytest.raises(SystemExit):
+        main(["sweep", str(bad)])
+    message = capsys.readouterr().err.strip()
+    assert message.count("\n") == 0 and "runs only under `wandb agent`" in message
+
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium (apt-get install -y chromium; make setup installs it as root)")
+def test_sweep_page_renders_in_headless_chromium(tiny_sweep, tmp_path):
+    from browser import render
+
+    sweep_dir, _, _ = tiny_sweep
+    page = sweep_dir / "report" / "report.html"
+    result = render(CHROMIUM, page, tmp_path / "screenshot.png")
+    assert result["images"] == page.read_text().count("<img ") and result["images"] > 0
+    assert result["broken_images"] == [], result["broken_images"]
+    assert result["console_errors"] == [], result["console_errors"]
+    assert (tmp_path / "screenshot.png").stat().st_size > 10_000
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium (apt-get install -y chromium; make setup installs it as root)")
+def test_browser_check_sees_a_broken_image_and_a_console_error(tmp_path):
+    from browser import render
+
+    page = tmp_path / "bad.html"
+    page.write_text('<!DOCTYPE html><html><head><meta charset="utf-8"><title>bad</title></head><body>'
+                    '<img src="data:image/png;base64,AAAA" alt="broken"><script>console.error("boom")</script></body></html>')
+    result = render(CHROMIUM, page, tmp_path / "bad.png")
+    assert result["broken_images"] == ["broken"] and result["console_errors"] == ["boom"]

@@ -292,10 +292,12 @@ def final_probe_figures(run_dir: Path, out: Path, num_sentences: int) -> list[Pa
     """The final model's weight-vs-KL scatter (with its regression line) and sentence weight bars, drawn by
     `ctrain probe` on the run's exported model (IG, sketch mode); none when the run exported no model yet."""
     from ctrain.probe_cli import probe, resolve_model
+    from ctrain.probes.weighting import WeightingConfig
 
     if resolve_model(str(run_dir)) == str(run_dir):
         return []
-    probe(str(run_dir), sts=False, out=str(out), num_sentences=num_sentences, methods=["ig"], steps=16, probes=8)
+    config = WeightingConfig(methods=("ig",), ig_mode="sketch", sketch_size=8, sketch_kind="orthogonal", steps=16)
+    probe(str(run_dir), measure=["weighting"], out=str(out), num_sentences=num_sentences, weighting=config)
     return sorted(out.glob("*.png"))
 
 

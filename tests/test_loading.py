@@ -58,7 +58,7 @@ def _fit(tmp_path: Path, encoder: str, *extra: str, steps: int = 3, batch_size: 
         "--trainer.max_steps", str(steps), "--trainer.val_check_interval", str(steps),
         "--trainer.log_every_n_steps", "1", "--trainer.enable_progress_bar", "false",
         "--trainer.enable_model_summary", "false", "--trainer.logger.init_args.save_dir", str(tmp_path / "runs"),
-        "--trainer.limit_val_batches", "2", "--data.eval_batch_size", "32", "--trainer.callbacks+=helpers.RecordTrainMode", *extra,
+        "--data.max_eval_pairs", "64", "--trainer.callbacks+=helpers.RecordTrainMode", *extra,
     ]  # fmt: skip
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")

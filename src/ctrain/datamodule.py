@@ -153,6 +153,7 @@ class ContrastiveDataModule(pl.LightningDataModule):
         max_length: training tokens per sentence; longer ones are truncated and counted in `data/truncated`.
         eval_max_length: tokens per STS sentence at evaluation.
         max_examples: use only the first N training examples (quick runs).
+        max_eval_pairs: score STS-B dev/test on their first N pairs only (quick runs; None: all, as published).
     """
 
     def __init__(
@@ -170,6 +171,7 @@ class ContrastiveDataModule(pl.LightningDataModule):
         num_workers: int = 0,
         shuffle: bool = True,
         max_examples: int | None = None,
+        max_eval_pairs: int | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -189,7 +191,7 @@ class ContrastiveDataModule(pl.LightningDataModule):
             self.load_training_examples(self.trainer.world_size)
         if not self.dev:
             read = data.read_sts_b if hp.eval_source == "offline" else data.sts_b_hub
-            self.dev, self.test = read("dev"), read("test")
+            self.dev, self.test = read("dev")[: hp.max_eval_pairs], read("test")[: hp.max_eval_pairs]
 
     def load_training_examples(self, world_size: int) -> None:
         """Read and check the training examples once (the CLI calls this before anything else runs)."""

@@ -75,7 +75,8 @@ def _positive_cosines(run_dir: Path) -> list[float]:
 def _assert_trained_with_dropout(run_dir: Path, all_training: list[bool], caught: list, steps: int = 3) -> None:
     assert all_training == [True] * steps  # every module, in every step
     cosines = _positive_cosines(run_dir)
-    assert len(cosines) == steps and all(c < 1 - 1e-4 for c in cosines), cosines  # the two views differ
+    # The two views differ (dropout ran) yet stay one sentence: close, not unrelated.
+    assert len(cosines) == steps and all(0.5 < c < 1 - 1e-4 for c in cosines), cosines
     assert not [w for w in caught if "eval mode" in str(w.message)]
 
 

@@ -157,7 +157,8 @@ class ContrastiveModule(pl.LightningModule):
         # Synced: the logged loss is the global batch's, as on one process.
         self.log("train/loss", loss, prog_bar=True, batch_size=size, sync_dist=True)
         # Exactly 1 for unsupervised positives means dropout never ran: the two views are one point.
-        positive_cosine = F.cosine_similarity(embeddings[0].detach().float(), embeddings[1].detach().float(), dim=-1)
+        anchors, positives = (view.detach().float() for view in views_embeddings[:2])
+        positive_cosine = F.cosine_similarity(anchors, positives, dim=-1)
         self.log("train/positive_cosine", positive_cosine.mean(), batch_size=size, sync_dist=True)
         self.log("data/truncated", batch["truncated"].float(), reduce_fx="sum", batch_size=size, sync_dist=True)
         return loss

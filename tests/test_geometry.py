@@ -514,15 +514,13 @@ def test_anisotropy_draws_one_token_from_distinct_sentences(tiny_bert, conventio
     assert everything.anisotropy_draws.shape[-1] == len(SENTENCES)  # all sentences when fewer than M
 
 
-def test_plots_written_atomically(tiny_bert, tmp_path):
-    from ctrain.plots.geometry import plot_metrics_by_layer, plot_metrics_by_step
+def test_plot_written_atomically(tiny_bert, tmp_path):
+    from ctrain.plots.geometry import plot_metrics_by_layer
 
     result = geometry_probe(tiny_bert, SENTENCES, GeometryConfig(anisotropy_resamples=2, positive_pairs=PAIRS))
-    layer_figure = plot_metrics_by_layer(result, tmp_path / "layers.png")
-    records = [(step, {f"geometry/{k}": v + step for k, v in result.metrics.items()}) for step in (0, 10, 3)]
-    step_figure = plot_metrics_by_step(records, tmp_path / "steps.png", layers=[0, 2], log_steps=True)
-    assert layer_figure.read_bytes()[:4] == b"\x89PNG" and step_figure.read_bytes()[:4] == b"\x89PNG"
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["layers.png", "steps.png"]  # no temporary left behind
+    layer_figure = plot_metrics_by_layer(result, tmp_path / "layers.png", "tiny-bert")
+    assert layer_figure.read_bytes()[:4] == b"\x89PNG"
+    assert [p.name for p in tmp_path.iterdir()] == ["layers.png"]  # no temporary left behind
 
 
 def test_sentences_without_tokens_in_the_set_are_skipped(tiny_bert):

@@ -165,12 +165,12 @@ def probe(
             spearman, pairs = encoder_sts(encoder, read_sts_b(sts_split))
             print(f"STS-B {sts_split}: Spearman x100 {spearman:.2f} over {pairs} pairs")
     if "weighting" in measure:
-        _weighting(encoder, directory, split, columns, num_sentences, weighting)
+        _weighting(encoder, model, directory, split, columns, num_sentences, weighting)
     if "geometry" in measure:
-        _geometry(encoder, directory, conventions, geometry_sentences, max_length, seed)
+        _geometry(encoder, model, directory, conventions, geometry_sentences, max_length, seed)
 
 
-def _weighting(encoder, directory: Path, split: str, columns: Columns, num_sentences: int | None, config: WeightingConfig) -> None:
+def _weighting(encoder, model: str, directory: Path, split: str, columns: Columns, num_sentences: int | None, config: WeightingConfig) -> None:
     from ctrain.plots.weighting import plot_sentence_weights, plot_weight_vs_information
     from ctrain.probes.information import token_statistics
     from ctrain.probes.weighting import weighting_probe
@@ -195,8 +195,8 @@ def _weighting(encoder, directory: Path, split: str, columns: Columns, num_sente
             keys = FIT_KEYS[method, quantity]
             print(f"  {method.upper():4s} vs {label:10s} R^2 {100 * result.metrics[keys.r2]:7.2f}   "
                   f"beta {100 * result.metrics[keys.slope]:8.2f}   n {int(result.metrics[keys.n])}")  # fmt: skip
-        plot_weight_vs_information(result, directory / f"{method}_vs_kl.png", method, "kl")
-        plot_sentence_weights(result, directory / f"{method}_sentences.png", 4, method)
+        plot_weight_vs_information(result, directory / f"{method}_vs_kl.png", method, "kl", model)
+        plot_sentence_weights(result, directory / f"{method}_sentences.png", 4, method, model)
     if IG_COMPLETENESS_ERROR_MEAN in result.metrics:
         print(f"  IG completeness error: mean {result.metrics[IG_COMPLETENESS_ERROR_MEAN]:.2e}, "
               f"max {result.metrics[IG_COMPLETENESS_ERROR_MAX]:.2e}")  # fmt: skip
@@ -209,7 +209,7 @@ def _weighting(encoder, directory: Path, split: str, columns: Columns, num_sente
               f"about {format_seconds(progress.seconds_for(len(corpus)))} (from these {len(sentences)} random ones)")
 
 
-def _geometry(encoder, directory, conventions, geometry_sentences, max_length, seed):
+def _geometry(encoder, model, directory, conventions, geometry_sentences, max_length, seed):
     from ctrain.plots.geometry import plot_metrics_by_layer
     from ctrain.probes.geometry import GeometryConfig, format_layer_table, geometry_probe
 
@@ -217,7 +217,7 @@ def _geometry(encoder, directory, conventions, geometry_sentences, max_length, s
         config = GeometryConfig(convention=convention, num_sentences=geometry_sentences, max_length=max_length, seed=seed)
         result = geometry_probe(encoder, config=config)
         atomic_write_text(directory / f"geometry_{convention}.json", result.to_json())
-        plot_metrics_by_layer(result, directory / f"geometry_{convention}.png")
+        plot_metrics_by_layer(result, directory / f"geometry_{convention}.png", model)
         print(f"\ngeometry, convention {convention}, {result.num_sentences} STS-B {config.split} sentences:")
         print(format_layer_table(result))
 

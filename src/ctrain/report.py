@@ -26,27 +26,12 @@ from matplotlib.figure import Figure
 
 from ctrain.fileio import atomic_path, atomic_write_text
 from ctrain.loggers import EXAMPLES_SEEN
+from ctrain.plots.geometry import words as geometry_words
 
 XAxis = Literal["step", "examples"]
 X_LABELS = {"step": "optimizer step", "examples": "training examples seen"}
 METHODS = {"ig": "IG", "shap": "SHAP"}
 QUANTITIES = {"kl": "KL(w)", "dkl": "dKL(w)", "selfinfo": "-log P(w)"}
-GEOMETRY_WORDS = {
-    "anisotropy": "anisotropy (mean cosine of random word pairs)",
-    "self_similarity": "self-similarity (same word, other contexts)",
-    "intra_similarity": "intra-sentence similarity (word vs its sentence)",
-    "norm_mean": "mean embedding norm",
-    "rogue_top1": "share of the largest dimension",
-    "rogue_top2": "share of the 2nd largest dimension",
-    "rogue_top3": "share of the 3rd largest dimension",
-    "rogue_dims_10": "dimensions holding 10% of the share",
-    "rogue_dims_20": "dimensions holding 20% of the share",
-    "rogue_dims_50": "dimensions holding 50% of the share",
-    "informativity_r2_k1": "informativity R^2, top 1 rogue dim removed",
-    "informativity_r2_k3": "informativity R^2, top 3 rogue dims removed",
-    "alignment": "alignment (positive pairs)",
-    "uniformity": "uniformity (log mean Gaussian potential)",
-}
 SCALARS = {
     "val/stsb_spearman": "STS-B dev Spearman x100",
     "test/stsb_spearman": "STS-B test Spearman x100 (final model)",
@@ -171,7 +156,7 @@ def metric_families(columns: Iterable[str]) -> dict[str, tuple[str, dict[str, st
         elif re.fullmatch(r"geometry/(alignment|uniformity)", column):
             geometry.setdefault(column.split("/")[1], {})["sentence embedding"] = column
     for name, lines in sorted(geometry.items()):
-        families[f"geometry_{name}"] = (GEOMETRY_WORDS.get(name, name.replace("_", " ")), lines)
+        families[f"geometry_{name}"] = (geometry_words(name), lines)
     return families
 
 

@@ -1,43 +1,62 @@
-"""Figures of the geometry probe: metric vs layer for one model, metric vs step for a run.
+"""Figures of the geometry probe: every metric family against layer, for one model.
 
 Agg backend without pyplot state; files are written atomically (`save_figure`), since a
-dashboard may read a figure while the next probe rewrites it.
+dashboard may read a figure while the next probe rewrites it. `METRIC_WORDS` is the one
+place that names the geometry metrics in words; `ctrain report` uses it for its per-step figures.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from matplotlib import colormaps
 from matplotlib.figure import Figure
 
-from ctrain.plots.weighting import save_figure
-from ctrain.probes.geometry import GeometryResult
+if TYPE_CHECKING:  # `ctrain report` imports the words without torch
+    from ctrain.probes.geometry import GeometryResult
 
-# One panel per family in the by-layer figure; `anisotropy_std` and `norm_std` draw bands.
-FAMILIES: dict[str, tuple[str, ...]] = {
-    "cosine similarity": ("anisotropy", "self_similarity", "intra_similarity"),
-    "minus anisotropy A_l": ("self_similarity_adjusted", "intra_similarity_adjusted"),
-    "token norm": ("norm_mean",),
-    "rogue dimension share": ("rogue_top1", "rogue_top2", "rogue_top3"),
-    "dimensions for share": ("rogue_dims_10", "rogue_dims_20", "rogue_dims_50"),
-    "informativity r^2": (),  # filled with the informativity_r2_k* columns present
+METRIC_WORDS: dict[str, str] = {
+    "anisotropy": "anisotropy (mean cosine of random word pairs)",
+    "self_similarity": "self-similarity (same word, other contexts)",
+    "intra_similarity": "intra-sentence similarity (word vs its sentence)",
+    "self_similarity_adjusted": "self-similarity minus anisotropy",
+    "intra_similarity_adjusted": "intra-sentence similarity minus anisotropy",
+    "norm_mean": "mean embedding norm",
+    "rogue_top1": "share of the largest dimension",
+    "rogue_top2": "share of the 2nd largest dimension",
+    "rogue_top3": "share of the 3rd largest dimension",
+    "rogue_dims_10": "dimensions holding 10% of the share",
+    "rogue_dims_20": "dimensions holding 20% of the share",
+    "rogue_dims_50": "dimensions holding 50% of the share",
+    "informativity_r2_k1": "informativity R^2, top 1 rogue dim removed",
+    "informativity_r2_k3": "informativity R^2, top 3 rogue dims removed",
+    "alignment": "alignment (positive pairs)",
+    "uniformity": "uniformity (log mean Gaussian potential)",
 }
-BANDS = {"anisotropy": "anisotropy_std", "norm_mean": "norm_std"}
-STEP_METRICS = (
-    "anisotropy",
-    "self_similarity_adjusted",
-    "intra_similarity_adjusted",
-    "norm_mean",
-    "rogue_top1",
-    "informativity_r2_k1",
+
+# One panel per family: (panel title, y-axis label, metrics); informativity lists the columns present.
+FAMILIES: tuple[tuple[str, str, tuple[str, ...]], ...] = (
+    ("similarities", "cosine similarity", ("anisotropy", "self_similarity", "intra_similarity")),
+    ("similarities minus anisotropy", "cosine similarity - anisotropy", ("self_similarity_adjusted", "intra_similarity_adjusted")),
+    ("token norms", "L2 norm of token vectors", ("norm_mean",)),
+    ("rogue dimensions", "share of cosine similarity", ("rogue_top1", "rogue_top2", "rogue_top3")),
+    ("dimensions for a share", "number of dimensions", ("rogue_dims_10", "rogue_dims_20", "rogue_dims_50")),
+    ("informativity", "R^2 of cosines (full vs reduced)", ()),
 )
-PREFIX = "geometry/"
+# Metrics drawn with a +-1 standard deviation band, and what the spread is over.
+BANDS: dict[str, tuple[str, str]] = {
+    "anisotropy": ("anisotropy_std", "+-1 std over resamples"),
+    "norm_mean": ("norm_std", "+-1 std over tokens"),
+}
 
 
-def _grid(panels: int, width: float = 4.0, height: float = 3.0) -> tuple[Figure, list]:
+def words(metric: str) -> str:
+    """The metric in words (its key with spaces when it has no entry)."""
+    return METRIC_WORDS.get(metric, metric.replace("_", " "))
+
+
+def _grid(panels: int, width: float = 4.2, height: float = 3.2) -> tuple[Figure, list]:
     """A figure with `panels` axes in rows of at most three."""
     columns = min(3, panels)
     rows = math.ceil(panels / columns)
@@ -48,82 +67,39 @@ def _grid(panels: int, width: float = 4.0, height: float = 3.0) -> tuple[Figure,
     return figure, list(axes[:panels])
 
 
-def plot_metrics_by_layer(result: GeometryResult, path: str | Path, title: str | None = None) -> Path:
-    """Each metric family against layer 0..L, with the resample spread of A_l and the norm std as bands."""
+def plot_metrics_by_layer(result: "GeometryResult", path: str | Path, model: str = "model") -> Path:
+    """Each metric family against layer 0 (embeddings) .. L, in words, with the spread of A_l and of the norms as bands."""
     columns = result.per_layer[0].keys()
-    families = {
-        name: [m for m in (metrics or sorted(c for c in columns if c.startswith("informativity_r2_k"))) if m in columns]
-        for name, metrics in FAMILIES.items()
-    }
-    families = {name: metrics for name, metrics in families.items() if metrics}
-    figure, axes = _grid(len(families))
+    panels = []
+    for title, y_label, metrics in FAMILIES:
+        chosen = metrics or tuple(sorted(c for c in columns if c.startswith("informativity_r2_k")))
+        present = [metric for metric in chosen if metric in columns]
+        if present:
+            panels.append((title, y_label, present))
+    figure, axes = _grid(len(panels))
     layers = list(range(len(result.per_layer)))
-    for axis, (family, metrics) in zip(axes, families.items()):
+    for axis, (title, y_label, metrics) in zip(axes, panels):
         for metric in metrics:
             values = [row[metric] for row in result.per_layer]
-            (line,) = axis.plot(layers, values, marker="o", markersize=3, label=metric)
-            if metric in BANDS and BANDS[metric] in columns:
-                spread = [row[BANDS[metric]] for row in result.per_layer]
+            (line,) = axis.plot(layers, values, marker="o", markersize=3, label=words(metric))
+            band = BANDS.get(metric)
+            if band and band[0] in columns:
+                spread = [row[band[0]] for row in result.per_layer]
                 low = [v - s for v, s in zip(values, spread)]
                 high = [v + s for v, s in zip(values, spread)]
-                axis.fill_between(layers, low, high, color=line.get_color(), alpha=0.2, linewidth=0)
-        axis.set_title(family, fontsize=10)
-        axis.set_xlabel("layer")
+                axis.fill_between(layers, low, high, color=line.get_color(), alpha=0.2, linewidth=0, label=band[1])
+        axis.set_title(title, fontsize=10)
+        axis.set_xlabel("layer (0 = embeddings)")
+        axis.set_ylabel(y_label)
         axis.set_xticks(layers)
+        axis.grid(alpha=0.3)
         axis.legend(fontsize=7)
-    summaries = ", ".join(f"{k} {v:.3g}" for k, v in result.metrics.items() if "/layer_" not in k)
-    figure.suptitle(title or f"geometry by layer ({result.convention}){': ' + summaries if summaries else ''}", fontsize=10)
-    return save_figure(figure, path)
+    sentence_level = ", ".join(f"{words(k)} {v:.3g}" for k, v in result.metrics.items() if "/layer_" not in k)
+    figure.suptitle(
+        f"{model}: geometry by layer, convention {result.convention}, {result.num_sentences} sentences"
+        + (f"\nsentence embeddings: {sentence_level}" if sentence_level else ""),
+        fontsize=10,
+    )
+    from ctrain.plots.weighting import save_figure
 
-
-def _strip(metrics: Mapping[str, float]) -> dict[str, float]:
-    """Metric keys without the callback's `geometry/` prefix."""
-    return {key.removeprefix(PREFIX): value for key, value in metrics.items()}
-
-
-def plot_metrics_by_step(
-    records: Sequence[tuple[int, Mapping[str, float]]],
-    path: str | Path,
-    metrics: Sequence[str] = STEP_METRICS,
-    layers: Sequence[int] | None = None,
-    log_steps: bool = False,
-) -> Path:
-    """Per-layer metrics against training step (one line per layer), and the alignment-uniformity trajectory.
-
-    `records` are (step, metrics) pairs as logged (keys `<metric>/layer_<l>`, optionally
-    prefixed `geometry/`); metrics or layers absent from every record are left out.
-    """
-    records = sorted(((step, _strip(values)) for step, values in records), key=lambda record: record[0])
-    keys = set().union(*(values for _, values in records)) if records else set()
-    available = sorted({int(key.rsplit("_", 1)[1]) for key in keys if "/layer_" in key})
-    layers = [layer for layer in (layers if layers is not None else available) if layer in available]
-    shown = [m for m in metrics if any(f"{m}/layer_{layer}" in keys for layer in layers)]
-    trajectory = {"alignment", "uniformity"} <= keys
-    figure, axes = _grid(max(1, len(shown) + trajectory))
-    colours = colormaps["viridis"]
-    for axis, metric in zip(axes, shown):
-        for layer in layers:
-            key = f"{metric}/layer_{layer}"
-            points = [(step, values[key]) for step, values in records if key in values]
-            if points:
-                colour = colours(layer / max(1, max(available)))
-                axis.plot(*zip(*points), marker="o", markersize=2, color=colour, label=f"layer {layer}")
-        axis.set_title(metric, fontsize=10)
-        axis.set_xlabel("step")
-        if log_steps:
-            axis.set_xscale("symlog", linthresh=1)
-    if shown:
-        axes[0].legend(fontsize=7, ncol=2)
-    if trajectory:
-        axis = axes[len(shown)]
-        points = [(step, v["uniformity"], v["alignment"]) for step, v in records if {"alignment", "uniformity"} <= v.keys()]
-        steps, uniformity, alignment = zip(*points)
-        axis.plot(uniformity, alignment, color="0.7", linewidth=0.8, zorder=1)
-        scatter = axis.scatter(uniformity, alignment, c=steps, cmap="viridis", s=12, zorder=2)
-        figure.colorbar(scatter, ax=axis, label="step")
-        axis.set_xlabel("uniformity (lower = more uniform)")
-        axis.set_ylabel("alignment (lower = closer positives)")
-        axis.set_title("alignment vs uniformity", fontsize=10)
-    if not shown and not trajectory:
-        axes[0].text(0.5, 0.5, "no geometry records", ha="center", va="center", transform=axes[0].transAxes)
     return save_figure(figure, path)

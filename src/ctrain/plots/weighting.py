@@ -32,7 +32,7 @@ def save_figure(figure: Figure, path: str | Path) -> Path:
 
 
 def plot_weight_vs_information(
-    result: WeightingResult, path: str | Path, method: str = "ig", quantity: Quantity = "kl"
+    result: WeightingResult, path: str | Path, method: str = "ig", quantity: Quantity = "kl", model: str = "model"
 ) -> Path:
     """Scatter of ``c'`` against information with its OLS line; the points are exactly those of the metric."""
     x, y = result.regression_data(method, quantity)
@@ -45,12 +45,16 @@ def plot_weight_vs_information(
         axes.plot(line, fit.intercept + fit.slope * line, color="C3")
     axes.set_xlabel(LABELS[quantity])
     axes.set_ylabel(f"normalised {method.upper()} weight c'")
-    axes.set_title(f"R^2 x 100 = {100 * fit.r2:.1f}, beta x 100 = {100 * fit.slope:.1f}, n = {fit.n}", fontsize=9)
+    axes.set_title(
+        f"{model}: {method.upper()} weight vs {LABELS[quantity]}\n"
+        f"R^2 x 100 = {100 * fit.r2:.1f}, beta x 100 = {100 * fit.slope:.1f}, n = {fit.n} points",
+        fontsize=9,
+    )
     return save_figure(figure, path)
 
 
 def plot_sentence_weights(
-    result: WeightingResult, path: str | Path, sentences: int | Sequence[int] = 4, method: str = "ig"
+    result: WeightingResult, path: str | Path, sentences: int | Sequence[int] = 4, method: str = "ig", model: str = "model"
 ) -> Path:
     """Per-sentence bars of ``c'`` next to ``KL`` normalised the same way (divided by its sentence mean)."""
     available = sorted({r.sentence for r in result.records})
@@ -67,6 +71,8 @@ def plot_sentence_weights(
         axes.bar(positions + 0.2, kl_normalised, width=0.4, label="KL / sentence mean")
         axes.set_xticks(positions, [r.token for r in records], rotation=45, ha="right", fontsize=8)
         axes.set_title(f"sentence {sentence}", fontsize=9)
+        axes.set_ylabel("weight / sentence mean")
         if row == 1:
             axes.legend(fontsize=8)
+    figure.suptitle(f"{model}: {method.upper()} weight c' and KL(w) of each word, both divided by their sentence mean", fontsize=10)
     return save_figure(figure, path)

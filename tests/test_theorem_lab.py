@@ -243,3 +243,27 @@ def test_exact_setting_runs_from_its_config_and_logs_every_fit(tmp_path):
     assert [int(row["step"]) for row in probed] == [0, 4]
     for keys in THEOREM_KEYS.values():
         assert all(math.isfinite(float(row[keys.spearman])) for row in probed)
+
+
+def test_lab_report_table_and_figures_come_from_the_last_probe():
+    import pandas as pd
+
+    from ctrain import lab_report
+
+    slope, r2 = THEOREM_KEYS["input", "kl"].slope, THEOREM_KEYS["input", "kl"].r2
+
+    def run(final_slope: float) -> pd.DataFrame:
+        return pd.DataFrame(
+            {"step": [0, 50, 100], "examples": [0, 50, 100], slope: [0.0, float("nan"), final_slope], r2: [0.1, None, 0.5]}
+            | {"train/loss": [1.4, 1.3, 1.2]}
+        )
+
+    runs = {"config=sgns": run(2.0), "config=exact": run(-0.5)}
+    rows = lab_report.table_rows(runs, order=["exact", "sgns"])
+    assert [row["setting"] for row in rows] == ["exact", "sgns"]
+    assert rows[0]["input rows: slope on KL(w)"] == -0.5 and rows[1]["input rows: R^2 on KL(w)"] == 0.5
+    assert rows[0]["final training loss"] == 1.2 and math.isnan(rows[0]["input rows: Spearman on KL(w)"])
+    figures = lab_report.figures(runs, "lab", "step")
+    assert set(figures) == {"theorem_input_kl_slope", "theorem_input_kl_r2"}
+    assert len(figures["theorem_input_kl_slope"].axes[0].lines) == 2
+    assert lab_report.csv_text(rows).splitlines()[0].startswith("setting,last step,")

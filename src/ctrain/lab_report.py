@@ -45,10 +45,15 @@ def _last(frame: pd.DataFrame, column: str) -> float:
     return float(series.iloc[-1]) if not series.empty else math.nan
 
 
-def table_rows(runs: dict[str, pd.DataFrame], order: list[str] = ()) -> list[dict]:
-    """One row per setting (the run label without `config=`), the settings in `order` first, in that order."""
+def _ordered(runs: dict[str, pd.DataFrame], order: list[str]) -> list[str]:
+    """Run labels, the settings in `order` first, in that order (the sweep file's: the exact setting first)."""
     rank = {name: i for i, name in enumerate(order)}
-    settings = sorted(runs, key=lambda label: (rank.get(_setting(label), len(rank)), label))
+    return sorted(runs, key=lambda label: (rank.get(_setting(label), len(rank)), label))
+
+
+def table_rows(runs: dict[str, pd.DataFrame], order: list[str] = ()) -> list[dict]:
+    """One row per setting (the run label without `config=`), in `order` (see `_ordered`)."""
+    settings = _ordered(runs, order)
     columns = table_columns()
     return [
         {"setting": _setting(label), "last step": int(runs[label]["step"].max())}
@@ -61,10 +66,13 @@ def _setting(label: str) -> str:
     return label.removeprefix("config=")
 
 
-def figures(runs: dict[str, pd.DataFrame], title: str, x: XAxis) -> dict[str, Figure]:
-    """A figure per (target, quantity, statistic) that some run measured, a curve per setting."""
+def figures(runs: dict[str, pd.DataFrame], title: str, x: XAxis, order: list[str] = ()) -> dict[str, Figure]:
+    """A figure per (target, quantity, statistic) that some run measured, a curve per setting (in `order`).
+
+    Slopes differ by orders of magnitude between settings (the norms' scale is free under cosine or
+    normalisation): their axis is symmetric-log, with the theorem's slope 1 dotted."""
     drawn = {}
-    curves_by_setting = {_setting(label): frame for label, frame in runs.items()}
+    curves_by_setting = {_setting(label): runs[label] for label in _ordered(runs, order)}
     for target, target_words in TARGETS.items():
         for quantity, quantity_words in QUANTITIES.items():
             for statistic, words in STATISTICS.items():
@@ -74,6 +82,9 @@ def figures(runs: dict[str, pd.DataFrame], title: str, x: XAxis) -> dict[str, Fi
                 figure = line_figure(curves, y_label, f"{y_label}\n{title}", x)
                 if figure is not None:
                     drawn[f"theorem_{target}_{quantity}_{statistic}"] = _legend_outside(figure)
+                    if statistic == "slope":
+                        figure.axes[0].set_yscale("symlog", linthresh=1.0)
+                        figure.axes[0].axhline(1.0, color="black", linestyle=":", linewidth=1)
     return drawn
 
 

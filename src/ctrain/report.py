@@ -335,7 +335,7 @@ def report(
             settings = [Path(str(value)).stem for value in spec["parameters"].get("config", {}).get("values", [])]
             lab_rows = lab_report.table_rows(runs, settings)
             atomic_write_text(target / "theorem_lab.csv", lab_report.csv_text(lab_rows))
-            figures = lab_report.figures(runs, title, axis) | figures
+            figures = lab_report.figures(runs, title, axis, settings) | figures
             tables.insert(0, _table(lab_rows, lab_report.CAPTION))
         return _write(figures, target, title, tables)
     frame = read_run(path)

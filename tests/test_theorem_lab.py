@@ -265,5 +265,6 @@ def test_lab_report_table_and_figures_come_from_the_last_probe():
     assert rows[0]["final training loss"] == 1.2 and math.isnan(rows[0]["input rows: Spearman on KL(w)"])
     figures = lab_report.figures(runs, "lab", "step")
     assert set(figures) == {"theorem_input_kl_slope", "theorem_input_kl_r2"}
-    assert len(figures["theorem_input_kl_slope"].axes[0].lines) == 2
+    assert len(figures["theorem_input_kl_r2"].axes[0].lines) == 2
+    assert len(figures["theorem_input_kl_slope"].axes[0].lines) == 3  # and the theorem's slope 1, dotted
     assert lab_report.csv_text(rows).splitlines()[0].startswith("setting,last step,")

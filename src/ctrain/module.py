@@ -182,9 +182,10 @@ class ContrastiveModule(pl.LightningModule):
     def setup(self, stage: str) -> None:
         """sgns: the unigram distribution^alpha of the training corpus's words, the negatives' distribution."""
         if self.hparams.objective == "sgns" and stage == "fit" and self.sgns_noise.numel() == 0:
-            examples = self.trainer.datamodule.examples
-            batch = self.encoder.tokenizer([text for example in examples for text in example], truncation=True, max_length=self.trainer.datamodule.hparams.max_length)
-            ids = torch.tensor([token for sentence in batch["input_ids"] for token in sentence])
+            data = self.trainer.datamodule
+            texts = [text for example in data.examples for text in example]
+            encoded = self.encoder.tokenizer(texts, truncation=True, max_length=data.hparams.max_length)  # as the batches are
+            ids = torch.tensor([token for sentence in encoded["input_ids"] for token in sentence])
             ids = ids[~self.encoder.special_mask(ids)]
             counts = torch.bincount(ids, minlength=self.encoder.word_embeddings.num_embeddings).double()
             self.sgns_noise = (counts**self.hparams.sgns_alpha * (counts > 0)).float().to(self.device)
@@ -214,10 +215,12 @@ class ContrastiveModule(pl.LightningModule):
         if self.hparams.objective == "sgns":
             return self._log_loss(self._sgns_loss(input_ids, attention_mask), input_ids.shape[0])
         if views > 1 and self.hparams.positives != "dropout":
-            raise ValueError(f"model.positives={self.hparams.positives} makes positives of single sentences; this data has {views} texts per example")
+            raise ValueError(
+                f"model.positives={self.hparams.positives} makes positives of single sentences; this data has {views} texts per example"
+            )
         if views == 1 and self.hparams.positives == "identical":  # the positive is the anchor's own embedding
-            embedding = self(input_ids, attention_mask)
-            views_embeddings = (embedding, embedding)
+            embeddings = self(input_ids, attention_mask)
+            views_embeddings = (embeddings, embeddings)
         else:
             if views == 1:
                 input_ids, attention_mask = self._positive_views(input_ids, attention_mask)

@@ -22,11 +22,13 @@ from torch import Tensor, nn
 from transformers import AutoConfig, AutoModel, AutoTokenizer, PreTrainedTokenizerBase
 
 from ctrain import assets
+from ctrain.bag import BagConfig, BagModel
 
 Pooling = Literal["mean", "cls", "cls_mlp", "max"]
 POOLINGS: tuple[str, ...] = ("mean", "cls", "cls_mlp", "max")
 
 TINY_PREFIX = "tiny-"
+BAG_PREFIX = "bag-"
 HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[\w.-]+)?")
 TINY_ARCHITECTURES = ("bert", "roberta", "mpnet")
 
@@ -263,6 +265,37 @@ def tiny_backbone(
         return AutoModel.from_config(config, add_pooling_layer=False)
 
 
+def bag_backbone(
+    tokenizer: PreTrainedTokenizerBase, hidden_size: int = 64, num_layers: int = 0, seed: int = 0
+) -> nn.Module:
+    """A random bag-of-embeddings backbone over the tokenizer's vocabulary (ctrain.bag)."""
+    config = BagConfig(vocab_size=len(tokenizer), hidden_size=hidden_size, num_hidden_layers=num_layers, pad_token_id=tokenizer.pad_token_id)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return BagModel(config)
+
+
+def _without_special_tokens(tokenizer: PreTrainedTokenizerBase) -> PreTrainedTokenizerBase:
+    """The tokenizer, adding no [CLS]/[SEP]: a bag's mean is over the sentence's own tokens (saved with it)."""
+    from tokenizers.processors import TemplateProcessing
+
+    tokenizer.backend_tokenizer.post_processor = TemplateProcessing(single="$A", pair="$A $B", special_tokens=[])
+    return tokenizer
+
+
+def _random_backbone(source: str, trust_remote_code: bool, seed: int) -> nn.Module:
+    """The architecture of `source` with every weight drawn afresh (`init_weights` after `from_pretrained`
+    keeps the loaded weights: transformers marks them initialised), in float32."""
+    config = AutoConfig.from_pretrained(source, trust_remote_code=trust_remote_code)
+    options = {"trust_remote_code": trust_remote_code, "dtype": torch.float32}
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        try:
+            return AutoModel.from_config(config, add_pooling_layer=False, **options)
+        except TypeError:  # architectures without that argument have no such pooler
+            return AutoModel.from_config(config, **options)
+
+
 def _pretrained_backbone(source: str, trust_remote_code: bool) -> nn.Module:
     """The bare encoder in float32, without the unused next-sentence pooler, whose parameters DDP would flag.
 
@@ -330,18 +363,54 @@ def load_encoder(
     tiny_hidden_size: int = 64,
     tiny_num_layers: int = 2,
     seed: int = 0,
+    bag_layers: int = 0,
+    reinitialize: bool = False,
+    embedding_init_std: float | None = None,
 ) -> SentenceEncoder:
-    """Load an encoder by hub id, local path, offline short name, or `tiny-<bert|roberta|mpnet>`.
+    """Load an encoder by hub id, local path, offline short name, `tiny-<bert|roberta|mpnet>` or `bag-<...>`.
 
     For a sentence-transformers directory (the offline encoders, ctrain's saved models)
     pooling and normalisation default to what the directory declares and its Dense layers
-    are kept; elsewhere the defaults are mean pooling without normalisation.
+    are kept; elsewhere the defaults are mean pooling without normalisation. `bag-<arch>` is
+    a bag of `tiny_hidden_size`-wide token embeddings over that family's tokenizer, without
+    [CLS]/[SEP] (so `cls` pooling takes the first token), with `bag_layers` transformer layers on top.
+    `reinitialize` keeps a loaded model's architecture and tokenizer and redraws every weight
+    (seeded by `seed`); `embedding_init_std` redraws the input word embeddings from N(0, std^2).
     """
-    if name.startswith(TINY_PREFIX):
-        architecture = name[len(TINY_PREFIX) :]
-        tokenizer = _tiny_tokenizer(architecture)
-        backbone = tiny_backbone(architecture, tokenizer, tiny_hidden_size, tiny_num_layers, seed)
-        return SentenceEncoder(backbone, tokenizer, pooling or "mean", mlp_only_train, bool(normalize))
+    if embedding_init_std is not None and embedding_init_std <= 0:
+        raise ValueError(f"embedding_init_std must be positive, got {embedding_init_std}")
+    encoder = _load_encoder(name, pooling, normalize, mlp_only_train, trust_remote_code, tiny_hidden_size, tiny_num_layers, seed, bag_layers, reinitialize)
+    if embedding_init_std is not None:
+        with torch.random.fork_rng(devices=[]), torch.no_grad():
+            torch.manual_seed(seed)
+            nn.init.normal_(encoder.word_embeddings.weight, 0.0, embedding_init_std)
+    return encoder
+
+
+def _load_encoder(
+    name: str,
+    pooling: Pooling | None,
+    normalize: bool | None,
+    mlp_only_train: bool,
+    trust_remote_code: bool,
+    tiny_hidden_size: int,
+    tiny_num_layers: int,
+    seed: int,
+    bag_layers: int,
+    reinitialize: bool,
+) -> SentenceEncoder:
+    for prefix in (TINY_PREFIX, BAG_PREFIX):
+        if name.startswith(prefix):  # random already: `reinitialize` has nothing to redraw
+            architecture = name[len(prefix) :]
+            if architecture not in TINY_ARCHITECTURES:
+                raise ValueError(f"unknown architecture '{name}': choose {prefix}{f', {prefix}'.join(TINY_ARCHITECTURES)}")
+            tokenizer = _tiny_tokenizer(architecture)
+            if prefix == BAG_PREFIX:
+                tokenizer = _without_special_tokens(tokenizer)
+                backbone = bag_backbone(tokenizer, tiny_hidden_size, bag_layers, seed)
+            else:
+                backbone = tiny_backbone(architecture, tokenizer, tiny_hidden_size, tiny_num_layers, seed)
+            return SentenceEncoder(backbone, tokenizer, pooling or "mean", mlp_only_train, bool(normalize))
 
     path = assets.offline_encoder_path(name) or Path(name).expanduser()
     if path.exists():
@@ -353,7 +422,9 @@ def load_encoder(
         raise FileNotFoundError(f"model path '{name}' does not exist: give an existing directory or a hub id")
     try:
         tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
-        backbone = _pretrained_backbone(source, trust_remote_code)
+        backbone = _random_backbone(source, trust_remote_code, seed) if reinitialize else _pretrained_backbone(source, trust_remote_code)
+        if isinstance(backbone, BagModel):  # the saved tokenizer gets its [CLS]/[SEP] back on loading
+            tokenizer = _without_special_tokens(tokenizer)
     except OSError as error:
         if path.exists():
             raise
@@ -362,6 +433,13 @@ def load_encoder(
             f"connected machine and pass its local directory as model.encoder, or use all-MiniLM-L6-v2, "
             f"all-mpnet-base-v2 or tiny-bert"
         ) from None
+    if reinitialize:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed + 1)
+            for layer in declared.dense:
+                for module in layer.modules():
+                    if isinstance(module, nn.Linear):
+                        module.reset_parameters()
     return SentenceEncoder(
         backbone,
         tokenizer,

@@ -155,3 +155,15 @@ def logistic_loss(
     positive_term = F.logsigmoid(logits[rows, own])
     negative_term = F.logsigmoid(-logits.gather(1, negatives)).sum(1)
     return -(positive_term + negative_term).mean()
+
+
+def sgns_loss(words: Tensor, contexts: Tensor, negatives: Tensor) -> Tensor:
+    """word2vec's skip-gram with negative sampling, averaged over pairs.
+
+    -log sigma(<u_w, v_c>) - sum over k noise words n of log sigma(-<u_w, v_n>); ``words`` and
+    ``contexts`` are (P, d), ``negatives`` (P, k, d). Per pair, not per batch, so no gathering.
+    """
+    words, contexts, negatives = words.float(), contexts.float(), negatives.float()
+    positive = F.logsigmoid((words * contexts).sum(-1))
+    negative = F.logsigmoid(-torch.einsum("pd,pkd->pk", words, negatives)).sum(-1)
+    return -(positive + negative).mean()

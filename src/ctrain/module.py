@@ -19,11 +19,15 @@ from ctrain.losses import (
     logistic_loss,
     pair_classifier_loss,
     replaced_token_detection_loss,
+    sgns_loss,
     symmetric_info_nce,
 )
 from ctrain.probes.sts import sts_spearman
 
-Objective = Literal["infonce", "symmetric_infonce", "logistic", "nli_classifier", "diffcse"]
+Objective = Literal["infonce", "symmetric_infonce", "logistic", "nli_classifier", "diffcse", "sgns"]
+Positives = Literal["dropout", "identical", "token_dropout", "halves"]
+Optimizer = Literal["adamw", "sgd"]
+Schedule = Literal["linear", "constant"]
 
 # Distinct seeds per (step, rank) for the dropout RNG; any odd constant larger than a world size works.
 _STEP_STRIDE = 1_000_003
@@ -45,18 +49,34 @@ class ContrastiveModule(pl.LightningModule):
             symmetric_infonce (infonce averaged with its positives -> anchors direction: the all-* models' loss);
             logistic (sigma(<s, s'>) with the sentence itself positive, random others negative);
             nli_classifier (SBERT: softmax classifier over (u, v, |u - v|) on NLI-labelled pairs);
-            diffcse (infonce plus DiffCSE's replaced-token detection conditioned on the sentence embedding).
+            diffcse (infonce plus DiffCSE's replaced-token detection conditioned on the sentence embedding);
+            sgns (skip-gram with negative sampling over pairs of tokens of one sentence, the token itself
+            included as KL(w) counts it: the word-level objective the theorem's proof reduces to; input
+            vectors are the encoder's word embeddings, output vectors a training-only table).
         hard_negative_weight: added to the logit of each anchor's own hard negative (SimCSE's z3 weight).
-        logistic_negatives: random negatives per anchor for the logistic objective.
+        logistic_negatives: random negatives per anchor (logistic) or per word pair (sgns).
+        sgns_alpha: sgns draws negatives from the training corpus's unigram distribution to this power
+            (1: the distribution the proof uses; 0.75: word2vec's).
+        positives: how an unsupervised sentence's positive is made: dropout (the same sentence through a
+            second dropout mask, SimCSE), identical (the very same embedding: the theorem's s' = s),
+            token_dropout (each view drops each word with probability `token_dropout`), halves (a random
+            split of the words into two disjoint halves, one per view). Views keep [CLS]/[SEP]; a view
+            left without words keeps all of them (a one-word sentence is its own positive under halves).
+        token_dropout: word drop probability of positives=token_dropout.
         diffcse_generator: the frozen masked LM that edits sentences for diffcse (a path or hub id with
             the encoder's tokenizer, e.g. distilbert-base-uncased for BERT; tiny-bert: random, for CPU runs).
         diffcse_weight: weight of the replaced-token-detection loss (DiffCSE's lambda).
         diffcse_mask_ratio: share of words the generator may edit.
-        learning_rate, weight_decay: AdamW.
-        warmup: linear warm-up, in steps (>= 1) or as a fraction of all steps (< 1); linear decay to 0 after.
+        optimizer: adamw, or sgd (plain gradient descent, no momentum).
+        learning_rate, weight_decay: of the optimizer (decoupled for adamw, L2 added to the gradient for sgd).
+        warmup: linear warm-up, in steps (>= 1) or as a fraction of all steps (< 1).
+        schedule: after warm-up, linear decay to 0 (linear) or a constant learning rate (constant).
         dropout: override the encoder's hidden and attention dropout (the positives' only noise when unsupervised).
         trust_remote_code: allow a hub model's own code to run.
-        tiny_hidden_size, tiny_num_layers: size of a `tiny-*` encoder.
+        tiny_hidden_size, tiny_num_layers: size of a `tiny-*` encoder (tiny_hidden_size: width of a `bag-*` one).
+        bag_layers: transformer layers on top of a `bag-*` encoder's embeddings (0: a pure bag of embeddings).
+        reinitialize: keep a loaded model's architecture and tokenizer, redraw every weight (a random start).
+        embedding_init_std: redraw the input word embeddings from N(0, std^2) (the initial embedding scale).
     """
 
     def __init__(
@@ -70,16 +90,24 @@ class ContrastiveModule(pl.LightningModule):
         objective: Objective = "infonce",
         hard_negative_weight: float = 0.0,
         logistic_negatives: int = 1,
+        sgns_alpha: float = 1.0,
+        positives: Positives = "dropout",
+        token_dropout: float = 0.1,
         diffcse_generator: str | None = None,
         diffcse_weight: float = 0.005,
         diffcse_mask_ratio: float = 0.3,
+        optimizer: Optimizer = "adamw",
         learning_rate: float = 3e-5,
         weight_decay: float = 0.0,
         warmup: float = 0.0,
+        schedule: Schedule = "linear",
         dropout: float | None = None,
         trust_remote_code: bool = False,
         tiny_hidden_size: int = 64,
         tiny_num_layers: int = 2,
+        bag_layers: int = 0,
+        reinitialize: bool = False,
+        embedding_init_std: float | None = None,
     ) -> None:
         super().__init__()
         if temperature <= 0:
@@ -91,6 +119,11 @@ class ContrastiveModule(pl.LightningModule):
                 "model.objective=diffcse needs model.diffcse_generator: a masked-LM path with the encoder's tokenizer "
                 "(distilbert-base-uncased for bert-base-uncased), or tiny-bert on CPU"
             )
+        for name, value, choices in (("positives", positives, Positives), ("optimizer", optimizer, Optimizer), ("schedule", schedule, Schedule)):
+            if value not in get_args(choices):
+                raise ValueError(f"unknown model.{name} '{value}': choose one of {', '.join(get_args(choices))}")
+        if not 0 <= token_dropout < 1:
+            raise ValueError(f"model.token_dropout must be in [0, 1), got {token_dropout}")
         if not 0 < diffcse_mask_ratio < 1:
             raise ValueError(f"model.diffcse_mask_ratio must be between 0 and 1, got {diffcse_mask_ratio}")
         self.save_hyperparameters()
@@ -103,6 +136,9 @@ class ContrastiveModule(pl.LightningModule):
             tiny_hidden_size=tiny_hidden_size,
             tiny_num_layers=tiny_num_layers,
             seed=int(os.environ.get("PL_GLOBAL_SEED", 0)),
+            bag_layers=bag_layers,
+            reinitialize=reinitialize,
+            embedding_init_std=embedding_init_std,
         )
         if dropout is not None:
             self._set_dropout(dropout)
@@ -113,6 +149,13 @@ class ContrastiveModule(pl.LightningModule):
         )
         self.discriminator = ConditionedDiscriminator(self.encoder.backbone.config, seed) if objective == "diffcse" else None
         self.generator = FrozenGenerator(diffcse_generator, self.encoder.tokenizer, seed) if objective == "diffcse" else None
+        # word2vec's output vectors start at zero; the noise distribution is counted on the training corpus in setup().
+        self.context_embeddings = (
+            torch.nn.Embedding.from_pretrained(torch.zeros_like(self.encoder.word_embeddings.weight), freeze=False)
+            if objective == "sgns"
+            else None
+        )
+        self.register_buffer("sgns_noise", torch.empty(0), persistent=False)
         self._sts_outputs: list[tuple[Tensor, Tensor]] = []
 
     def _set_dropout(self, probability: float) -> None:
@@ -136,13 +179,53 @@ class ContrastiveModule(pl.LightningModule):
         self.encoder.train()
         torch.manual_seed(self._step_seed())
 
+    def setup(self, stage: str) -> None:
+        """sgns: the unigram distribution^alpha of the training corpus's words, the negatives' distribution."""
+        if self.hparams.objective == "sgns" and stage == "fit" and self.sgns_noise.numel() == 0:
+            data = self.trainer.datamodule
+            texts = [text for example in data.examples for text in example]
+            encoded = self.encoder.tokenizer(texts, truncation=True, max_length=data.hparams.max_length)  # as the batches are
+            ids = torch.tensor([token for sentence in encoded["input_ids"] for token in sentence])
+            ids = ids[~self.encoder.special_mask(ids)]
+            counts = torch.bincount(ids, minlength=self.encoder.word_embeddings.num_embeddings).double()
+            self.sgns_noise = (counts**self.hparams.sgns_alpha * (counts > 0)).float().to(self.device)
+
+    def _positive_views(self, input_ids: Tensor, attention_mask: Tensor) -> tuple[Tensor, Tensor]:
+        """Anchor and positive views of single sentences, stacked (2B rows); see `positives`."""
+        hp = self.hparams
+        if hp.positives == "dropout":
+            return input_ids.repeat(2, 1), attention_mask.repeat(2, 1)
+        words = ~self.encoder.special_mask(input_ids) & attention_mask.bool()
+        generator = torch.Generator().manual_seed(self._step_seed())
+        draws = torch.rand((2, *input_ids.shape), generator=generator).to(input_ids.device)
+        if hp.positives == "token_dropout":
+            keep = draws >= hp.token_dropout
+        else:  # halves: the words ranked in a random order, the first ceil(n/2) to one view, the rest to the other
+            rank = draws[0].masked_fill(~words, 2.0).argsort(1).argsort(1)
+            first = rank < (words.sum(1, keepdim=True) + 1) // 2
+            keep = torch.stack([first, ~first])
+        keep = keep & words
+        keep = keep | (~keep.any(-1, keepdim=True) & words)  # a view left without words keeps them all
+        mask = attention_mask.bool() & (keep | ~words)
+        return input_ids.repeat(2, 1), mask.flatten(0, 1).to(attention_mask.dtype)
+
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
         views = int(batch["num_views"])
         input_ids, attention_mask = batch["input_ids"], batch["attention_mask"]
-        if views == 1:  # unsupervised: the positive is the same sentence under another dropout mask
-            input_ids, attention_mask = input_ids.repeat(2, 1), attention_mask.repeat(2, 1)
-        embeddings = self(input_ids, attention_mask)
-        views_embeddings = embeddings.chunk(max(views, 2))
+        if self.hparams.objective == "sgns":
+            return self._log_loss(self._sgns_loss(input_ids, attention_mask), input_ids.shape[0])
+        if views > 1 and self.hparams.positives != "dropout":
+            raise ValueError(
+                f"model.positives={self.hparams.positives} makes positives of single sentences; this data has {views} texts per example"
+            )
+        if views == 1 and self.hparams.positives == "identical":  # the positive is the anchor's own embedding
+            embeddings = self(input_ids, attention_mask)
+            views_embeddings = (embeddings, embeddings)
+        else:
+            if views == 1:
+                input_ids, attention_mask = self._positive_views(input_ids, attention_mask)
+            embeddings = self(input_ids, attention_mask)
+            views_embeddings = embeddings.chunk(max(views, 2))
         size = views_embeddings[0].shape[0]
         if self.hparams.objective == "nli_classifier":
             loss = self._classifier_loss(*views_embeddings, labels=batch.get("labels"))
@@ -152,16 +235,33 @@ class ContrastiveModule(pl.LightningModule):
             detection = self._replaced_token_detection_loss(input_ids, attention_mask, embeddings)
             self.log("train/rtd_loss", detection, batch_size=size, sync_dist=True)
             loss = loss + self.hparams.diffcse_weight * detection
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"training loss is {loss.item()} at step {self.global_step}: {self._likely_cause()}")
-        # Synced: the logged loss is the global batch's, as on one process.
-        self.log("train/loss", loss, prog_bar=True, batch_size=size, sync_dist=True)
+        self._log_loss(loss, size)
         # Exactly 1 for unsupervised positives means dropout never ran: the two views are one point.
         anchors, positives = (view.detach().float() for view in views_embeddings[:2])
         positive_cosine = F.cosine_similarity(anchors, positives, dim=-1)
         self.log("train/positive_cosine", positive_cosine.mean(), batch_size=size, sync_dist=True)
         self.log("data/truncated", batch["truncated"].float(), reduce_fx="sum", batch_size=size, sync_dist=True)
         return loss
+
+    def _log_loss(self, loss: Tensor, size: int) -> Tensor:
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"training loss is {loss.item()} at step {self.global_step}: {self._likely_cause()}")
+        # Synced: the logged loss is the global batch's, as on one process.
+        self.log("train/loss", loss, prog_bar=True, batch_size=size, sync_dist=True)
+        return loss
+
+    def _sgns_loss(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
+        """Every ordered pair of word positions of a sentence (a position with itself too) is a (word, context) pair."""
+        words = ~self.encoder.special_mask(input_ids) & attention_mask.bool()
+        sentence, centre, context = torch.nonzero(words.unsqueeze(2) & words.unsqueeze(1), as_tuple=True)
+        generator = torch.Generator().manual_seed(self._step_seed())
+        noise = self.sgns_noise.cpu()
+        negatives = torch.multinomial(noise, len(sentence) * self.hparams.logistic_negatives, replacement=True, generator=generator)
+        return sgns_loss(
+            self.encoder.word_embeddings(input_ids[sentence, centre]),
+            self.context_embeddings(input_ids[sentence, context]),
+            self.context_embeddings(negatives.to(input_ids.device).view(len(sentence), -1)),
+        )
 
     def _loss(self, anchors: Tensor, positives: Tensor, hard_negatives: Tensor | None = None) -> Tensor:
         hp = self.hparams
@@ -230,16 +330,16 @@ class ContrastiveModule(pl.LightningModule):
         for name, parameter in self.named_parameters():
             if parameter.requires_grad:
                 (plain if name.endswith(no_decay) else decay).append(parameter)
-        optimizer = torch.optim.AdamW(
-            [{"params": decay, "weight_decay": hp.weight_decay}, {"params": plain, "weight_decay": 0.0}],
-            lr=hp.learning_rate,
-        )
+        groups = [{"params": decay, "weight_decay": hp.weight_decay}, {"params": plain, "weight_decay": 0.0}]
+        optimizer = (torch.optim.SGD if hp.optimizer == "sgd" else torch.optim.AdamW)(groups, lr=hp.learning_rate)
         total = max(int(self.trainer.estimated_stepping_batches), 1)
         warmup = int(hp.warmup * total) if hp.warmup < 1 else int(hp.warmup)
 
         def schedule(step: int) -> float:
             if step < warmup:
                 return (step + 1) / warmup
+            if hp.schedule == "constant":
+                return 1.0
             return max(0.0, (total - step) / max(total - warmup, 1))
 
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)

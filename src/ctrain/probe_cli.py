@@ -200,10 +200,11 @@ def _weighting(encoder, model: str, directory: Path, split: str, columns: Column
     if IG_COMPLETENESS_ERROR_MEAN in result.metrics:
         print(f"  IG completeness error: mean {result.metrics[IG_COMPLETENESS_ERROR_MEAN]:.2e}, "
               f"max {result.metrics[IG_COMPLETENESS_ERROR_MAX]:.2e}")  # fmt: skip
-    for target, keys in THEOREM_KEYS.items():
-        if keys.r2 in result.metrics:
+    for (target, quantity), keys in THEOREM_KEYS.items():
+        if keys.r2 in result.metrics and quantity == "kl":
             print(f"  Theorem 1, 0.5||w||^2 vs KL ({target}): R^2 {result.metrics[keys.r2]:.4f}, "
-                  f"slope {result.metrics[keys.slope]:.4f}, intercept {result.metrics[keys.intercept]:.4f}")  # fmt: skip
+                  f"slope {result.metrics[keys.slope]:.4f}, intercept {result.metrics[keys.intercept]:.4f}, "
+                  f"Spearman {result.metrics[keys.spearman]:.4f}")  # fmt: skip
     if len(sentences) < len(corpus):
         print(f"  projected time of all {len(corpus)} sentences on this machine: "
               f"about {format_seconds(progress.seconds_for(len(corpus)))} (from these {len(sentences)} random ones)")

@@ -143,7 +143,7 @@ def metric_families(columns: Iterable[str]) -> dict[str, tuple[str, dict[str, st
     for statistic, words in (("r2", "R^2 of word weight on information"), ("beta", "slope of word weight on information")):
         lines = {}
         for column in columns:
-            match = re.fullmatch(rf"weighting/(\w+?)_(kl|dkl|selfinfo)_{statistic}", column)
+            match = re.fullmatch(rf"weighting/(?!theorem_)(\w+?)_(kl|dkl|selfinfo)_{statistic}", column)
             if match:
                 lines[f"{METHODS.get(match[1], match[1])} on {QUANTITIES[match[2]]}"] = column
         if lines:
@@ -267,10 +267,12 @@ def sweep_runs(sweep_dir: Path) -> dict[str, Path]:
     def ascending(run_dir: Path) -> tuple:  # numbers by value, then words
         return tuple((0, value, "") if isinstance(value, (int, float)) else (1, 0, str(value)) for value in swept[run_dir])
 
-    return {
-        ", ".join(f"{key.split('.')[-1]}={value}" for key, value in zip(keys, swept[run_dir])) or run_dir.name: run_dir
-        for run_dir in sorted(swept, key=ascending)
-    }
+    def label(run_dir: Path) -> str:  # a swept --config file is not in config.yaml: the directory names it
+        if None in swept[run_dir]:
+            return run_dir.name
+        return ", ".join(f"{key.split('.')[-1]}={value}" for key, value in zip(keys, swept[run_dir])) or run_dir.name
+
+    return {label(run_dir): run_dir for run_dir in sorted(swept, key=lambda run_dir: (ascending(run_dir), run_dir.name))}
 
 
 def final_probe_figures(run_dir: Path, out: Path, num_sentences: int) -> list[Path]:
@@ -311,7 +313,16 @@ def report(
         title = f"{model}, sweep {path.name} over {', '.join(swept)}"
         figures = sweep_figures(runs, title, axis, legend_title="run")
         rows = [{"run": label, "last step": int(frame["step"].max()), **final_values(frame)} for label, frame in runs.items()]
-        return _write(figures, target, title, [_table(rows, "Final values of each run")])
+        tables = [_table(rows, "Final values of each run")]
+        from ctrain import lab_report  # lazy: it draws with this module's figures
+
+        if lab_report.has_theorem_fits(runs):  # the Theorem-1 lab's table and figures first
+            settings = [Path(str(value)).stem for value in spec["parameters"].get("config", {}).get("values", [])]
+            lab_rows = lab_report.table_rows(runs, settings)
+            atomic_write_text(target / "theorem_lab.csv", lab_report.csv_text(lab_rows))
+            figures = lab_report.figures(runs, title, axis, settings) | figures
+            tables.insert(0, _table(lab_rows, lab_report.CAPTION))
+        return _write(figures, target, title, tables)
     frame = read_run(path)
     title = run_title(path)
     figures = run_figures(frame, title, x or "step")

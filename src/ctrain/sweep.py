@@ -88,6 +88,8 @@ def run_label(settings: dict, swept: list[str]) -> str:
 
 
 def _format(value) -> str:
+    if isinstance(value, str) and value.endswith((".yaml", ".yml")):  # a swept --config file: its name says the setting
+        return Path(value).stem
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 

@@ -18,6 +18,7 @@ from typing import Literal
 
 import numpy as np
 import statsmodels.api as sm
+from scipy import stats
 
 Points = Literal["occurrence", "type"]
 POINTS: tuple[str, ...] = ("occurrence", "type")
@@ -33,11 +34,17 @@ class FitKeys:
     intercept: str
     intercept_se: str
     n: str
+    spearman: str | None = None
+
+    def names(self) -> tuple[str, ...]:
+        """Every key of the fit (Spearman's where there is one)."""
+        return tuple(name for name in vars(self).values() if name is not None)
 
 
 @dataclass(frozen=True)
 class Regression:
-    """``y = intercept + slope x``: R^2, coefficients, their standard errors and the sample size."""
+    """``y = intercept + slope x``: R^2, coefficients, their standard errors, the sample size, and Spearman's
+    rank correlation of the same points when it was asked for (NaN otherwise)."""
 
     r2: float
     slope: float
@@ -45,10 +52,12 @@ class Regression:
     slope_se: float
     intercept_se: float
     n: int
+    spearman: float = math.nan
 
     def metrics(self, keys: FitKeys) -> dict[str, float]:
-        """The fit as flat metrics under ``keys``."""
-        return {
+        """The fit as flat metrics under ``keys`` (Spearman only where ``keys`` name it)."""
+        spearman = {} if keys.spearman is None else {keys.spearman: float(self.spearman)}
+        return spearman | {
             keys.r2: float(self.r2),
             keys.slope: float(self.slope),
             keys.slope_se: float(self.slope_se),
@@ -58,8 +67,8 @@ class Regression:
         }
 
 
-def ols(x: np.ndarray, y: np.ndarray) -> Regression:
-    """OLS with intercept via statsmodels (non-finite points dropped)."""
+def ols(x: np.ndarray, y: np.ndarray, spearman: bool = False) -> Regression:
+    """OLS with intercept via statsmodels (non-finite points dropped); with ``spearman``, also the rank correlation."""
     x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
     keep = np.isfinite(x) & np.isfinite(y)
     x, y = x[keep], y[keep]
@@ -67,6 +76,7 @@ def ols(x: np.ndarray, y: np.ndarray) -> Regression:
     if n < 3 or np.ptp(x) == 0:
         return Regression(math.nan, math.nan, math.nan, math.nan, math.nan, n)
     fit = sm.OLS(y, sm.add_constant(x, has_constant="add")).fit()
+    rank = float(stats.spearmanr(x, y).statistic) if spearman else math.nan
     return Regression(
         r2=float(fit.rsquared),
         slope=float(fit.params[1]),
@@ -74,6 +84,7 @@ def ols(x: np.ndarray, y: np.ndarray) -> Regression:
         slope_se=float(fit.bse[1]),
         intercept_se=float(fit.bse[0]),
         n=n,
+        spearman=rank,
     )
 
 

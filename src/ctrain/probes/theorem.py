@@ -63,10 +63,11 @@ def theorem_regressions(
     kl: np.ndarray,
     type_average: TypeAverage = "vectors",
 ) -> dict[str, Regression]:
-    """OLS of ``0.5 ||w||^2`` on ``KL(w)`` for input rows (per type) and last-layer states (per occurrence, per type).
+    """OLS (with Spearman) of ``0.5 ||w||^2`` on ``KL(w)`` for input rows (per type) and last-layer states (per occurrence, per type).
 
     ``input_vectors`` and ``last_vectors`` hold one row per unit occurrence, ``types``
-    their type index into ``kl`` (only occurrences the caller wants in the fit).
+    their type index into ``kl`` (only occurrences the caller wants in the fit). Any per-type
+    quantity can stand for ``kl`` (the probe also passes dKL and -log P).
     """
     input_types, input_means = _type_means(input_vectors, types)
     last_norms = torch.from_numpy(half_squared_norm(last_vectors))
@@ -79,7 +80,7 @@ def theorem_regressions(
     else:
         raise ValueError(f"unknown type_average '{type_average}': choose vectors or norms")
     return {
-        "input": ols(kl[input_types], half_squared_norm(input_means)),
-        "last": ols(kl[types], last_norms.numpy()),
-        "last_type": ols(kl[last_types], last_type_norms),
+        "input": ols(kl[input_types], half_squared_norm(input_means), spearman=True),
+        "last": ols(kl[types], last_norms.numpy(), spearman=True),
+        "last_type": ols(kl[last_types], last_type_norms, spearman=True),
     }

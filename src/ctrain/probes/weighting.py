@@ -97,21 +97,46 @@ FIT_KEYS: dict[tuple[str, str], FitKeys] = {
 }  # fmt: skip
 """(method, quantity) -> keys of the OLS of ``c'`` on that quantity (spec section 4)."""
 
-THEOREM_KEYS: dict[str, FitKeys] = {
-    "input": FitKeys(
+THEOREM_KEYS: dict[tuple[str, str], FitKeys] = {
+    ("input", "kl"): FitKeys(
         "weighting/theorem_input_r2", "weighting/theorem_input_slope", "weighting/theorem_input_slope_se",
-        "weighting/theorem_input_intercept", "weighting/theorem_input_intercept_se", "weighting/theorem_input_n",
+        "weighting/theorem_input_intercept", "weighting/theorem_input_intercept_se", "weighting/theorem_input_n", "weighting/theorem_input_spearman",
     ),
-    "last": FitKeys(
+    ("input", "dkl"): FitKeys(
+        "weighting/theorem_input_dkl_r2", "weighting/theorem_input_dkl_slope", "weighting/theorem_input_dkl_slope_se",
+        "weighting/theorem_input_dkl_intercept", "weighting/theorem_input_dkl_intercept_se", "weighting/theorem_input_dkl_n", "weighting/theorem_input_dkl_spearman",
+    ),
+    ("input", "selfinfo"): FitKeys(
+        "weighting/theorem_input_selfinfo_r2", "weighting/theorem_input_selfinfo_slope", "weighting/theorem_input_selfinfo_slope_se",
+        "weighting/theorem_input_selfinfo_intercept", "weighting/theorem_input_selfinfo_intercept_se", "weighting/theorem_input_selfinfo_n", "weighting/theorem_input_selfinfo_spearman",
+    ),
+    ("last", "kl"): FitKeys(
         "weighting/theorem_last_r2", "weighting/theorem_last_slope", "weighting/theorem_last_slope_se",
-        "weighting/theorem_last_intercept", "weighting/theorem_last_intercept_se", "weighting/theorem_last_n",
+        "weighting/theorem_last_intercept", "weighting/theorem_last_intercept_se", "weighting/theorem_last_n", "weighting/theorem_last_spearman",
     ),
-    "last_type": FitKeys(
+    ("last", "dkl"): FitKeys(
+        "weighting/theorem_last_dkl_r2", "weighting/theorem_last_dkl_slope", "weighting/theorem_last_dkl_slope_se",
+        "weighting/theorem_last_dkl_intercept", "weighting/theorem_last_dkl_intercept_se", "weighting/theorem_last_dkl_n", "weighting/theorem_last_dkl_spearman",
+    ),
+    ("last", "selfinfo"): FitKeys(
+        "weighting/theorem_last_selfinfo_r2", "weighting/theorem_last_selfinfo_slope", "weighting/theorem_last_selfinfo_slope_se",
+        "weighting/theorem_last_selfinfo_intercept", "weighting/theorem_last_selfinfo_intercept_se", "weighting/theorem_last_selfinfo_n", "weighting/theorem_last_selfinfo_spearman",
+    ),
+    ("last_type", "kl"): FitKeys(
         "weighting/theorem_last_type_r2", "weighting/theorem_last_type_slope", "weighting/theorem_last_type_slope_se",
-        "weighting/theorem_last_type_intercept", "weighting/theorem_last_type_intercept_se", "weighting/theorem_last_type_n",
+        "weighting/theorem_last_type_intercept", "weighting/theorem_last_type_intercept_se", "weighting/theorem_last_type_n", "weighting/theorem_last_type_spearman",
+    ),
+    ("last_type", "dkl"): FitKeys(
+        "weighting/theorem_last_type_dkl_r2", "weighting/theorem_last_type_dkl_slope", "weighting/theorem_last_type_dkl_slope_se",
+        "weighting/theorem_last_type_dkl_intercept", "weighting/theorem_last_type_dkl_intercept_se", "weighting/theorem_last_type_dkl_n", "weighting/theorem_last_type_dkl_spearman",
+    ),
+    ("last_type", "selfinfo"): FitKeys(
+        "weighting/theorem_last_type_selfinfo_r2", "weighting/theorem_last_type_selfinfo_slope", "weighting/theorem_last_type_selfinfo_slope_se",
+        "weighting/theorem_last_type_selfinfo_intercept", "weighting/theorem_last_type_selfinfo_intercept_se", "weighting/theorem_last_type_selfinfo_n", "weighting/theorem_last_type_selfinfo_spearman",
     ),
 }  # fmt: skip
-"""Theorem-1 target -> keys of the OLS of ``0.5 ||w||^2`` on ``KL(w)`` (spec section 5)."""
+"""(Theorem-1 target, quantity) -> keys of the OLS of ``0.5 ||w||^2`` on that quantity, with Spearman (spec section 5;
+KL keeps its original names)."""
 
 NUM_SENTENCES = "weighting/num_sentences"
 NUM_UNITS = "weighting/num_units"
@@ -314,10 +339,10 @@ def weighting_probe(
         keep = types >= 0
         keep[keep] = statistics.eligible(config.min_count)[types[keep]]
         mask = torch.from_numpy(keep)
-        fits = theorem_regressions(
-            torch.cat(input_vectors)[mask], torch.cat(last_vectors)[mask], types[keep], statistics.kl, config.type_average
-        )
-        for name, fit in fits.items():
-            metrics.update(fit.metrics(THEOREM_KEYS[name]))
+        information = {"kl": statistics.kl, "dkl": statistics.dkl, "selfinfo": statistics.self_information}
+        inputs, lasts = torch.cat(input_vectors)[mask], torch.cat(last_vectors)[mask]
+        for quantity, values in information.items():
+            for target, fit in theorem_regressions(inputs, lasts, types[keep], values, config.type_average).items():
+                metrics.update(fit.metrics(THEOREM_KEYS[target, quantity]))
     result.metrics = metrics
     return result

@@ -1,0 +1,270 @@
+"""The Theorem-1 lab: the bag-of-embeddings encoder, every switch of configs/theorem_lab/, the SGNS control on a
+planted-topic corpus, the theorem measurements against a direct computation, and a random start that redraws
+every weight of a loaded model."""
+
+import csv
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import pytorch_lightning as pl
+import torch
+import yaml
+from scipy import stats
+
+from ctrain.cli import run_cli
+from ctrain.datamodule import ContrastiveDataModule
+from ctrain.encoder import load_encoder
+from ctrain.export import save_sentence_transformer
+from ctrain.losses import sgns_loss
+from ctrain.module import ContrastiveModule
+from ctrain.probes.information import token_statistics
+from ctrain.probes.weighting import THEOREM_KEYS, WeightingConfig, weighting_probe
+
+ROOT = Path(__file__).resolve().parents[1]
+LAB = ROOT / "configs" / "theorem_lab"
+TOY = [
+    "a man is playing a guitar on the stage",
+    "the cat sleeps on the red sofa",
+    "two dogs run in a green field",
+    "a woman is slicing an onion in the kitchen",
+    "the man plays the guitar",
+    "a dog runs across the field",
+    "the woman cuts a tomato",
+    "a cat is sleeping in the sun",
+] * 4
+
+
+def _exact_model_settings() -> dict:
+    return yaml.safe_load((ROOT / "configs" / "theorem_lab.yaml").read_text())["model"]
+
+
+def _fit(corpus: Path, steps: int, batch_size: int = 16, **model) -> tuple[ContrastiveModule, float]:
+    """`steps` optimizer steps of the module on a text file, no validation or outputs; the last training loss."""
+    pl.seed_everything(0, verbose=False)
+    module = ContrastiveModule(**model)
+    data = ContrastiveDataModule(train=str(corpus), batch_size=batch_size, max_length=32)
+    trainer = pl.Trainer(
+        max_steps=steps, limit_val_batches=0, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+        enable_model_summary=False, use_distributed_sampler=False, accelerator="cpu",
+    )  # fmt: skip
+    trainer.fit(module, datamodule=data)
+    return module, float(trainer.callback_metrics["train/loss"])
+
+
+@pytest.fixture(scope="module")
+def toy_corpus(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("toy") / "toy.txt"
+    path.write_text("\n".join(TOY) + "\n")
+    return path
+
+
+def test_bag_encoder_is_the_mean_of_its_token_rows_and_survives_saving(tmp_path):
+    encoder = load_encoder("bag-bert", tiny_hidden_size=16)
+    batch = encoder.tokenize(["the cat sleeps", "a man"])
+    assert not encoder.special_mask(batch["input_ids"][batch["attention_mask"].bool()]).any()  # no [CLS]/[SEP]
+    rows = encoder.word_embeddings(batch["input_ids"])
+    mask = batch["attention_mask"].unsqueeze(-1).float()
+    torch.testing.assert_close(encoder(**batch), (rows * mask).sum(1) / mask.sum(1))
+    assert encoder.num_layers == 0 and encoder.embedding_size == 16
+    save_sentence_transformer(encoder, tmp_path / "bag", "dot")
+    reloaded = load_encoder(str(tmp_path / "bag"))
+    assert torch.equal(
+        reloaded.tokenize(["the cat sleeps"])["input_ids"],
+        encoder.tokenize(["the cat sleeps"])["input_ids"],
+    )
+    torch.testing.assert_close(reloaded.encode(["the cat sleeps"]), encoder.encode(["the cat sleeps"]))
+    layered = load_encoder("bag-bert", tiny_hidden_size=16, bag_layers=2)
+    assert layered.num_layers == 2 and len(layered.token_states(**batch, output_hidden_states=True).hidden_states) == 3
+
+
+def _switches() -> list[str]:
+    return sorted(path.stem for path in LAB.glob("*.yaml"))
+
+
+@pytest.mark.parametrize("switch", _switches())
+def test_every_lab_switch_trains_a_few_steps(switch, toy_corpus):
+    overlay = yaml.safe_load((LAB / f"{switch}.yaml").read_text())
+    model = {
+        **_exact_model_settings(),
+        "tiny_hidden_size": 16,
+        **overlay.get("model", {}),
+    }
+    before = load_encoder(model["encoder"], tiny_hidden_size=16, bag_layers=model.get("bag_layers", 0),
+                          embedding_init_std=model.get("embedding_init_std")).word_embeddings.weight.detach().clone()  # fmt: skip
+    module, loss = _fit(toy_corpus, 3, **model)
+    assert math.isfinite(loss) and loss > 0
+    assert not torch.equal(module.encoder.word_embeddings.weight.detach(), before)
+
+
+def test_positive_views_split_words_and_keep_special_tokens():
+    module = ContrastiveModule(encoder="tiny-bert", positives="halves")
+    batch = module.encoder.tokenize(["a man is playing a guitar on the stage", "hello"])
+    ids, mask = module._positive_views(batch["input_ids"], batch["attention_mask"])
+    words = ~module.encoder.special_mask(batch["input_ids"]) & batch["attention_mask"].bool()
+    first, second = mask.bool().chunk(2)
+    assert torch.equal((first & second & words)[0], torch.zeros_like(words[0]))  # disjoint halves
+    assert torch.equal((first | second)[0], batch["attention_mask"][0].bool())  # together the whole sentence
+    assert torch.equal(first[1], second[1])  # one word: its own positive
+    specials = module.encoder.special_mask(batch["input_ids"]) & batch["attention_mask"].bool()
+    assert (first & specials).sum() == (second & specials).sum() == specials.sum()
+    module.hparams.positives, module.hparams.token_dropout = "token_dropout", 0.5
+    _, dropped = module._positive_views(batch["input_ids"], batch["attention_mask"])
+    kept = dropped.bool().chunk(2)[0]
+    assert (kept & words).sum() < words.sum() and torch.equal(kept & specials, specials)
+    assert torch.equal(ids, batch["input_ids"].repeat(2, 1))
+
+
+def test_sgns_loss_is_word2vecs():
+    rng = np.random.default_rng(0)
+    u, v, n = (
+        rng.normal(size=(5, 3)),
+        rng.normal(size=(5, 3)),
+        rng.normal(size=(5, 2, 3)),
+    )
+    log_sigmoid = lambda x: -np.log1p(np.exp(-x))
+    direct = -(log_sigmoid((u * v).sum(1)) + log_sigmoid(-np.einsum("pd,pkd->pk", u, n)).sum(1)).mean()
+    assert float(sgns_loss(*(torch.from_numpy(a) for a in (u, v, n)))) == pytest.approx(direct, rel=1e-6)
+
+
+TOPICS = [
+    ["apple", "banana", "cherry"],
+    ["guitar", "piano", "violin"],
+    ["soccer", "tennis", "hockey"],
+    ["river", "mountain", "forest"],
+]
+COMMON = ["the", "and", "of", "with", "from", "very", "also", "then"]
+
+
+def test_sgns_control_orders_planted_types_by_their_kl(tmp_path):
+    """Sentences of one topic: 3 of its words (each pins the topic down: high KL) among 5 common words spread over all
+    topics (low KL). SGNS must give every planted topic word a larger norm than every common word."""
+    rng = np.random.default_rng(0)
+    sentences = [
+        " ".join(rng.permutation(list(rng.choice(TOPICS[rng.integers(4)], 3)) + list(rng.choice(COMMON, 5)))) for _ in range(640)
+    ]
+    corpus = tmp_path / "topics.txt"
+    corpus.write_text("\n".join(sentences) + "\n")
+    model = {**_exact_model_settings(), "objective": "sgns", "tiny_hidden_size": 16}
+    module, _ = _fit(corpus, 200, batch_size=32, **model)
+    encoder = module.encoder
+    statistics = token_statistics(encoder.tokenizer, sentences, dkl_repeats=1)
+    topic_words = [word for topic in TOPICS for word in topic]
+    kl = {word: statistics.kl[statistics.types.index(word)] for word in topic_words + COMMON}
+    assert min(kl[w] for w in topic_words) > max(kl[w] for w in COMMON)  # the corpus plants what the test says
+    ids = encoder.tokenizer.convert_tokens_to_ids(topic_words + COMMON)
+    half_norm = 0.5 * encoder.word_embeddings.weight[ids].detach().double().pow(2).sum(1).numpy()
+    norms = dict(zip(topic_words + COMMON, half_norm))
+    assert min(norms[w] for w in topic_words) > max(norms[w] for w in COMMON), norms
+
+
+def test_theorem_measurements_equal_a_direct_computation():
+    encoder = load_encoder("bag-bert", tiny_hidden_size=8, bag_layers=1, embedding_init_std=1.0)
+    config = WeightingConfig(
+        ig_mode="sketch",
+        sketch_size=2,
+        steps=4,
+        min_count=2,
+        dkl_repeats=1,
+        batch_size=5,
+    )
+    result = weighting_probe(encoder, TOY[:8], config)
+    statistics = token_statistics(encoder.tokenizer, TOY[:8], dkl_repeats=1)
+    eligible = [i for i, name in enumerate(statistics.types) if statistics.counts[i] >= 2]
+    ids = encoder.tokenizer.convert_tokens_to_ids([statistics.types[i] for i in eligible])
+    rows = 0.5 * encoder.word_embeddings.weight[ids].detach().double().pow(2).sum(1).numpy()
+    quantities = {
+        "kl": statistics.kl,
+        "dkl": statistics.dkl,
+        "selfinfo": statistics.self_information,
+    }
+    for quantity, values in quantities.items():
+        x = values[eligible]
+        slope, intercept = np.polyfit(x, rows, 1)
+        keys = THEOREM_KEYS["input", quantity]
+        assert result.metrics[keys.slope] == pytest.approx(slope, rel=1e-6)
+        assert result.metrics[keys.intercept] == pytest.approx(intercept, rel=1e-6, abs=1e-9)
+        assert result.metrics[keys.r2] == pytest.approx(np.corrcoef(x, rows)[0, 1] ** 2, rel=1e-6)
+        assert result.metrics[keys.spearman] == pytest.approx(stats.spearmanr(x, rows).statistic, rel=1e-9)
+        assert result.metrics[keys.n] == len(eligible)
+    # last-layer states, one point per occurrence: the states of the probe's own forward pass
+    batch = encoder.tokenize(TOY[:8])
+    with torch.no_grad():
+        states = encoder.eval().token_states(**batch).last_hidden_state
+    valid = batch["attention_mask"].bool()
+    names = encoder.tokenizer.convert_ids_to_tokens(batch["input_ids"][valid].tolist())
+    kept = np.array([statistics.counts[statistics.types.index(name)] >= 2 for name in names])
+    norms = 0.5 * states[valid].double().pow(2).sum(1).numpy()[kept]
+    x = np.array([statistics.kl[statistics.types.index(name)] for name in names])[kept]
+    keys = THEOREM_KEYS["last", "kl"]
+    assert result.metrics[keys.slope] == pytest.approx(np.polyfit(x, norms, 1)[0], rel=1e-5)
+    assert result.metrics[keys.spearman] == pytest.approx(stats.spearmanr(x, norms).statistic, rel=1e-6)
+
+
+@pytest.mark.parametrize("name", ["tiny-bert", "bag-bert"])
+def test_a_random_start_redraws_every_weight_of_a_saved_model(name, tmp_path):
+    trained = load_encoder(name, tiny_hidden_size=16, bag_layers=1)
+    with torch.no_grad():  # as after training: no weight left at its initial value (LayerNorm at 1, biases at 0)
+        for parameter in trained.parameters():
+            parameter.add_(0.01 * torch.randn_like(parameter))
+    save_sentence_transformer(trained, tmp_path / "model")
+    saved = dict(trained.backbone.named_parameters())
+    loaded = load_encoder(str(tmp_path / "model"))
+    assert all(torch.equal(p, saved[n]) for n, p in loaded.backbone.named_parameters())
+    redrawn = dict(load_encoder(str(tmp_path / "model"), reinitialize=True).backbone.named_parameters())
+    assert redrawn.keys() == saved.keys()
+    unchanged = [n for n, p in redrawn.items() if torch.equal(p, saved[n])]
+    assert not unchanged, unchanged
+
+
+def test_initial_embedding_scale_is_the_std_of_the_rows():
+    for std in (0.01, 1.0):
+        rows = load_encoder("bag-bert", embedding_init_std=std).word_embeddings.weight
+        assert float(rows.std()) == pytest.approx(std, rel=0.01)
+    with pytest.raises(ValueError, match="embedding_init_std must be positive"):
+        load_encoder("bag-bert", embedding_init_std=0.0)
+
+
+def test_exact_setting_runs_from_its_config_and_logs_every_fit(tmp_path):
+    """configs/theorem_lab.yaml + callbacks/theorem_lab.yaml through the CLI: probes at steps 0 and 4."""
+    probe = yaml.safe_load((ROOT / "callbacks" / "theorem_lab.yaml").read_text())
+    probe["trainer"]["callbacks"][0]["init_args"].update(every_n_steps=4, num_sentences=24)
+    (tmp_path / "probe.yaml").write_text(yaml.safe_dump(probe))
+    run_cli([
+        "fit", "--config", str(ROOT / "configs" / "theorem_lab.yaml"), "--config", str(tmp_path / "probe.yaml"),
+        "--data.max_examples", "256", "--data.max_eval_pairs", "32", "--trainer.max_steps", "4",
+        "--trainer.val_check_interval", "4", "--trainer.log_every_n_steps", "1", "--trainer.enable_progress_bar", "false",
+        "--trainer.enable_model_summary", "false", "--trainer.logger.init_args.save_dir", str(tmp_path),
+    ])  # fmt: skip
+    with (tmp_path / "theorem_lab" / "version_0" / "metrics.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    probed = [row for row in rows if row.get("weighting/theorem_input_slope")]
+    assert [int(row["step"]) for row in probed] == [0, 4]
+    for keys in THEOREM_KEYS.values():
+        assert all(math.isfinite(float(row[keys.spearman])) for row in probed)
+
+
+def test_lab_report_table_and_figures_come_from_the_last_probe():
+    import pandas as pd
+
+    from ctrain import lab_report
+
+    slope, r2 = THEOREM_KEYS["input", "kl"].slope, THEOREM_KEYS["input", "kl"].r2
+
+    def run(final_slope: float) -> pd.DataFrame:
+        return pd.DataFrame(
+            {"step": [0, 50, 100], "examples": [0, 50, 100], slope: [0.0, float("nan"), final_slope], r2: [0.1, None, 0.5]}
+            | {"train/loss": [1.4, 1.3, 1.2]}
+        )
+
+    runs = {"config=sgns": run(2.0), "config=exact": run(-0.5)}
+    rows = lab_report.table_rows(runs, order=["exact", "sgns"])
+    assert [row["setting"] for row in rows] == ["exact", "sgns"]
+    assert rows[0]["input rows: slope on KL(w)"] == -0.5 and rows[1]["input rows: R^2 on KL(w)"] == 0.5
+    assert rows[0]["final training loss"] == 1.2 and math.isnan(rows[0]["input rows: Spearman on KL(w)"])
+    figures = lab_report.figures(runs, "lab", "step")
+    assert set(figures) == {"theorem_input_kl_slope", "theorem_input_kl_r2"}
+    assert len(figures["theorem_input_kl_r2"].axes[0].lines) == 2
+    assert len(figures["theorem_input_kl_slope"].axes[0].lines) == 3  # and the theorem's slope 1, dotted
+    assert lab_report.csv_text(rows).splitlines()[0].startswith("setting,last step,")

@@ -531,3 +531,13 @@ def test_sentences_without_tokens_in_the_set_are_skipped(tiny_bert):
     assert with_empty.sample_sizes["intra_similarity/layer_1"] == 9
     assert with_empty.metrics["intra_similarity/layer_1"] == pytest.approx(without.metrics["intra_similarity/layer_1"])
     assert with_empty.metrics["norm_mean/layer_1"] == pytest.approx(without.metrics["norm_mean/layer_1"])
+
+
+@pytest.mark.parametrize("log_spaced", [False, True])
+def test_probes_measure_at_their_schedule_and_at_the_last_step(log_spaced):
+    from ctrain.callbacks.probes import GeometryProbe
+
+    probe = GeometryProbe(every_n_steps=100, log_spaced=log_spaced)
+    due = [step for step in range(401 + 1) if probe._due(step, max_steps=401)]
+    assert due == ([0, 1, 3, 10, 30, 100, 300, 401] if log_spaced else [0, 100, 200, 300, 400, 401])
+    assert [step for step in range(500) if probe._due(step, max_steps=-1)][:3] == ([0, 1, 3] if log_spaced else [0, 100, 200])

@@ -122,6 +122,16 @@ def test_run_report_draws_every_family(tiny_sweep, tmp_path):
     assert {"ig_vs_kl", "ig_sentences"} <= {path.stem for path in tmp_path.glob("final_probe/*.png")}  # the final scatter and bars
 
 
+def test_report_compares_runs_a_curve_each(tiny_sweep, tmp_path):
+    runs = tiny_sweep[0] / "runs"
+    result = _ctrain("report", str(runs / "temperature=0.05"), "--compare", f"[{runs / 'temperature=0.5'}]", "--out", str(tmp_path), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    figure = tmp_path / "val_stsb_spearman.png"
+    assert figure.exists() and (tmp_path / "geometry_anisotropy_4.png").exists()
+    page = (tmp_path / "report.html").read_text()
+    assert "2 runs compared" in page and "runs/temperature=0.05)" in page and "runs/temperature=0.5)" in page
+
+
 def test_bad_sweep_file_is_one_line(tmp_path, capsys):
     bad = tmp_path / "bayes.yaml"
     bad.write_text("method: bayes\nparameters: {model.temperature: {values: [0.1]}}\n")

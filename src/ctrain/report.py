@@ -289,19 +289,32 @@ def final_probe_figures(run_dir: Path, out: Path, num_sentences: int) -> list[Pa
 
 
 def report(
-    directory: str, out: str | None = None, x: XAxis | None = None, final_probe: bool = True, probe_sentences: int = 48
+    directory: str,
+    out: str | None = None,
+    x: XAxis | None = None,
+    final_probe: bool = True,
+    probe_sentences: int = 48,
+    compare: list[str] | None = None,
 ) -> Path:
     """Draw the run or sweep in DIRECTORY; returns the HTML page.
 
     Args:
         directory: a run directory (has metrics.csv) or a sweep directory (has sweep.yaml and runs/).
-        out: where the PNGs and report.html go (default DIRECTORY/report).
+        out: where the PNGs and report.html go (default DIRECTORY/report, DIRECTORY/comparison with --compare).
+        compare: other run directories drawn beside the run in DIRECTORY, a curve per run, as a sweep's
+            runs are (e.g. the same training from two starting points).
         x: x-axis, step or examples (training examples seen); a sweep over the batch size defaults to examples.
         final_probe: for a run, also probe its exported model for the weight-vs-KL scatter and sentence weight bars.
         probe_sentences: STS-B dev sentences of that final probe.
     """
     path = Path(directory)
-    target = Path(out) if out else path / "report"
+    target = Path(out) if out else path / ("comparison" if compare else "report")
+    if compare:
+        run_dirs = [path, *map(Path, compare)]
+        runs = {f"{config_value(run_config(d), 'model.encoder')} ({d.parent.name}/{d.name})": read_run(d) for d in run_dirs}
+        title = f"{len(runs)} runs compared"
+        rows = [{"run": label, "last step": int(frame["step"].max()), **final_values(frame)} for label, frame in runs.items()]
+        return _write(sweep_figures(runs, title, x or "step", legend_title="run"), target, title, [_table(rows, "Final values of each run")])
     if (path / "sweep.yaml").exists():
         runs = {label: read_run(run_dir) for label, run_dir in sweep_runs(path).items()}
         if not runs:

@@ -35,7 +35,7 @@ def log_spaced_steps(limit: int) -> set[int]:
 
 
 class _ScheduledProbe(pl.Callback):
-    """Runs `measure` at step 0 and then every `every_n_steps` (or at log-spaced steps).
+    """Runs `measure` at step 0, then every `every_n_steps` (or at log-spaced steps), and at `trainer.max_steps`.
 
     `measure` returns metrics under their full keys (`weighting/ig_kl_r2`); a key that does not
     start with `<name>/` is logged as `<name>/<key>`. The probe's own cost is logged as `<name>/seconds`.
@@ -59,6 +59,8 @@ class _ScheduledProbe(pl.Callback):
     def _due(self, step: int, max_steps: int) -> bool:
         if step in self._done:
             return False
+        if step == max_steps:  # the trained model is always measured, whatever the schedule
+            return True
         if self.log_spaced:
             return step in log_spaced_steps(max(max_steps, step))
         return step % self.every_n_steps == 0

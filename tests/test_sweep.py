@@ -97,6 +97,7 @@ def test_sweep_runs_every_setting_and_resumes_only_the_unfinished(tiny_sweep):
         rows = {row["run"]: row for row in csv.DictReader(handle)}
     assert set(rows) == {"temperature=0.05", "temperature=0.5"}
     assert all(row["status"] == "finished" and row["last_step"] == "6" and float(row["sts_test_final"]) > 0 for row in rows.values())
+    assert float(rows["temperature=0.05"]["seconds"]) > 0  # a skipped run keeps the time it took
     for run in rows:
         run_dir = sweep_dir / "runs" / run
         assert (run_dir / "model_final" / "README.md").exists()

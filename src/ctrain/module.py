@@ -324,21 +324,23 @@ class ContrastiveModule(pl.LightningModule):
         self._sts_log("test/stsb_spearman")
 
     def configure_optimizers(self):
+        """AdamW (or SGD) with warm-up then linear decay (or constant); MaskedLMModule shares it, with AdamW and decay."""
         hp = self.hparams
+        optimizer_name, schedule_name = hp.get("optimizer", "adamw"), hp.get("schedule", "linear")
         no_decay = ("bias", "LayerNorm.weight", "layer_norm.weight", "LayerNorm.bias")
         decay, plain = [], []
         for name, parameter in self.named_parameters():
             if parameter.requires_grad:
                 (plain if name.endswith(no_decay) else decay).append(parameter)
         groups = [{"params": decay, "weight_decay": hp.weight_decay}, {"params": plain, "weight_decay": 0.0}]
-        optimizer = (torch.optim.SGD if hp.optimizer == "sgd" else torch.optim.AdamW)(groups, lr=hp.learning_rate)
+        optimizer = (torch.optim.SGD if optimizer_name == "sgd" else torch.optim.AdamW)(groups, lr=hp.learning_rate)
         total = max(int(self.trainer.estimated_stepping_batches), 1)
         warmup = int(hp.warmup * total) if hp.warmup < 1 else int(hp.warmup)
 
         def schedule(step: int) -> float:
             if step < warmup:
                 return (step + 1) / warmup
-            if hp.schedule == "constant":
+            if schedule_name == "constant":
                 return 1.0
             return max(0.0, (total - step) / max(total - warmup, 1))
 

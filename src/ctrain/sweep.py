@@ -11,6 +11,7 @@ finished runs and resumes interrupted ones from their last checkpoint (`ctrain f
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 import os
@@ -198,6 +199,9 @@ def sweep(
     atomic_write_text(plan_file, json.dumps(plan, indent=1))
     threads = max(1, (os.cpu_count() or 1) // parallel)
     rows = {label: {"run": label, **{name: settings[name] for name in swept}, "status": "pending"} for label, settings in runs}
+    summary_file = sweep_dir / "summary.csv"
+    with (summary_file.open() if summary_file.exists() else io.StringIO()) as handle:
+        earlier_seconds = {row["run"]: row["seconds"] for row in csv.DictReader(handle)}
     print(f"ctrain sweep: {len(runs)} runs of {path} in {sweep_dir}, {parallel} at a time")
     failed = 0
     with ThreadPoolExecutor(max_workers=parallel) as pool:
@@ -212,12 +216,14 @@ def sweep(
             summary = run_summary(run_dir)
             status = "finished" if code == 0 else f"failed (exit {code})"
             failed += code != 0
-            rows[label].update(status=status, seconds=round(seconds, 1), **summary)
-            _write_summary(sweep_dir / "summary.csv", list(rows.values()))
+            skipped = action == "already finished"
+            rows[label].update(status=status, seconds=earlier_seconds.get(label, "") if skipped else round(seconds, 1), **summary)
+            _write_summary(summary_file, list(rows.values()))
             scores = f", STS-B dev {float(summary['sts_dev_final']):.2f}" if "sts_dev_final" in summary else ""
             where = f"log {sweep_dir / 'logs' / f'{label}.log'}" if code else str(run_dir)
-            print(f"[{done}/{len(runs)}] {label}: {action}, {status} in {seconds:.0f} s{scores}; {where}", flush=True)
-    print(f"ctrain sweep: summary {sweep_dir / 'summary.csv'}; draw it with: ctrain report {sweep_dir}")
+            outcome = action if skipped else f"{action}, {status} in {seconds:.0f} s"
+            print(f"[{done}/{len(runs)}] {label}: {outcome}{scores}; {where}", flush=True)
+    print(f"ctrain sweep: summary {summary_file}; draw it with: ctrain report {sweep_dir}")
     if failed:
         raise RuntimeError(f"{failed} of {len(runs)} runs failed; their logs are in {sweep_dir / 'logs'}; run the same command again to retry them")
     return sweep_dir

@@ -225,3 +225,32 @@ def test_missing_corpus_and_unknown_key_are_one_line_errors(tmp_path, capsys):
         assert exit_code.value.code == 2
         error = capsys.readouterr().err.strip()
         assert expected in error and len(error.splitlines()) == 1, error
+
+
+def test_roberta_shaped_pretraining_saves_a_start_that_trains(tmp_path):
+    """RoBERTa shape with the byte-level BPE tokenizer: loss goes down, the export loads as RobertaModel with
+    padding-aware position ids, and trains with dropout."""
+    from ctrain.module import ContrastiveModule
+
+    export = tmp_path / "vanilla_roberta"
+    main([
+        "pretrain", "--config", str(ROOT / "configs" / "pretrain_bert_cpu.yaml"),
+        "--model.architecture", "roberta", "--model.tokenizer", "byte-level-bpe",
+        "--model.hidden_size", "32", "--model.num_layers", "1", "--model.learning_rate", "5e-3",
+        "--model.mlm_probability", "0.3", "--model.whole_word_masking", "false",
+        "--data.train", str(tiny_corpus(tmp_path / "tiny.txt")), "--data.val_size", "16", "--data.batch_size", "16",
+        "--trainer.max_steps", "40", "--trainer.val_check_interval", "40", "--trainer.log_every_n_steps", "5",
+        "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
+        "--trainer.logger.init_args.save_dir", str(tmp_path / "runs"), "--outputs.export_dir", str(export),
+    ])  # fmt: skip
+    with (tmp_path / "runs" / "pretrain_bert_cpu" / "version_0" / "metrics.csv").open() as handle:
+        held_out = [float(row["val/mlm_loss"]) for row in csv.DictReader(handle) if row["val/mlm_loss"]]
+    assert held_out[-1] < held_out[0] - 1.0, held_out
+    module = ContrastiveModule(encoder=str(export), pooling="mean")
+    assert type(module.encoder.backbone).__name__ == "RobertaModel" and module.encoder.hidden_size == 32
+    batch = module.encoder.tokenize(["the cat eats fish .", "a dog ."])
+    padding_idx = module.encoder.backbone.config.pad_token_id
+    positions = module.encoder.position_ids(batch["input_ids"])
+    assert positions[1][batch["attention_mask"][1].bool()].tolist() == list(range(padding_idx + 1, padding_idx + 1 + int(batch["attention_mask"][1].sum())))
+    module.on_train_batch_start(batch, 0)
+    assert not torch.allclose(module(**batch), module(**batch)), "two dropout views are identical: dropout is off"

@@ -228,21 +228,23 @@ def test_missing_corpus_and_unknown_key_are_one_line_errors(tmp_path, capsys):
 
 
 def test_roberta_shaped_pretraining_saves_a_start_that_trains(tmp_path):
-    """RoBERTa shape with the byte-level BPE tokenizer: loss goes down, the export loads as RobertaModel with
-    padding-aware position ids, and trains with dropout."""
+    """RoBERTa shape with a byte-level BPE trained on the pre-training corpus (`bpe:FILE`): loss goes down, the
+    export loads as RobertaModel with padding-aware position ids, and trains with dropout."""
     from ctrain.module import ContrastiveModule
 
-    export = tmp_path / "vanilla_roberta"
+    export, corpus = tmp_path / "vanilla_roberta", tiny_corpus(tmp_path / "tiny.txt")
     main([
         "pretrain", "--config", str(ROOT / "configs" / "pretrain_bert_cpu.yaml"),
-        "--model.architecture", "roberta", "--model.tokenizer", "byte-level-bpe",
+        "--model.architecture", "roberta", "--model.tokenizer", f"bpe:{corpus}",
         "--model.hidden_size", "32", "--model.num_layers", "1", "--model.learning_rate", "5e-3",
         "--model.mlm_probability", "0.3", "--model.whole_word_masking", "false",
-        "--data.train", str(tiny_corpus(tmp_path / "tiny.txt")), "--data.val_size", "16", "--data.batch_size", "16",
+        "--data.train", str(corpus), "--data.val_size", "16", "--data.batch_size", "16",
         "--trainer.max_steps", "40", "--trainer.val_check_interval", "40", "--trainer.log_every_n_steps", "5",
         "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
         "--trainer.logger.init_args.save_dir", str(tmp_path / "runs"), "--outputs.export_dir", str(export),
     ])  # fmt: skip
+    vocabulary = load_tokenizer(str(export)).get_vocab()
+    assert {"Ġfriend", "Ġbread", "Ġpark"} <= set(vocabulary) and len(vocabulary) < 4000  # the corpus's words, its size
     with (tmp_path / "runs" / "pretrain_bert_cpu" / "version_0" / "metrics.csv").open() as handle:
         held_out = [float(row["val/mlm_loss"]) for row in csv.DictReader(handle) if row["val/mlm_loss"]]
     assert held_out[-1] < held_out[0] - 1.0, held_out

@@ -212,9 +212,15 @@ def _tiny_tokenizer(architecture: str) -> PreTrainedTokenizerBase:
     return _byte_level_bpe_tokenizer()
 
 
-def _byte_level_bpe_tokenizer(vocab_size: int = 4000) -> PreTrainedTokenizerBase:
-    """A RoBERTa-style tokenizer trained once on STS-B train sentences, cached on disk."""
-    target = assets.CACHE_DIR / f"tiny-roberta-bpe-{vocab_size}"
+def _byte_level_bpe_tokenizer(vocab_size: int = 4000, corpus: Path | None = None) -> PreTrainedTokenizerBase:
+    """A RoBERTa-style tokenizer trained once on STS-B train sentences, or on the lines of `corpus`, cached on disk
+    (a corpus's cache is named by its content's hash, so an edited corpus trains a new one)."""
+    if corpus is None:
+        target = assets.CACHE_DIR / f"tiny-roberta-bpe-{vocab_size}"
+    else:
+        import hashlib
+
+        target = assets.CACHE_DIR / f"bpe-{vocab_size}-{hashlib.sha256(corpus.read_bytes()).hexdigest()[:16]}"
     if not (target / "tokenizer_config.json").exists():
         import tempfile
 
@@ -226,7 +232,7 @@ def _byte_level_bpe_tokenizer(vocab_size: int = 4000) -> PreTrainedTokenizerBase
         specials = {"bos_token": "<s>", "pad_token": "<pad>", "eos_token": "</s>", "unk_token": "<unk>"}
         bpe = ByteLevelBPETokenizer()
         bpe.train_from_iterator(
-            [s for pair in read_sts_b("train") for s in pair[:2]],
+            corpus.read_text().splitlines() if corpus else [s for pair in read_sts_b("train") for s in pair[:2]],
             vocab_size=vocab_size,
             special_tokens=[*specials.values(), "<mask>"],
         )

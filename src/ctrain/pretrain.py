@@ -74,13 +74,19 @@ def word_start_positions(word_ids: list[int | None]) -> list[int]:
 
 
 def load_tokenizer(name: str) -> PreTrainedTokenizerBase:
-    """`bert-uncased` (shipped with the offline all-MiniLM-L6-v2), `byte-level-bpe` (tiny-roberta's), or a directory."""
+    """`bert-uncased` (shipped with the offline all-MiniLM-L6-v2), `byte-level-bpe` (tiny-roberta's, trained on STS-B
+    train), `bpe:FILE` (a byte-level BPE of 4,000 tokens trained on FILE's lines, e.g. the corpus), or a directory."""
     if name == "bert-uncased":
         return AutoTokenizer.from_pretrained(assets.minilm_path())
     if name == "byte-level-bpe":
         return _byte_level_bpe_tokenizer()
+    if name.startswith("bpe:"):
+        corpus = Path(name.removeprefix("bpe:"))
+        if not corpus.is_file():
+            raise FileNotFoundError(f"tokenizer '{name}': no file '{corpus}' to train a BPE on; build it with ctrain corpus")
+        return _byte_level_bpe_tokenizer(corpus=corpus)
     if not Path(name).is_dir():
-        raise FileNotFoundError(f"tokenizer '{name}' is not bert-uncased, byte-level-bpe or an existing directory")
+        raise FileNotFoundError(f"tokenizer '{name}' is not bert-uncased, byte-level-bpe, bpe:FILE or an existing directory")
     return AutoTokenizer.from_pretrained(name)
 
 
@@ -130,7 +136,8 @@ class MaskedLMModule(pl.LightningModule):
 
     Args:
         architecture: bert or roberta.
-        tokenizer: bert-uncased (offline), byte-level-bpe (trained on STS-B train, tiny-roberta's) or a tokenizer directory.
+        tokenizer: bert-uncased (offline), byte-level-bpe (trained on STS-B train, tiny-roberta's), bpe:FILE (trained on
+            FILE, e.g. bpe:data/corpus/all.txt) or a tokenizer directory.
         hidden_size, num_layers: model size.
         mlm_probability: share of (whole-word or token) units chosen for prediction.
         whole_word_masking: choose whole words (all their word pieces) instead of single tokens.

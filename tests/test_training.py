@@ -101,9 +101,9 @@ def test_probe_callbacks_do_not_change_training(tmp_path):
 
     assert training(probed) == training(plain)
     probe_steps = sorted({int(r["step"]) for r in probed if r.get("weighting/ig_kl_r2")})
-    assert probe_steps == [0, 3, 6]
-    assert sorted({int(r["step"]) for r in probed if r.get("geometry/anisotropy/layer_2")}) == [0, 3, 6]
-    assert (tmp_path / "probed" / "demo" / "version_0" / "probes" / "weighting.jsonl").read_text().count("\n") == 3
+    assert probe_steps == [0, 3, 6, 8]  # every 3 steps and the last (max_steps 8)
+    assert sorted({int(r["step"]) for r in probed if r.get("geometry/anisotropy/layer_2")}) == [0, 3, 6, 8]
+    assert (tmp_path / "probed" / "demo" / "version_0" / "probes" / "weighting.jsonl").read_text().count("\n") == 4
 
 
 def test_ddp_on_cpu_matches_one_process_on_the_global_batch(tmp_path):

@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import signal
 import subprocess
 import tempfile
 import time
@@ -68,11 +69,12 @@ def render(chromium: str, page: Path, screenshot: Path, width: int = 1400) -> di
         os.dup2(reads, 3)
         os.dup2(writes, 4)
 
-    with tempfile.TemporaryDirectory() as profile:
+    # Chromium's helper processes may still write to the profile while it is removed: ignore what they leave.
+    with tempfile.TemporaryDirectory(ignore_cleanup_errors=True) as profile:
         process = subprocess.Popen(
             [chromium, *FLAGS, f"--user-data-dir={profile}", "about:blank"],
             preexec_fn=descriptors, close_fds=False,  # noqa: PLW1509 (no threads here); keeps 3 and 4
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
         )  # fmt: skip
         os.close(browser_reads)
         os.close(browser_writes)
@@ -89,7 +91,7 @@ def render(chromium: str, page: Path, screenshot: Path, width: int = 1400) -> di
             shot = pipe.send("Page.captureScreenshot", {"format": "png", "captureBeyondViewport": True}, session, timeout=120)
             screenshot.write_bytes(base64.b64decode(shot["data"]))
         finally:
-            process.kill()
+            os.killpg(process.pid, signal.SIGKILL)  # the browser and its helpers, before the profile goes
             process.wait()
             os.close(we_write)
             os.close(we_read)

@@ -11,7 +11,6 @@ finished runs and resumes interrupted ones from their last checkpoint (`ctrain f
 from __future__ import annotations
 
 import csv
-import io
 import json
 import math
 import os
@@ -200,8 +199,10 @@ def sweep(
     threads = max(1, (os.cpu_count() or 1) // parallel)
     rows = {label: {"run": label, **{name: settings[name] for name in swept}, "status": "pending"} for label, settings in runs}
     summary_file = sweep_dir / "summary.csv"
-    with (summary_file.open() if summary_file.exists() else io.StringIO()) as handle:
-        earlier_seconds = {row["run"]: row["seconds"] for row in csv.DictReader(handle)}
+    earlier_seconds = {}
+    if summary_file.exists():  # a re-run: finished runs keep the time they took
+        with summary_file.open() as handle:
+            earlier_seconds = {row["run"]: row["seconds"] for row in csv.DictReader(handle)}
     print(f"ctrain sweep: {len(runs)} runs of {path} in {sweep_dir}, {parallel} at a time")
     failed = 0
     with ThreadPoolExecutor(max_workers=parallel) as pool:

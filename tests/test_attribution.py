@@ -6,8 +6,13 @@ import math
 import numpy as np
 import pytest
 import torch
+from reference import (
+    brute_force_shapley,
+    captum_loop_weights,
+    masked_value,
+)
 
-from ctrain.encoder import load_encoder, word_special_ids
+from ctrain.models.encoder import load_encoder, word_special_ids
 from ctrain.probes.attribution import (
     integrated_gradients,
     output_directions,
@@ -18,11 +23,6 @@ from ctrain.probes.attribution import (
     shapley_coefficients,
     shapley_values,
     unit_weights,
-)
-from ctrain.probes.reference import (
-    brute_force_shapley,
-    captum_loop_weights,
-    masked_value,
 )
 
 SENTENCES = ["a man plays guitar", "the quick brown fox jumps over it"]

@@ -5,8 +5,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from ctrain.data import load_examples, load_nli_pairs, read_sts_b, sts_b_examples
-from ctrain.datamodule import Collator, ContrastiveDataModule, EpochSampler
+from ctrain.data.datamodule import Collator, ContrastiveDataModule, EpochSampler
+from ctrain.data.sources import (
+    load_examples,
+    load_nli_pairs,
+    read_sts_b,
+    sts_b_examples,
+)
 
 
 def test_sts_b_splits_and_extra_fields():
@@ -74,7 +79,7 @@ def test_sampler_shards_one_global_batch(monkeypatch):
     single = list(EpochSampler(40, batch_size=8, seed=5))
     shards = []
     for rank in range(2):
-        monkeypatch.setattr("ctrain.datamodule._world", lambda rank=rank: (2, rank))
+        monkeypatch.setattr("ctrain.data.datamodule._world", lambda rank=rank: (2, rank))
         shards.append(list(EpochSampler(40, batch_size=4, seed=5)))
     # Global batch g of the 2-process run is batch g of the 1-process run with batch 8.
     for g in range(len(single) // 8):

@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from ctrain.encoder import load_encoder
-from ctrain.export import save_sentence_transformer
+from ctrain.models.encoder import load_encoder
+from ctrain.models.export import save_sentence_transformer
 
 SENTENCES = ["A man is playing a guitar.", "Two dogs run.", "The cat sleeps on the warm mat today."]
 
@@ -67,7 +67,7 @@ def test_offline_minilm_matches_sentence_transformers():
 
 def test_hub_id_offline_gives_one_line_error(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    with pytest.raises(OSError, match="pass its local directory as model.encoder") as error:
+    with pytest.raises(OSError, match="pass its local directory as model.encoder.name") as error:
         load_encoder("some-org/not-a-model")
     assert "\n" not in str(error.value)
 

@@ -17,8 +17,8 @@ import torch
 import torch.nn.functional as F
 import yaml
 
-from ctrain.data import read_sts_b
-from ctrain.encoder import load_encoder
+from ctrain.data.sources import read_sts_b
+from ctrain.models.encoder import load_encoder
 from ctrain.probes.geometry import (
     GeometryConfig,
     GeometryResult,
@@ -515,7 +515,7 @@ def test_anisotropy_draws_one_token_from_distinct_sentences(tiny_bert, conventio
 
 
 def test_plot_written_atomically(tiny_bert, tmp_path):
-    from ctrain.plots.geometry import plot_metrics_by_layer
+    from ctrain.reporting.geometry_plots import plot_metrics_by_layer
 
     result = geometry_probe(tiny_bert, SENTENCES, GeometryConfig(anisotropy_resamples=2, positive_pairs=PAIRS))
     layer_figure = plot_metrics_by_layer(result, tmp_path / "layers.png", "tiny-bert")

@@ -79,7 +79,7 @@ def test_special_tokens_are_never_types_but_unknown_words_are(tiny_bert):
 
 
 def test_words_merge_subwords():
-    from ctrain.encoder import load_encoder
+    from ctrain.models.encoder import load_encoder
 
     tokenizer = load_encoder("tiny-roberta").tokenizer
     sentences = ["unbelievable song", "A song, unbelievable"]

@@ -14,9 +14,9 @@ import pytest
 import torch
 from helpers import RecordTrainMode
 
-from ctrain.cli import run_cli
-from ctrain.encoder import load_encoder
-from ctrain.export import (
+from ctrain.cli.fit import run_cli
+from ctrain.models.encoder import load_encoder
+from ctrain.models.export import (
     Dense,
     Normalize,
     Pooling,
@@ -53,7 +53,7 @@ def _fit(tmp_path: Path, encoder: str, *extra: str, steps: int = 3, batch_size: 
     """`ctrain fit`, a few steps of unsupervised SimCSE: (run directory, train mode per step, warnings raised)."""
     args = [
         "fit", "--config", str(ROOT / "configs" / "demo.yaml"),
-        "--model.encoder", encoder, "--model.pooling", "null",
+        "--model.encoder.name", encoder, "--model.encoder.pooling", "null",
         "--data.batch_size", str(batch_size), "--data.max_examples", str(batch_size * steps),
         "--trainer.max_steps", str(steps), "--trainer.val_check_interval", str(steps),
         "--trainer.log_every_n_steps", "1", "--trainer.enable_progress_bar", "false",
@@ -108,7 +108,7 @@ def test_saved_directory_trains_with_dropout_and_exports(tmp_path, architecture)
 
 
 def test_run_export_given_back_as_encoder_trains_with_dropout(tmp_path):
-    first, _, _ = _fit(tmp_path / "first", "tiny-bert", "--model.pooling", "cls_mlp")
+    first, _, _ = _fit(tmp_path / "first", "tiny-bert", "--model.encoder.pooling", "cls_mlp")
     run_dir, all_training, caught = _fit(tmp_path / "second", str(first / "model_final"))
     _assert_trained_with_dropout(run_dir, all_training, caught)
     _assert_matches_sentence_transformers(run_dir / "model_final")
@@ -184,9 +184,10 @@ def test_offline_encoder_trains_with_dropout_and_matches_sentence_transformers(t
 
 def test_probes_on_a_reloaded_model_with_a_dense_head(tmp_path):
     """The weighting probe differentiates f(X) after the Dense layer (32 output dims, not the 64 hidden ones)."""
+    from reference import brute_force_shapley, captum_loop_weights
+
     from ctrain.probes.attribution import integrated_gradients, shapley_values
     from ctrain.probes.geometry import GeometryConfig, geometry_probe
-    from ctrain.probes.reference import brute_force_shapley, captum_loop_weights
 
     encoder = load_encoder(str(_dense_directory(tmp_path))).eval()
     batch = encoder.tokenize(SENTENCES[:2])

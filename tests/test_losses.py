@@ -8,7 +8,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from ctrain.losses import (
+from ctrain.training.losses import (
     info_nce,
     logistic_loss,
     pair_classifier_loss,
@@ -58,7 +58,9 @@ def test_symmetric_info_nce_is_the_mean_of_both_directions(similarity):
 
 @pytest.mark.parametrize("with_negatives", [False, True])
 def test_symmetric_info_nce_matches_sentence_transformers(with_negatives):
-    from sentence_transformers.sentence_transformer.losses import MultipleNegativesSymmetricRankingLoss
+    from sentence_transformers.sentence_transformer.losses import (
+        MultipleNegativesSymmetricRankingLoss,
+    )
 
     g = torch.Generator().manual_seed(5)
     anchors, positives, negatives = (torch.randn(6, 8, generator=g) for _ in range(3))

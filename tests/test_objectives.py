@@ -8,9 +8,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from ctrain.cli import run_cli
-from ctrain.encoder import load_encoder
-from ctrain.module import ContrastiveModule
+from ctrain.cli.fit import run_cli
+from ctrain.models.encoder import EncoderConfig, load_encoder
+from ctrain.training.module import ContrastiveModule
+from ctrain.training.objectives import DiffCSE, ObjectiveInputs
 
 ROOT = Path(__file__).resolve().parents[1]
 NLI_FILE = ROOT / "tests" / "data" / "nli_synthetic.csv"
@@ -41,7 +42,12 @@ def saved_generator(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def diffcse_module(saved_encoder, saved_generator):
-    return ContrastiveModule(encoder=saved_encoder, objective="diffcse", diffcse_generator=saved_generator, diffcse_mask_ratio=0.5)
+    return ContrastiveModule(encoder=EncoderConfig(saved_encoder), objective=DiffCSE(generator=saved_generator, mask_ratio=0.5))
+
+
+def _detection_loss(module, input_ids, attention_mask, embeddings):
+    inputs = ObjectiveInputs(input_ids, attention_mask, embeddings, None, "cos", 0.05, 0, module.encoder)
+    return module.objective.detection_loss(inputs)
 
 
 def _tokens(module):
@@ -52,7 +58,7 @@ def _tokens(module):
 def test_generator_edits_only_words_and_never_refills_special_tokens(diffcse_module):
     input_ids, attention_mask = _tokens(diffcse_module)
     words = ~diffcse_module.encoder.special_mask(input_ids) & attention_mask.bool()
-    generator = diffcse_module.generator
+    generator = diffcse_module.objective.generator
     edited = generator.corrupt(input_ids, attention_mask, words, 0.99, torch.Generator().manual_seed(0))
     changed = edited != input_ids
     assert changed.any() and not (changed & ~words).any()
@@ -64,18 +70,18 @@ def test_generator_edits_only_words_and_never_refills_special_tokens(diffcse_mod
 
 def test_discriminator_loss_scores_words_only(diffcse_module, monkeypatch):
     """The loss sees the non-special, non-pad tokens as scored, and special tokens are never labelled replaced."""
-    import ctrain.module
+    import ctrain.training.objectives
 
     seen = {}
-    original = ctrain.module.replaced_token_detection_loss
+    original = ctrain.training.objectives.replaced_token_detection_loss
 
     def spy(logits, replaced, scored):
         seen.update(replaced=replaced, scored=scored)
         return original(logits, replaced, scored)
 
-    monkeypatch.setattr(ctrain.module, "replaced_token_detection_loss", spy)
+    monkeypatch.setattr(ctrain.training.objectives, "replaced_token_detection_loss", spy)
     input_ids, attention_mask = _tokens(diffcse_module)
-    diffcse_module._replaced_token_detection_loss(input_ids, attention_mask, diffcse_module(input_ids, attention_mask))
+    _detection_loss(diffcse_module, input_ids, attention_mask, diffcse_module(input_ids, attention_mask))
     tokenizer = diffcse_module.encoder.tokenizer
     specials = torch.isin(input_ids, torch.tensor([tokenizer.cls_token_id, tokenizer.sep_token_id, tokenizer.pad_token_id]))
     assert torch.equal(seen["scored"], ~specials)
@@ -90,29 +96,29 @@ def test_discriminator_gradient_reaches_the_encoder_through_the_sentence_embeddi
     diffcse_module.zero_grad()
     embeddings = diffcse_module(input_ids, attention_mask)
     embeddings.retain_grad()
-    diffcse_module._replaced_token_detection_loss(input_ids, attention_mask, embeddings).backward()
+    _detection_loss(diffcse_module, input_ids, attention_mask, embeddings).backward()
     assert embeddings.grad.abs().sum() > 0
     assert sum(float(p.grad.abs().sum()) for p in encoder_parameters if p.grad is not None) > 0
 
     diffcse_module.zero_grad()
     detached = diffcse_module(input_ids, attention_mask).detach()
-    diffcse_module._replaced_token_detection_loss(input_ids, attention_mask, detached).backward()
+    _detection_loss(diffcse_module, input_ids, attention_mask, detached).backward()
     assert all(p.grad is None or not p.grad.any() for p in encoder_parameters)  # the embedding is the only path
-    assert any(p.grad is not None and p.grad.any() for p in diffcse_module.discriminator.parameters())
+    assert any(p.grad is not None and p.grad.any() for p in diffcse_module.objective.discriminator.parameters())
 
 
 def test_diffcse_bad_settings_are_one_line(saved_encoder, tmp_path):
     from transformers import BertConfig, BertForMaskedLM
 
-    with pytest.raises(ValueError, match="needs model.diffcse_generator"):
-        ContrastiveModule(encoder=saved_encoder, objective="diffcse")
+    with pytest.raises(ValueError, match="the diffcse objective needs its generator"):
+        ContrastiveModule(encoder=EncoderConfig(saved_encoder), objective="diffcse")
     small = BertConfig(vocab_size=100, hidden_size=8, num_hidden_layers=1, num_attention_heads=2, intermediate_size=8)
     BertForMaskedLM(small).save_pretrained(tmp_path)
     with pytest.raises(ValueError, match="predicts 100 tokens but the encoder's tokenizer has 30522") as error:
-        ContrastiveModule(encoder=saved_encoder, objective="diffcse", diffcse_generator=str(tmp_path))
+        ContrastiveModule(encoder=EncoderConfig(saved_encoder), objective=DiffCSE(generator=str(tmp_path)))
     assert "\n" not in str(error.value)
     with pytest.raises(ValueError, match="unknown model.objective 'simclr'"):
-        ContrastiveModule(encoder=saved_encoder, objective="simclr")
+        ContrastiveModule(encoder=EncoderConfig(saved_encoder), objective="simclr")
 
 
 def _fit(save_dir: Path, encoder: str, *extra: str):
@@ -121,7 +127,7 @@ def _fit(save_dir: Path, encoder: str, *extra: str):
     (save_dir / "probes.yaml").write_text(preset.replace("num_sentences: 48", "num_sentences: 16").replace("num_sentences: 400", "num_sentences: 32"))
     cli = run_cli([
         "fit", "--config", str(ROOT / "configs" / "demo.yaml"), "--config", str(save_dir / "probes.yaml"),
-        "--model.encoder", encoder, "--data.batch_size", "8", "--data.max_examples", "64",
+        "--model.encoder.name", encoder, "--data.batch_size", "8", "--data.max_examples", "64",
         "--trainer.max_steps", "4", "--trainer.val_check_interval", "4", "--trainer.limit_val_batches", "2",
         "--trainer.log_every_n_steps", "1", "--trainer.enable_progress_bar", "false",
         "--trainer.enable_model_summary", "false", "--trainer.logger.init_args.save_dir", str(save_dir), *extra,
@@ -167,18 +173,18 @@ def test_nli_classifier_trains_and_exports_no_classifier(tmp_path, saved_encoder
     )  # fmt: skip
     first = next(float(r["train/loss"]) for r in rows if r["train/loss"])
     assert first == pytest.approx(torch.log(torch.tensor(3.0)).item(), abs=0.3)  # a fresh classifier: about log 3
-    _assert_only_the_encoder_is_exported(run_dir, saved_encoder, "pair_classifier.")
+    _assert_only_the_encoder_is_exported(run_dir, saved_encoder, "objective.classifier.")
 
 
 def test_diffcse_trains_with_a_frozen_generator_out_of_the_module(tmp_path, saved_encoder, saved_generator):
     cli, run_dir, rows = _fit(
-        tmp_path, saved_encoder, "--model.objective", "diffcse", "--model.diffcse_generator", saved_generator
+        tmp_path, saved_encoder, "--model.objective", "DiffCSE", "--model.objective.generator", saved_generator
     )
     assert sum(1 for r in rows if r["train/rtd_loss"]) == 4
-    generator = cli.model.generator.model
+    generator = cli.model.objective.generator.model
     # Lightning's train() at fit start and the encoder's at every step would have switched a registered child.
     assert all(module is not generator for module in cli.model.modules())
     assert not generator.training and not any(p.requires_grad for p in generator.parameters())
-    _assert_only_the_encoder_is_exported(run_dir, saved_encoder, "discriminator.")
+    _assert_only_the_encoder_is_exported(run_dir, saved_encoder, "objective.discriminator.")
     state = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)["state_dict"]
     assert not any("generator" in key for key in state)

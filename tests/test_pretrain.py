@@ -8,8 +8,22 @@ import torch
 import yaml
 
 from ctrain.cli import main
-from ctrain.corpus import build_corpus, held_out_sentences, normalise, split_sentences, wikitext_paragraphs
-from ctrain.pretrain import IGNORE_INDEX, MaskedLMCollator, load_tokenizer, mask_tokens, word_start_positions
+from ctrain.data.corpus import (
+    build_corpus,
+    held_out_sentences,
+    normalise,
+    split_sentences,
+    wikitext_paragraphs,
+)
+from ctrain.models.encoder import EncoderConfig
+from ctrain.models.tokenizers import load_tokenizer
+from ctrain.training.module import ContrastiveModule
+from ctrain.training.pretrain import (
+    IGNORE_INDEX,
+    MaskedLMCollator,
+    mask_tokens,
+    word_start_positions,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 MASK_ID, VOCAB = 4, 1000
@@ -118,11 +132,10 @@ def test_pretraining_reduces_the_held_out_loss(pretrained_run):
 
 
 def test_saved_model_is_a_contrastive_start_that_trains_with_dropout(pretrained_run):
-    from ctrain.module import ContrastiveModule
 
     _, export = pretrained_run
     assert (export / "config.json").exists() and (export / "tokenizer.json").exists()
-    module = ContrastiveModule(encoder=str(export), pooling="cls_mlp", mlp_only_train=True)
+    module = ContrastiveModule(encoder=EncoderConfig(str(export), pooling="cls_mlp", mlp_only_train=True))
     assert type(module.encoder.backbone).__name__ == "BertModel" and module.encoder.hidden_size == 32
     module.eval()  # whatever left it in eval mode, the training step puts dropout back on
     batch = module.encoder.tokenize(["the cat eats fish .", "a dog sees the park ."])
@@ -167,7 +180,7 @@ def test_corpus_is_deterministic(corpus_dirs):
 
 
 def test_corpus_excludes_every_sts_b_dev_and_test_sentence(corpus_dirs):
-    from ctrain.data import read_sts_b
+    from ctrain.data.sources import read_sts_b
 
     lines = (corpus_dirs[0] / "all.txt").read_text().splitlines()
     normalised = {normalise(line) for line in lines}
@@ -230,7 +243,6 @@ def test_missing_corpus_and_unknown_key_are_one_line_errors(tmp_path, capsys):
 def test_roberta_shaped_pretraining_saves_a_start_that_trains(tmp_path):
     """RoBERTa shape with a byte-level BPE trained on the pre-training corpus (`bpe:FILE`): loss goes down, the
     export loads as RobertaModel with padding-aware position ids, and trains with dropout."""
-    from ctrain.module import ContrastiveModule
 
     export, corpus = tmp_path / "vanilla_roberta", tiny_corpus(tmp_path / "tiny.txt")
     main([
@@ -248,7 +260,7 @@ def test_roberta_shaped_pretraining_saves_a_start_that_trains(tmp_path):
     with (tmp_path / "runs" / "pretrain_bert_cpu" / "version_0" / "metrics.csv").open() as handle:
         held_out = [float(row["val/mlm_loss"]) for row in csv.DictReader(handle) if row["val/mlm_loss"]]
     assert held_out[-1] < held_out[0] - 1.0, held_out
-    module = ContrastiveModule(encoder=str(export), pooling="mean")
+    module = ContrastiveModule(encoder=EncoderConfig(str(export), pooling="mean"))
     assert type(module.encoder.backbone).__name__ == "RobertaModel" and module.encoder.hidden_size == 32
     batch = module.encoder.tokenize(["the cat eats fish .", "a dog ."])
     padding_idx = module.encoder.backbone.config.pad_token_id

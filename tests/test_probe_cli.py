@@ -5,9 +5,10 @@ import json
 import pytest
 
 from ctrain.cli import main
-from ctrain.probe_cli import SETUPS, ProgressLine, output_directory, probe_parser
-from ctrain.probes.corpus import sample_sentences, sts_b_sentences
+from ctrain.cli.probe import probe_parser
+from ctrain.probes.sentences import sample_sentences, sts_b_sentences
 from ctrain.probes.weighting import WeightingConfig
+from ctrain.reporting.model_probe import SETUPS, ProgressLine, output_directory
 
 
 def test_probe_writes_results_and_prints_tables(tmp_path, capsys):
@@ -68,9 +69,9 @@ def test_progress_projects_from_the_batches_after_the_first():
 
 
 def test_probe_resolves_a_run_directory(tmp_path):
-    from ctrain.encoder import load_encoder
-    from ctrain.export import save_sentence_transformer
-    from ctrain.probe_cli import resolve_model
+    from ctrain.models.encoder import load_encoder
+    from ctrain.models.export import save_sentence_transformer
+    from ctrain.reporting.model_probe import resolve_model
 
     save_sentence_transformer(load_encoder("tiny-bert"), tmp_path / "model_final")
     assert resolve_model(str(tmp_path)) == str(tmp_path / "model_final")

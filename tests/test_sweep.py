@@ -13,8 +13,8 @@ import pytest
 import yaml
 
 from ctrain.cli import main
-from ctrain.report import config_value
-from ctrain.sweep import fit_command, plan_runs, read_sweep
+from ctrain.cli.sweep import fit_command, plan_runs, read_sweep
+from ctrain.reporting.report import config_value
 
 ROOT = Path(__file__).resolve().parent.parent
 SWEEP_FILES = sorted((ROOT / "sweeps").glob("*.yaml"))

@@ -11,16 +11,17 @@ import pytest
 import pytorch_lightning as pl
 import torch
 import yaml
+from jsonargparse import ArgumentParser
 from scipy import stats
 
-from ctrain.cli import run_cli
-from ctrain.datamodule import ContrastiveDataModule
-from ctrain.encoder import load_encoder
-from ctrain.export import save_sentence_transformer
-from ctrain.losses import sgns_loss
-from ctrain.module import ContrastiveModule
+from ctrain.cli.fit import run_cli
+from ctrain.data.datamodule import ContrastiveDataModule
+from ctrain.models.encoder import EncoderConfig, load_encoder
+from ctrain.models.export import save_sentence_transformer
 from ctrain.probes.information import token_statistics
 from ctrain.probes.weighting import THEOREM_KEYS, WeightingConfig, weighting_probe
+from ctrain.training.losses import sgns_loss
+from ctrain.training.module import ContrastiveModule
 
 ROOT = Path(__file__).resolve().parents[1]
 LAB = ROOT / "configs" / "theorem_lab"
@@ -36,14 +37,34 @@ TOY = [
 ] * 4
 
 
-def _exact_model_settings() -> dict:
-    return yaml.safe_load((ROOT / "configs" / "theorem_lab.yaml").read_text())["model"]
+def _exact_model_settings(*overlays: dict) -> dict:
+    """configs/theorem_lab.yaml's model settings with `overlays` layered on, as LightningCLI layers config files."""
+    settings = yaml.safe_load((ROOT / "configs" / "theorem_lab.yaml").read_text())["model"]
+    for overlay in overlays:
+        settings = _layered(settings, overlay)
+    return settings
 
 
-def _fit(corpus: Path, steps: int, batch_size: int = 16, **model) -> tuple[ContrastiveModule, float]:
+def _layered(base: dict, overlay: dict) -> dict:
+    """Nested settings merged key by key; a value that names a class (class_path) or a short name replaces the old one."""
+    merged = dict(base)
+    for key, value in overlay.items():
+        nested = isinstance(value, dict) and isinstance(base.get(key), dict) and "class_path" not in value
+        merged[key] = _layered(base[key], value) if nested else value
+    return merged
+
+
+def _module(settings: dict) -> ContrastiveModule:
+    """The module a config's `model:` settings make, parsed and instantiated as LightningCLI does."""
+    parser = ArgumentParser()
+    parser.add_class_arguments(ContrastiveModule, "model")
+    return parser.instantiate_classes(parser.parse_object({"model": settings})).model
+
+
+def _fit(corpus: Path, steps: int, model: dict, batch_size: int = 16) -> tuple[ContrastiveModule, float]:
     """`steps` optimizer steps of the module on a text file, no validation or outputs; the last training loss."""
     pl.seed_everything(0, verbose=False)
-    module = ContrastiveModule(**model)
+    module = _module(model)
     data = ContrastiveDataModule(train=str(corpus), batch_size=batch_size, max_length=32)
     trainer = pl.Trainer(
         max_steps=steps, limit_val_batches=0, logger=False, enable_checkpointing=False, enable_progress_bar=False,
@@ -86,20 +107,17 @@ def _switches() -> list[str]:
 @pytest.mark.parametrize("switch", _switches())
 def test_every_lab_switch_trains_a_few_steps(switch, toy_corpus):
     overlay = yaml.safe_load((LAB / f"{switch}.yaml").read_text())
-    model = {
-        **_exact_model_settings(),
-        "tiny_hidden_size": 16,
-        **overlay.get("model", {}),
-    }
-    before = load_encoder(model["encoder"], tiny_hidden_size=16, bag_layers=model.get("bag_layers", 0),
-                          embedding_init_std=model.get("embedding_init_std")).word_embeddings.weight.detach().clone()  # fmt: skip
-    module, loss = _fit(toy_corpus, 3, **model)
+    model = _exact_model_settings({"encoder": {"tiny_hidden_size": 16}}, overlay.get("model", {}))
+    encoder = model["encoder"]
+    before = load_encoder(encoder["name"], tiny_hidden_size=16, bag_layers=encoder.get("bag_layers", 0),
+                          embedding_init_std=encoder.get("embedding_init_std")).word_embeddings.weight.detach().clone()  # fmt: skip
+    module, loss = _fit(toy_corpus, 3, model)
     assert math.isfinite(loss) and loss > 0
     assert not torch.equal(module.encoder.word_embeddings.weight.detach(), before)
 
 
 def test_positive_views_split_words_and_keep_special_tokens():
-    module = ContrastiveModule(encoder="tiny-bert", positives="halves")
+    module = ContrastiveModule(encoder=EncoderConfig("tiny-bert"), positives="halves")
     batch = module.encoder.tokenize(["a man is playing a guitar on the stage", "hello"])
     ids, mask = module._positive_views(batch["input_ids"], batch["attention_mask"])
     words = ~module.encoder.special_mask(batch["input_ids"]) & batch["attention_mask"].bool()
@@ -146,8 +164,8 @@ def test_sgns_control_orders_planted_types_by_their_kl(tmp_path):
     ]
     corpus = tmp_path / "topics.txt"
     corpus.write_text("\n".join(sentences) + "\n")
-    model = {**_exact_model_settings(), "objective": "sgns", "tiny_hidden_size": 16}
-    module, _ = _fit(corpus, 200, batch_size=32, **model)
+    model = _exact_model_settings({"objective": "sgns", "encoder": {"tiny_hidden_size": 16}})
+    module, _ = _fit(corpus, 200, model, batch_size=32)
     encoder = module.encoder
     statistics = token_statistics(encoder.tokenizer, sentences, dkl_repeats=1)
     topic_words = [word for topic in TOPICS for word in topic]
@@ -248,7 +266,7 @@ def test_exact_setting_runs_from_its_config_and_logs_every_fit(tmp_path):
 def test_lab_report_table_and_figures_come_from_the_last_probe():
     import pandas as pd
 
-    from ctrain import lab_report
+    from ctrain.reporting import lab_report
 
     slope, r2 = THEOREM_KEYS["input", "kl"].slope, THEOREM_KEYS["input", "kl"].r2
 

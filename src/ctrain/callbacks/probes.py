@@ -17,11 +17,11 @@ from pathlib import Path
 
 import pytorch_lightning as pl
 
-from ctrain.data import read_sts_b
-from ctrain.probes.corpus import sample_sentences, sts_b_sentences
+from ctrain.data.sources import read_sts_b
 from ctrain.probes.geometry import GeometryConfig, SelfSimilarityState, geometry_probe
 from ctrain.probes.information import TokenStatistics, token_statistics
 from ctrain.probes.jsonio import to_strict_json
+from ctrain.probes.sentences import sample_sentences, sts_b_sentences
 from ctrain.probes.weighting import WeightingConfig, weighting_probe
 
 

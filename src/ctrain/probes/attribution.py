@@ -59,7 +59,7 @@ from torch import Tensor
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from transformers import PreTrainedTokenizerBase
 
-from ctrain.encoder import SentenceEncoder, eval_mode
+from ctrain.models.encoder import SentenceEncoder, eval_mode
 
 Quadrature = Literal["gauss_legendre", "riemann_trapezoid"]
 QUADRATURES: tuple[str, ...] = ("gauss_legendre", "riemann_trapezoid")

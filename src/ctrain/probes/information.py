@@ -37,7 +37,7 @@ from scipy import sparse
 from torch import Tensor
 from transformers import PreTrainedTokenizerBase
 
-from ctrain.encoder import word_special_ids
+from ctrain.models.encoder import word_special_ids
 
 Units = Literal["tokens", "words"]
 UNITS: tuple[str, ...] = ("tokens", "words")

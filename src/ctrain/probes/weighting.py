@@ -34,7 +34,7 @@ from typing import Literal
 import numpy as np
 import torch
 
-from ctrain.encoder import SentenceEncoder
+from ctrain.models.encoder import SentenceEncoder
 from ctrain.probes.attribution import (
     QUADRATURES,
     SHAP_MODES,

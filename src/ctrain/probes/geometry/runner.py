@@ -16,8 +16,8 @@ from typing import TYPE_CHECKING, Literal, NamedTuple
 import torch
 import torch.nn.functional as F
 
-from ctrain.data import StsSplit, read_sts_b
-from ctrain.encoder import eval_mode
+from ctrain.data.sources import StsSplit, read_sts_b
+from ctrain.models.encoder import eval_mode
 from ctrain.probes.geometry.metrics import (
     ACCUMULATE,
     UNIFORMITY_CHUNK,
@@ -35,7 +35,7 @@ from ctrain.probes.geometry.streaming import Plan, stream
 from ctrain.probes.jsonio import to_strict_json
 
 if TYPE_CHECKING:
-    from ctrain.encoder import SentenceEncoder
+    from ctrain.models.encoder import SentenceEncoder
 
 Convention = Literal["default", "isotropy2023"]
 

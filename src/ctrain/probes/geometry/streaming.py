@@ -26,7 +26,7 @@ from ctrain.probes.geometry.metrics import (
 )
 
 if TYPE_CHECKING:
-    from ctrain.encoder import SentenceEncoder
+    from ctrain.models.encoder import SentenceEncoder
 
 
 class Plan(NamedTuple):

@@ -16,25 +16,27 @@ import math
 import re
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Literal
 
 import pandas as pd
 import yaml
-from jsonargparse import CLI
-from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from ctrain.fileio import atomic_path, atomic_write_text
-from ctrain.loggers import EXAMPLES_SEEN
-from ctrain.plots.geometry import words as geometry_words
+from ctrain.fileio import atomic_write_text
+from ctrain.keys import EXAMPLES_SEEN, STS_DEV, STS_TEST
+from ctrain.reporting import lab_report
+from ctrain.reporting.figures import (
+    METHOD_LABELS,
+    QUANTITY_LABELS,
+    XAxis,
+    curve_of,
+    line_figure,
+    save_figure,
+)
+from ctrain.reporting.geometry_plots import words as geometry_words
 
-XAxis = Literal["step", "examples"]
-X_LABELS = {"step": "optimizer step", "examples": "training examples seen"}
-METHODS = {"ig": "IG", "shap": "SHAP"}
-QUANTITIES = {"kl": "KL(w)", "dkl": "dKL(w)", "selfinfo": "-log P(w)"}
-SCALARS = {
-    "val/stsb_spearman": "STS-B dev Spearman x100",
-    "test/stsb_spearman": "STS-B test Spearman x100 (final model)",
+SCALAR_LABELS = {
+    STS_DEV: "STS-B dev Spearman x100",
+    STS_TEST: "STS-B test Spearman x100 (final model)",
     "train/loss": "training loss",
 }
 
@@ -95,49 +97,18 @@ def examples_per_step(run_dir: Path) -> int:
 
 
 def run_title(run_dir: Path) -> str:
-    model = config_value(run_config(run_dir), "model.encoder") or "unknown model"
+    model = config_value(run_config(run_dir), "model.encoder.name") or "unknown model"
     return f"{model}, run {run_dir.parent.name}/{run_dir.name}"
 
 
 # ---- figures ----
 
 
-def _figure() -> Figure:
-    figure = Figure(figsize=(6.4, 4.0), layout="constrained")
-    FigureCanvasAgg(figure)
-    return figure
-
-
-def line_figure(curves: dict[str, pd.DataFrame], y_label: str, title: str, x: XAxis, key: str = "value") -> Figure | None:
-    """One line per labelled (x, value) table; None when no curve has a value."""
-    figure = _figure()
-    axes = figure.add_subplot()
-    drawn = 0
-    for label, curve in curves.items():
-        curve = curve.dropna(subset=[key])
-        if curve.empty:
-            continue
-        axes.plot(curve[x], curve[key], marker="o" if len(curve) < 30 else None, markersize=3, label=label)
-        drawn += 1
-    if not drawn:
-        return None
-    axes.set_xlabel(X_LABELS[x])
-    axes.set_ylabel(y_label)
-    axes.set_title(title, fontsize=10)
-    axes.grid(alpha=0.3)
-    axes.legend(fontsize=8, title_fontsize=8)
-    return figure
-
-
-def _curve(frame: pd.DataFrame, column: str) -> pd.DataFrame:
-    return frame[["step", "examples", column]].rename(columns={column: "value"}) if column in frame else frame.iloc[:0].assign(value=[])
-
-
 def metric_families(columns: Iterable[str]) -> dict[str, tuple[str, dict[str, str]]]:
     """Figure name -> (y-axis label, {legend words: column}) for every metric family present."""
     columns = list(columns)
     families: dict[str, tuple[str, dict[str, str]]] = {}
-    for column, words in SCALARS.items():
+    for column, words in SCALAR_LABELS.items():
         if column in columns:
             families[column.replace("/", "_")] = (words, {words: column})
     for statistic, words in (("r2", "R^2 of word weight on information"), ("beta", "slope of word weight on information")):
@@ -145,7 +116,7 @@ def metric_families(columns: Iterable[str]) -> dict[str, tuple[str, dict[str, st
         for column in columns:
             match = re.fullmatch(rf"weighting/(?!theorem_)(\w+?)_(kl|dkl|selfinfo)_{statistic}", column)
             if match:
-                lines[f"{METHODS.get(match[1], match[1])} on {QUANTITIES[match[2]]}"] = column
+                lines[f"{METHOD_LABELS.get(match[1], match[1])} on {QUANTITY_LABELS[match[2]]}"] = column
         if lines:
             families[f"weighting_{statistic}"] = (words, lines)
     geometry: dict[str, dict[str, str]] = {}
@@ -164,7 +135,7 @@ def run_figures(frame: pd.DataFrame, title: str, x: XAxis = "step") -> dict[str,
     """Every metric family of one run against `x`, a line per layer / method and quantity."""
     figures = {}
     for name, (y_label, lines) in metric_families(frame.columns).items():
-        figure = line_figure({words: _curve(frame, column) for words, column in lines.items()}, y_label, f"{y_label}\n{title}", x)
+        figure = line_figure({words: curve_of(frame, column) for words, column in lines.items()}, y_label, f"{y_label}\n{title}", x)
         if figure is not None:
             figures[name] = figure
     return figures
@@ -185,7 +156,7 @@ def sweep_figures(runs: dict[str, pd.DataFrame], title: str, x: XAxis, legend_ti
     figures = {}
     for name, (y_label, lines) in families.items():
         column = next(iter(lines.values()))
-        figure = line_figure({label: _curve(frame, column) for label, frame in runs.items()}, y_label, f"{y_label}\n{title}", x)
+        figure = line_figure({label: curve_of(frame, column) for label, frame in runs.items()}, y_label, f"{y_label}\n{title}", x)
         if figure is not None:
             figure.axes[0].get_legend().set_title(legend_title)
             figures[name] = figure
@@ -211,12 +182,6 @@ def final_values(frame: pd.DataFrame) -> dict[str, float]:
 
 
 # ---- pages ----
-
-
-def save_png(figure: Figure, path: Path) -> Path:
-    with atomic_path(path) as temporary:
-        figure.savefig(temporary, format="png", dpi=110)
-    return path
 
 
 def html_page(title: str, images: list[Path], tables: list[str], captions: dict[str, str]) -> str:
@@ -252,7 +217,7 @@ def _table(rows: list[dict], caption: str) -> str:
 
 def _write(figures: dict[str, Figure], out: Path, title: str, tables: list[str], extra: list[Path] = ()) -> Path:
     """PNGs of `figures`, then report.html with them, the tables and `extra` images (already drawn)."""
-    images = [save_png(figure, out / f"{name}.png") for name, figure in figures.items()]
+    images = [save_figure(figure, out / f"{name}.png", dpi=110) for name, figure in figures.items()]
     captions = {name: figure.axes[0].get_ylabel() for name, figure in figures.items()}
     captions.update({image.stem: f"final model: {image.stem.replace('_', ' ')}" for image in extra})
     return atomic_write_text(out / "report.html", html_page(title, [*images, *extra], tables, captions))
@@ -278,8 +243,8 @@ def sweep_runs(sweep_dir: Path) -> dict[str, Path]:
 def final_probe_figures(run_dir: Path, out: Path, num_sentences: int) -> list[Path]:
     """The final model's weight-vs-KL scatter (with its regression line) and sentence weight bars, drawn by
     `ctrain probe` on the run's exported model (IG, sketch mode); none when the run exported no model yet."""
-    from ctrain.probe_cli import probe, resolve_model
     from ctrain.probes.weighting import WeightingConfig
+    from ctrain.reporting.model_probe import probe, resolve_model
 
     if resolve_model(str(run_dir)) == str(run_dir):
         return []
@@ -311,7 +276,7 @@ def report(
     target = Path(out) if out else path / ("comparison" if compare else "report")
     if compare:
         run_dirs = [path, *map(Path, compare)]
-        runs = {f"{config_value(run_config(d), 'model.encoder')} ({d.parent.name}/{d.name})": read_run(d) for d in run_dirs}
+        runs = {f"{config_value(run_config(d), 'model.encoder.name')} ({d.parent.name}/{d.name})": read_run(d) for d in run_dirs}
         title = f"{len(runs)} runs compared"
         rows = [{"run": label, "last step": int(frame["step"].max()), **final_values(frame)} for label, frame in runs.items()]
         return _write(sweep_figures(runs, title, x or "step", legend_title="run"), target, title, [_table(rows, "Final values of each run")])
@@ -322,13 +287,11 @@ def report(
         spec = yaml.safe_load((path / "sweep.yaml").read_text())
         swept = list(spec.get("parameters", {}))
         axis = x or ("examples" if any(key.endswith("batch_size") for key in swept) else "step")
-        model = config_value(run_config(next(iter(sweep_runs(path).values()))), "model.encoder")
+        model = config_value(run_config(next(iter(sweep_runs(path).values()))), "model.encoder.name")
         title = f"{model}, sweep {path.name} over {', '.join(swept)}"
         figures = sweep_figures(runs, title, axis, legend_title="run")
         rows = [{"run": label, "last step": int(frame["step"].max()), **final_values(frame)} for label, frame in runs.items()]
         tables = [_table(rows, "Final values of each run")]
-        from ctrain import lab_report  # lazy: it draws with this module's figures
-
         if lab_report.has_theorem_fits(runs):  # the Theorem-1 lab's table and figures first
             settings = [Path(str(value)).stem for value in spec["parameters"].get("config", {}).get("values", [])]
             lab_rows = lab_report.table_rows(runs, settings)
@@ -342,11 +305,6 @@ def report(
     rows = [{"metric": words, "final value": value} for words, value in final_values(frame).items()]
     extra = final_probe_figures(path, target / "final_probe", probe_sentences) if final_probe else []
     return _write(figures, target, title, [_table(rows, f"Final values, step {int(frame['step'].max())}")], extra)
-
-
-def report_main(args: list[str]) -> None:
-    page = CLI(report, args=args, as_positional=True)
-    print(f"ctrain report: {page} ({len(list(page.parent.glob('*.png')))} figures)")
 
 
 def figure_pixels(figure: Figure):

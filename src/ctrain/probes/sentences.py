@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 from typing import Literal
 
-from ctrain.data import read_sts_b
+from ctrain.data.sources import read_sts_b
 
 Columns = Literal["first", "both"]
 COLUMNS: tuple[str, ...] = ("first", "both")

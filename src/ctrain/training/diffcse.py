@@ -12,7 +12,7 @@ import torch
 from torch import Tensor, nn
 from transformers import AutoModel, AutoModelForMaskedLM, PreTrainedTokenizerBase
 
-from ctrain.encoder import TINY_PREFIX, tiny_backbone
+from ctrain.models.encoder import TINY_PREFIX, tiny_backbone
 
 
 class FrozenGenerator:

@@ -1,4 +1,4 @@
-"""`ctrain probe MODEL`: the word-weighting and geometry measurements of any model, without training.
+"""The word-weighting and geometry measurements of any model, without training (`ctrain probe MODEL`).
 
 MODEL is a hub id, a local directory, a ctrain run directory (its model_best/, else
 model_final/), an offline short name (all-MiniLM-L6-v2, all-mpnet-base-v2) or tiny-bert.
@@ -8,19 +8,16 @@ Results go to `--out` as JSON plus figures, and the headline numbers to the term
 
 from __future__ import annotations
 
-import argparse
 import re
 import time
 from dataclasses import fields
 from pathlib import Path
 from typing import Literal
 
-from jsonargparse import ActionConfigFile, ArgumentParser
-
-from ctrain.data import read_sts_b
-from ctrain.encoder import load_encoder
+from ctrain.data.sources import read_sts_b
 from ctrain.fileio import atomic_write_text
-from ctrain.probes.corpus import Columns, sample_sentences, sts_b_sentences
+from ctrain.models.encoder import load_encoder
+from ctrain.probes.sentences import Columns, sample_sentences, sts_b_sentences
 from ctrain.probes.sts import encoder_sts
 from ctrain.probes.weighting import (
     FIT_KEYS,
@@ -171,9 +168,12 @@ def probe(
 
 
 def _weighting(encoder, model: str, directory: Path, split: str, columns: Columns, num_sentences: int | None, config: WeightingConfig) -> None:
-    from ctrain.plots.weighting import plot_sentence_weights, plot_weight_vs_information
     from ctrain.probes.information import token_statistics
     from ctrain.probes.weighting import weighting_probe
+    from ctrain.reporting.weighting_plots import (
+        plot_sentence_weights,
+        plot_weight_vs_information,
+    )
 
     corpus = sts_b_sentences(split, columns)
     sentences = sample_sentences(corpus, num_sentences, config.seed)
@@ -211,8 +211,12 @@ def _weighting(encoder, model: str, directory: Path, split: str, columns: Column
 
 
 def _geometry(encoder, model, directory, conventions, geometry_sentences, max_length, seed):
-    from ctrain.plots.geometry import plot_metrics_by_layer
-    from ctrain.probes.geometry import GeometryConfig, format_layer_table, geometry_probe
+    from ctrain.probes.geometry import (
+        GeometryConfig,
+        format_layer_table,
+        geometry_probe,
+    )
+    from ctrain.reporting.geometry_plots import plot_metrics_by_layer
 
     for convention in conventions:
         config = GeometryConfig(convention=convention, num_sentences=geometry_sentences, max_length=max_length, seed=seed)
@@ -221,24 +225,3 @@ def _geometry(encoder, model, directory, conventions, geometry_sentences, max_le
         plot_metrics_by_layer(result, directory / f"geometry_{convention}.png", model)
         print(f"\ngeometry, convention {convention}, {result.num_sentences} STS-B {config.split} sentences:")
         print(format_layer_table(result))
-
-
-def probe_parser() -> ArgumentParser:
-    """`ctrain probe`'s parser: probe()'s arguments, MODEL positional, --config/--print_config for YAML."""
-    parser = ArgumentParser(prog="ctrain probe", description=__doc__, exit_on_error=False)
-    parser.add_argument("--config", action=ActionConfigFile, help="YAML with any of the arguments below")
-    parser.add_function_arguments(probe, as_positional=True)
-    return parser
-
-
-def probe_main(args: list[str]) -> None:
-    """Parse `ctrain probe` arguments with the chosen setup's values as defaults, then probe."""
-    chosen = argparse.ArgumentParser(add_help=False)
-    chosen.add_argument("--setup")
-    setup = chosen.parse_known_args(args)[0].setup
-    parser = probe_parser()
-    if setup in SETUPS:  # an unknown name is reported by the full parser
-        parser.set_defaults(SETUPS[setup])
-    values = parser.instantiate_classes(parser.parse_args(args)).as_dict()
-    values.pop("config", None)
-    probe(**values)

@@ -14,20 +14,20 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from ctrain.probes.weighting import FIT_KEYS, THEOREM_KEYS
-from ctrain.report import QUANTITIES, XAxis, _curve, line_figure
+from ctrain.reporting.figures import QUANTITY_LABELS, XAxis, curve_of, line_figure
 
-TARGETS = {"input": "input rows", "last_type": "last-layer states (type means)"}
-STATISTICS = {"slope": "slope", "r2": "R^2", "spearman": "Spearman"}
+TARGET_LABELS = {"input": "input rows", "last_type": "last-layer states (type means)"}
+STATISTIC_LABELS = {"slope": "slope", "r2": "R^2", "spearman": "Spearman"}
 CAPTION = "Theorem-1 lab: fits of 0.5 ||w||^2 on each quantity at the last probe, per setting"
 
 
 def table_columns() -> dict[str, str]:
     """Column words -> metric key, in the table's order."""
     columns = {}
-    for target, target_words in TARGETS.items():
-        for quantity, quantity_words in QUANTITIES.items():
+    for target, target_words in TARGET_LABELS.items():
+        for quantity, quantity_words in QUANTITY_LABELS.items():
             keys = THEOREM_KEYS[target, quantity]
-            for statistic, words in STATISTICS.items():
+            for statistic, words in STATISTIC_LABELS.items():
                 columns[f"{target_words}: {words} on {quantity_words}"] = getattr(keys, statistic)
     columns["IG on KL(w): R^2"] = FIT_KEYS["ig", "kl"].r2
     columns["IG on KL(w): beta"] = FIT_KEYS["ig", "kl"].slope
@@ -73,12 +73,12 @@ def figures(runs: dict[str, pd.DataFrame], title: str, x: XAxis, order: list[str
     normalisation): their axis is symmetric-log, with the theorem's slope 1 dotted."""
     drawn = {}
     curves_by_setting = {_setting(label): runs[label] for label in _ordered(runs, order)}
-    for target, target_words in TARGETS.items():
-        for quantity, quantity_words in QUANTITIES.items():
-            for statistic, words in STATISTICS.items():
+    for target, target_words in TARGET_LABELS.items():
+        for quantity, quantity_words in QUANTITY_LABELS.items():
+            for statistic, words in STATISTIC_LABELS.items():
                 key = getattr(THEOREM_KEYS[target, quantity], statistic)
                 y_label = f"{words} of 0.5||w||^2 on {quantity_words}, {target_words}"
-                curves = {name: _curve(frame, key) for name, frame in curves_by_setting.items()}
+                curves = {name: curve_of(frame, key) for name, frame in curves_by_setting.items()}
                 figure = line_figure(curves, y_label, f"{y_label}\n{title}", x)
                 if figure is not None:
                     drawn[f"theorem_{target}_{quantity}_{statistic}"] = _legend_outside(figure)

@@ -22,10 +22,8 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from jsonargparse import CLI
-
 from ctrain import assets
-from ctrain.data import read_sts_b
+from ctrain.data.sources import read_sts_b
 from ctrain.fileio import atomic_write_text
 
 GENSIM_WIKIPEDIA = "enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2"
@@ -213,7 +211,3 @@ def build_corpus(output: str = "data/corpus", sources: list[str] | None = None) 
     for part in manifest["sources"]:
         print(f"  {part['name']:11s} {part['sentences']:6d} sentences {part['words']:8d} words  ({part['licence']})")
     return manifest
-
-
-def corpus_main(args: list[str]) -> None:
-    CLI(build_corpus, args=args)

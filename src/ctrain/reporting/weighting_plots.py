@@ -12,23 +12,13 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from ctrain.fileio import atomic_path
 from ctrain.probes.regression import ols
 from ctrain.probes.weighting import Quantity, WeightingResult
+from ctrain.reporting.figures import save_figure
 
 LABELS = {"kl": "KL(w)", "dkl": "dKL(w)", "selfinfo": "I(w) = -log P(w)"}
-
-
-def save_figure(figure: Figure, path: str | Path) -> Path:
-    """Write ``figure`` to ``path`` atomically (format from the suffix)."""
-    path = Path(path)
-    with atomic_path(path) as temporary:
-        FigureCanvasAgg(figure)
-        figure.savefig(temporary, format=path.suffix.lstrip(".") or "png")
-    return path
 
 
 def plot_weight_vs_information(

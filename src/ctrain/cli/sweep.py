@@ -28,8 +28,9 @@ import yaml
 from jsonargparse import CLI
 
 from ctrain.fileio import atomic_path, atomic_write_text
+from ctrain.keys import STS_DEV, STS_TEST, STS_TEST_BEST
 
-SUMMARY_METRICS = {"val/stsb_spearman": "sts_dev_final", "test/stsb_spearman": "sts_test_final", "test/stsb_spearman_best": "sts_test_best"}
+SUMMARY_METRICS = {STS_DEV: "sts_dev_final", STS_TEST: "sts_test_final", STS_TEST_BEST: "sts_test_best"}
 SUPPORTED_MACROS = ("${env}", "${interpreter}", "${program}", "${args}")
 
 

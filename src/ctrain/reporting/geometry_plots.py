@@ -1,7 +1,7 @@
 """Figures of the geometry probe: every metric family against layer, for one model.
 
 Agg backend without pyplot state; files are written atomically (`save_figure`), since a
-dashboard may read a figure while the next probe rewrites it. `METRIC_WORDS` is the one
+dashboard may read a figure while the next probe rewrites it. `METRIC_LABELS` is the one
 place that names the geometry metrics in words; `ctrain report` uses it for its per-step figures.
 """
 
@@ -16,7 +16,7 @@ from matplotlib.figure import Figure
 if TYPE_CHECKING:  # `ctrain report` imports the words without torch
     from ctrain.probes.geometry import GeometryResult
 
-METRIC_WORDS: dict[str, str] = {
+METRIC_LABELS: dict[str, str] = {
     "anisotropy": "anisotropy (mean cosine of random word pairs)",
     "self_similarity": "self-similarity (same word, other contexts)",
     "intra_similarity": "intra-sentence similarity (word vs its sentence)",
@@ -53,7 +53,7 @@ BANDS: dict[str, tuple[str, str]] = {
 
 def words(metric: str) -> str:
     """The metric in words (its key with spaces when it has no entry)."""
-    return METRIC_WORDS.get(metric, metric.replace("_", " "))
+    return METRIC_LABELS.get(metric, metric.replace("_", " "))
 
 
 def _grid(panels: int, width: float = 4.2, height: float = 3.2) -> tuple[Figure, list]:
@@ -100,6 +100,6 @@ def plot_metrics_by_layer(result: "GeometryResult", path: str | Path, model: str
         + (f"\nsentence embeddings: {sentence_level}" if sentence_level else ""),
         fontsize=10,
     )
-    from ctrain.plots.weighting import save_figure
+    from ctrain.reporting.figures import save_figure
 
     return save_figure(figure, path)

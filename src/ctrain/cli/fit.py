@@ -1,5 +1,5 @@
 """`ctrain fit | validate | test | probe | pretrain | corpus`: one LightningCLI over ContrastiveModule and
-ContrastiveDataModule; `ctrain pretrain` is the same CLI over the masked-LM pair (ctrain.pretrain).
+ContrastiveDataModule; `ctrain pretrain` is the same CLI over the masked-LM pair (ctrain.training.pretrain).
 
 Every run writes one directory (the CSV logger's): config.yaml, checkpoints/{last,best}.ckpt,
 metrics.csv, model_final/ and model_best/ (sentence-transformers format).
@@ -8,55 +8,44 @@ metrics.csv, model_final/ and model_best/ (sentence-transformers format).
 
 from __future__ import annotations
 
-import argparse
 import csv
-import sys
-import warnings
 from pathlib import Path
 
 import torch
 import yaml
 from pytorch_lightning.callbacks import Callback, ModelCheckpoint
-from pytorch_lightning.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
+from pytorch_lightning.cli import (
+    LightningArgumentParser,
+    LightningCLI,
+    SaveConfigCallback,
+)
 from pytorch_lightning.loggers import CSVLogger, WandbLogger
 
 from ctrain.callbacks.outputs import RunOutputs, WandbProbeFigures
-from ctrain.datamodule import ContrastiveDataModule
-from ctrain.loggers import WandbOptions, git_revision, wandb_logger, write_csv_atomic
-from ctrain.module import ContrastiveModule
+from ctrain.data.datamodule import ContrastiveDataModule
+from ctrain.keys import STS_DEV
+from ctrain.runtime import global_batch_size
+from ctrain.training.loggers import (
+    WandbOptions,
+    git_revision,
+    wandb_logger,
+    write_csv_atomic,
+)
+from ctrain.training.module import ContrastiveModule
 
-STS_METRIC = "val/stsb_spearman"
 AFTER_CHECKPOINT_PREFIXES = ("train/", "data/", "test/")  # rows logged at a checkpoint's step, after it was written
 
-HELP = """usage: ctrain COMMAND [options]
-
-Contrastive fine-tuning of sentence encoders, with probes of word weighting and geometry.
-
-commands:
-  fit        train a model: ctrain fit --config configs/demo.yaml [--config callbacks/probes.yaml]
-  validate   STS-B dev Spearman of a model or checkpoint
-  test       STS-B test Spearman of a model or checkpoint
-  probe      measure any model without training: ctrain probe all-MiniLM-L6-v2 [--setup kurita2023]
-  corpus     build the offline English corpus: ctrain corpus --output data/corpus
-  pretrain   masked-LM pre-training from scratch (a vanilla start): ctrain pretrain --config configs/pretrain_bert_cpu.yaml
-  sweep      run a W&B sweep file locally, resumable: ctrain sweep sweeps/temperature_cpu.yaml [--parallel 2]
-  report     figures and one HTML page of a run or a sweep: ctrain report runs/demo/version_0
-
-  ctrain fit --resume RUN_DIR   continue a run from its last checkpoint, in the same directory
-
-`ctrain COMMAND --help` lists a command's options; docs/metrics.md defines every logged key.
-"""
 
 
 class CtrainCLI(LightningCLI):
     """LightningCLI with ctrain's always-on callbacks, a validation at step 0 and a closing summary.
 
-    Subclasses train another objective by changing the class attributes (see ctrain.pretrain)."""
+    Subclasses train another objective by changing the class attributes (see ctrain.training.pretrain)."""
 
     model_class: type = ContrastiveModule
     datamodule_class: type = ContrastiveDataModule
     outputs_class: type = RunOutputs
-    monitor, monitor_mode, monitor_label = STS_METRIC, "max", "STS-B dev Spearman x100"
+    monitor, monitor_mode, monitor_label = STS_DEV, "max", "STS-B dev Spearman x100"
     default_run_name = "ctrain"
 
     @staticmethod
@@ -100,7 +89,7 @@ class CtrainCLI(LightningCLI):
             config["logger"] = loggers
             callbacks = [*callbacks, WandbProbeFigures()]
         trainer = super()._instantiate_trainer(config, callbacks)
-        examples_per_step = self.datamodule.hparams.batch_size * trainer.world_size * trainer.accumulate_grad_batches
+        examples_per_step = global_batch_size(self.datamodule.hparams.batch_size, trainer)
         for logger in trainer.loggers:
             if hasattr(logger, "examples_per_step"):
                 logger.examples_per_step = examples_per_step
@@ -200,60 +189,8 @@ def run_cli(args: list[str], cli_class: type[CtrainCLI] = CtrainCLI) -> CtrainCL
         cli_class.model_class,
         cli_class.datamodule_class,
         args=args,
-        trainer_defaults={"use_distributed_sampler": False, "logger": {"class_path": "ctrain.loggers.RunCSVLogger", "init_args": {"save_dir": "runs", "name": cli_class.default_run_name}}},
+        trainer_defaults={"use_distributed_sampler": False, "logger": {"class_path": "ctrain.training.loggers.RunCSVLogger", "init_args": {"save_dir": "runs", "name": cli_class.default_run_name}}},
         save_config_callback=RunConfigCallback,
         save_config_kwargs={"overwrite": True},
         parser_kwargs={"exit_on_error": False, "prog": "ctrain"},
     )
-
-
-def _quiet_libraries() -> None:
-    """Keep the terminal for ctrain's own output: no weight-loading reports or per-file progress bars."""
-    import transformers
-
-    transformers.logging.set_verbosity_error()
-    transformers.logging.disable_progress_bar()
-    warnings.filterwarnings("ignore", message=".*LightningCLI's args parameter is intended.*")
-
-
-def main(argv: list[str] | None = None) -> None:
-    """Console entry point: errors in user input end in one line, not a traceback."""
-    args = list(sys.argv[1:] if argv is None else argv)
-    _quiet_libraries()
-    if args[:1] in ([], ["-h"], ["--help"]):
-        print(HELP, end="")
-        return
-    try:
-        if args[:1] == ["probe"]:
-            from ctrain.probe_cli import probe_main
-
-            probe_main(args[1:])
-        elif args[:1] == ["corpus"]:
-            from ctrain.corpus import corpus_main
-
-            corpus_main(args[1:])
-        elif args[:1] == ["pretrain"]:
-            from ctrain.pretrain import PretrainCLI
-
-            run_cli(["fit", *args[1:]], PretrainCLI)
-        elif args[:1] == ["sweep"]:
-            from ctrain.sweep import sweep_main
-
-            sweep_main(args[1:])
-        elif args[:1] == ["report"]:
-            from ctrain.report import report_main
-
-            report_main(args[1:])
-        else:
-            run_cli(args)
-    except (argparse.ArgumentError, ValueError, FileNotFoundError, OSError, FloatingPointError) as error:
-        hint = ""
-        if isinstance(error, argparse.ArgumentError):
-            command = args[0] if args and not args[0].startswith("-") else "fit"
-            hint = " (ctrain --help lists the commands)" if "invalid choice" in str(error) else f" (ctrain {command} --help lists the keys)"
-        print(f"ctrain: error: {' '.join(str(error).split())}{hint}", file=sys.stderr)
-        sys.exit(2)
-
-
-if __name__ == "__main__":
-    main()

@@ -22,9 +22,9 @@ from pytorch_lightning.loggers.csv_logs import ExperimentWriter
 from pytorch_lightning.loggers.logger import rank_zero_experiment
 
 from ctrain.fileio import atomic_path
+from ctrain.keys import EXAMPLES_SEEN
 
 STEP_KEY = "step"
-EXAMPLES_SEEN = "trainer/examples_seen"
 WandbMode = Literal["off", "auto", "offline", "online"]
 
 

@@ -19,7 +19,7 @@ import torch.distributed as dist
 from torch import Tensor
 from torch.utils.data import DataLoader, Sampler
 
-from ctrain import data
+from ctrain.data import sources
 
 log = logging.getLogger(__name__)
 
@@ -190,7 +190,7 @@ class ContrastiveDataModule(pl.LightningDataModule):
         if stage == "fit":
             self.load_training_examples(self.trainer.world_size)
         if not self.dev:
-            read = data.read_sts_b if hp.eval_source == "offline" else data.sts_b_hub
+            read = sources.read_sts_b if hp.eval_source == "offline" else sources.sts_b_hub
             self.dev, self.test = read("dev")[: hp.max_eval_pairs], read("test")[: hp.max_eval_pairs]
 
     def load_training_examples(self, world_size: int) -> None:
@@ -205,11 +205,11 @@ class ContrastiveDataModule(pl.LightningDataModule):
                     "data.label_column needs data.supervised=true and a csv/jsonl/hub source of NLI-labelled pairs "
                     f"(data.train is '{hp.train}', supervised={hp.supervised})"
                 )
-            examples, labels = data.load_nli_pairs(hp.train, hp.columns or [], hp.label_column)
+            examples, labels = sources.load_nli_pairs(hp.train, hp.columns or [], hp.label_column)
         elif hp.train == "sts-b":
-            examples = data.sts_b_examples(hp.supervised, hp.min_positive_score)
+            examples = sources.sts_b_examples(hp.supervised, hp.min_positive_score)
         else:
-            examples = data.load_examples(hp.train, hp.columns)
+            examples = sources.load_examples(hp.train, hp.columns)
         if hp.max_examples is not None:
             examples = examples[: hp.max_examples]
             labels = labels if labels is None else labels[: hp.max_examples]
@@ -243,14 +243,14 @@ class ContrastiveDataModule(pl.LightningDataModule):
             return self.examples
         if wants_labels:
             return list(zip(self.examples, self.labels))
-        entailment = data.NLI_LABELS.index("entailment")
+        entailment = sources.NLI_LABELS.index("entailment")
         positives = [pair for pair, label in zip(self.examples, self.labels) if label == entailment]
         self._check_examples(positives, self.trainer.world_size)
         return positives
 
     def train_dataloader(self) -> DataLoader:
         hp = self.hparams
-        wants_labels = self.trainer.lightning_module.hparams.get("objective") == "nli_classifier"
+        wants_labels = getattr(getattr(self.trainer.lightning_module, "objective", None), "reads_labels", False)
         items = self.training_items(wants_labels)
         self.sampler = resumable_sampler(self.trainer, len(items), hp.batch_size, hp.shuffle)
         return DataLoader(

@@ -12,7 +12,7 @@ import math
 import torch
 from torch import Tensor
 
-from ctrain.encoder import SentenceEncoder, eval_mode
+from ctrain.models.encoder import SentenceEncoder, eval_mode
 from ctrain.probes.attribution import pad_baseline
 
 

@@ -9,20 +9,16 @@ similarity as `similarity_fn_name`.
 from __future__ import annotations
 
 import copy
-import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from transformers import PreTrainedTokenizerBase
 
-from ctrain.encoder import SentenceEncoder
-from ctrain.fileio import atomic_write_text
-
-try:  # sentence-transformers >= 6
-    from sentence_transformers.sentence_transformer.modules import Dense, Normalize, Pooling, Transformer
-except ImportError:  # earlier releases
-    from sentence_transformers.models import Dense, Normalize, Pooling, Transformer
+from ctrain.fileio import atomic_directory, atomic_write_text
+from ctrain.models.encoder import SentenceEncoder
+from ctrain.models.st_modules import Dense, Normalize, Pooling, Transformer
 
 SIMILARITY_NAMES = {"cos": "cosine", "dot": "dot"}
 
@@ -33,9 +29,7 @@ def save_sentence_transformer(
     """Write `encoder` to `path` (replacing it only once the new copy is complete)."""
     from sentence_transformers import SentenceTransformer
 
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=target.parent, prefix=f".{target.name}.") as scratch:
+    with tempfile.TemporaryDirectory(prefix="ctrain-backbone-") as scratch, atomic_directory(path) as staged:
         source = Path(scratch) / "backbone"
         backbone = copy.deepcopy(encoder.backbone).float().cpu()
         backbone.save_pretrained(source)
@@ -58,14 +52,16 @@ def save_sentence_transformer(
         if encoder.normalize:
             modules.append(Normalize())
         model = SentenceTransformer(modules=modules, device="cpu", similarity_fn_name=SIMILARITY_NAMES[similarity])
-        staged = Path(scratch) / "model"
         model.save(str(staged))
-        previous = Path(scratch) / "previous"
-        if target.exists():
-            os.replace(target, previous)  # moved aside, removed with the scratch directory
-        os.replace(staged, target)
-    return target
+    return Path(path)
 
+
+def save_hf_model(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, path: str | Path) -> Path:
+    """`save_pretrained` of model and tokenizer into `path` (a Hugging Face directory), replacing it only once complete."""
+    with atomic_directory(path) as staged:
+        model.save_pretrained(staged)
+        tokenizer.save_pretrained(staged)
+    return Path(path)
 
 
 @dataclass(frozen=True)
@@ -81,22 +77,6 @@ class RunFacts:
     global_batch_size: int
     steps: int
     run_dir: str
-
-    @classmethod
-    def of(cls, trainer, pl_module, run_dir: Path) -> RunFacts:
-        model, data = pl_module.hparams, trainer.datamodule.hparams
-        supervised = " (supervised pairs)" if data.supervised else " (unsupervised: dropout positives)"
-        return cls(
-            base_model=str(model.encoder),
-            data=f"{data.train}{supervised}",
-            objective=str(model.objective),
-            similarity=str(model.similarity),
-            pooling=str(pl_module.encoder.pooler.mode) + (" (MLP in training only)" if model.mlp_only_train else ""),
-            temperature=float(model.temperature),
-            global_batch_size=int(data.batch_size) * trainer.world_size * trainer.accumulate_grad_batches,
-            steps=int(trainer.global_step),
-            run_dir=str(run_dir),
-        )
 
 
 def _score(value: float | None) -> str:

@@ -1,8 +1,8 @@
-"""`ctrain pretrain`: masked-language-model pre-training from scratch, a vanilla start for contrastive training.
+"""Masked-language-model pre-training from scratch (`ctrain pretrain`), a vanilla start for contrastive training.
 
-The same LightningCLI as `ctrain fit` (config files, checkpoints/{last,best}.ckpt, metrics.csv,
+Run by the same LightningCLI as `ctrain fit` (ctrain.cli.pretrain) (config files, checkpoints/{last,best}.ckpt, metrics.csv,
 `--resume RUN_DIR`), over MaskedLMModule and PretrainDataModule. The run ends by saving a Hugging Face
-directory (model with its MLM head, and tokenizer) that `model.encoder` of `ctrain fit` loads; the
+directory (model with its MLM head, and tokenizer) that `model.encoder.name` of `ctrain fit` loads; the
 loader keeps the encoder and drops the head.
 
 Masking happens in the training step, not in the data loader, from a generator seeded by
@@ -11,24 +11,21 @@ Masking happens in the training step, not in the data loader, from a generator s
 
 from __future__ import annotations
 
-import os
-import tempfile
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Literal
 
 import pytorch_lightning as pl
 import torch
 from torch import Tensor
 from torch.utils.data import DataLoader
-from transformers import AutoModelForMaskedLM, AutoTokenizer, PreTrainedTokenizerBase
+from transformers import AutoModelForMaskedLM, PreTrainedTokenizerBase
 
-from ctrain import assets, data
-from ctrain.callbacks.outputs import RunOutputs
-from ctrain.cli import CtrainCLI
-from ctrain.datamodule import EpochSampler, resumable_sampler
-from ctrain.encoder import _byte_level_bpe_tokenizer, tiny_backbone, word_special_ids
-from ctrain.module import _STEP_STRIDE, ContrastiveModule
+from ctrain.data import sources
+from ctrain.data.datamodule import EpochSampler, resumable_sampler
+from ctrain.models.encoder import tiny_backbone, word_special_ids
+from ctrain.models.tokenizers import load_tokenizer
+from ctrain.runtime import global_seed, step_seed
+from ctrain.training.optim import build_optimizer
 
 IGNORE_INDEX = -100  # the label of every position the loss skips (PyTorch's cross-entropy default)
 VALIDATION_SEED = 12345  # held-out masks are the same at every evaluation, so the curve compares like with like
@@ -71,37 +68,6 @@ def word_start_positions(word_ids: list[int | None]) -> list[int]:
         else:
             starts.append(first_of.setdefault(word, position))
     return starts
-
-
-def load_tokenizer(name: str) -> PreTrainedTokenizerBase:
-    """`bert-uncased` (shipped with the offline all-MiniLM-L6-v2), `byte-level-bpe` (tiny-roberta's, trained on STS-B
-    train), `bpe:FILE` (a byte-level BPE of 4,000 tokens trained on FILE's lines, e.g. the corpus), or a directory."""
-    if name == "bert-uncased":
-        return AutoTokenizer.from_pretrained(assets.minilm_path())
-    if name == "byte-level-bpe":
-        return _byte_level_bpe_tokenizer()
-    if name.startswith("bpe:"):
-        corpus = Path(name.removeprefix("bpe:"))
-        if not corpus.is_file():
-            raise FileNotFoundError(f"tokenizer '{name}': no file '{corpus}' to train a BPE on; build it with ctrain corpus")
-        return _byte_level_bpe_tokenizer(corpus=corpus)
-    if not Path(name).is_dir():
-        raise FileNotFoundError(f"tokenizer '{name}' is not bert-uncased, byte-level-bpe, bpe:FILE or an existing directory")
-    return AutoTokenizer.from_pretrained(name)
-
-
-def save_hf_model(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, path: str | Path) -> Path:
-    """`save_pretrained` of model and tokenizer into `path`, replacing it only once the new copy is complete."""
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=target.parent, prefix=f".{target.name}.") as scratch:
-        staged = Path(scratch) / "model"
-        model.save_pretrained(staged)
-        tokenizer.save_pretrained(staged)
-        if target.exists():
-            os.replace(target, Path(scratch) / "previous")  # moved aside, removed with the scratch directory
-        os.replace(staged, target)
-    return target
 
 
 @dataclass
@@ -165,7 +131,7 @@ class MaskedLMModule(pl.LightningModule):
             raise ValueError(f"model.max_length must be between 3 and {MAX_POSITIONS}, got {max_length}")
         self.save_hyperparameters()
         self.tokenizer = load_tokenizer(tokenizer)
-        seed = int(os.environ.get("PL_GLOBAL_SEED", 0))
+        seed = global_seed()
         config = tiny_backbone(architecture, self.tokenizer, hidden_size, num_layers, seed).config
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
@@ -197,7 +163,7 @@ class MaskedLMModule(pl.LightningModule):
         return loss_sum, (logits.argmax(-1) == targets).sum(), selected.sum()
 
     def _step_seed(self) -> int:
-        return int(os.environ.get("PL_GLOBAL_SEED", 0)) + _STEP_STRIDE * self.global_step + self.global_rank
+        return step_seed(self.global_step, self.global_rank)
 
     def on_train_batch_start(self, batch: dict, batch_idx: int) -> None:
         """Train mode (dropout on) and dropout seeded per step, as in ContrastiveModule."""
@@ -228,9 +194,10 @@ class MaskedLMModule(pl.LightningModule):
         self.log("val/mlm_loss", loss_sum / max(count, 1), prog_bar=True, sync_dist=True)
         self.log("val/mlm_accuracy", correct / max(count, 1), sync_dist=True)
 
-    # One optimiser and schedule for both objectives: AdamW without decay on biases and LayerNorm,
-    # linear warm-up then linear decay to 0 (reads hparams learning_rate, weight_decay, warmup).
-    configure_optimizers = ContrastiveModule.configure_optimizers
+    def configure_optimizers(self) -> dict:
+        """AdamW without decay on biases and LayerNorm, linear warm-up then linear decay to 0 (as contrastive training)."""
+        hp = self.hparams
+        return build_optimizer(self, self.trainer.estimated_stepping_batches, hp.learning_rate, hp.weight_decay, hp.warmup)
 
 
 class PretrainDataModule(pl.LightningDataModule):
@@ -264,7 +231,7 @@ class PretrainDataModule(pl.LightningDataModule):
         if self.sentences:
             return
         hp = self.hparams
-        sentences = [example[0] for example in data.load_examples(hp.train, None)][: hp.max_examples]
+        sentences = [example[0] for example in sources.load_examples(hp.train, None)][: hp.max_examples]
         order = torch.randperm(len(sentences), generator=torch.Generator().manual_seed(0)).tolist()
         held_out = set(order[: hp.val_size])
         self.held_out = [sentences[i] for i in sorted(held_out)]
@@ -291,35 +258,3 @@ class PretrainDataModule(pl.LightningDataModule):
         """Every process scores the whole held-out set (it is small), so the metric needs no gathering."""
         collator = self.trainer.lightning_module.collator
         return DataLoader(self.held_out, batch_size=self.hparams.eval_batch_size, collate_fn=collator)
-
-
-class PretrainOutputs(RunOutputs):
-    """Flushes logs with every checkpoint (as RunOutputs) and saves the final model as a Hugging Face directory.
-
-    Args:
-        export_dir: where the model goes (default: model_final/ in the run directory); a fixed path
-            lets a contrastive config name it as model.encoder.
-    """
-
-    written = "model_final/ (Hugging Face: model with MLM head + tokenizer)"
-
-    def __init__(self, export_dir: str | None = None) -> None:
-        super().__init__()
-        self.export_dir = export_dir
-
-    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if not trainer.is_global_zero:
-            return
-        target = Path(self.export_dir) if self.export_dir else self.run_dir / "model_final"
-        save_hf_model(pl_module.model, pl_module.tokenizer, target)
-        print(f"ctrain pretrain: model saved to {target} (use it as model.encoder of ctrain fit)")
-
-
-class PretrainCLI(CtrainCLI):
-    """`ctrain fit`'s CLI over the masked-LM objective: best checkpoint by held-out MLM loss."""
-
-    model_class = MaskedLMModule
-    datamodule_class = PretrainDataModule
-    outputs_class = PretrainOutputs
-    monitor, monitor_mode, monitor_label = "val/mlm_loss", "min", "held-out MLM loss"
-    default_run_name = "pretrain"

@@ -14,7 +14,6 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -22,10 +21,10 @@ from torch import Tensor, nn
 from transformers import AutoConfig, AutoModel, AutoTokenizer, PreTrainedTokenizerBase
 
 from ctrain import assets
-from ctrain.bag import BagConfig, BagModel
-
-Pooling = Literal["mean", "cls", "cls_mlp", "max"]
-POOLINGS: tuple[str, ...] = ("mean", "cls", "cls_mlp", "max")
+from ctrain.models.bag import BagConfig, BagModel
+from ctrain.models.pooling import Pooler, PoolingMode
+from ctrain.models.st_modules import Dense
+from ctrain.models.tokenizers import tiny_tokenizer, without_special_tokens
 
 TINY_PREFIX = "tiny-"
 BAG_PREFIX = "bag-"
@@ -49,34 +48,6 @@ def eval_mode(module: nn.Module) -> Iterator[nn.Module]:
         module.train(was_training)
 
 
-class Pooler(nn.Module):
-    """Token states -> one vector per sentence (cf. sentence-transformers `models.Pooling`).
-
-    `cls_mlp` is SimCSE's CLS + Linear + Tanh head; with `mlp_only_train` the head is
-    used in training only and inference returns the plain CLS state (unsupervised SimCSE).
-    """
-
-    def __init__(self, mode: Pooling, hidden_size: int, mlp_only_train: bool = False) -> None:
-        super().__init__()
-        if mode not in POOLINGS:
-            raise ValueError(f"unknown pooling '{mode}': choose one of {', '.join(POOLINGS)}")
-        self.mode = mode
-        self.mlp_only_train = mlp_only_train
-        self.mlp = nn.Sequential(nn.Linear(hidden_size, hidden_size), nn.Tanh()) if mode == "cls_mlp" else None
-
-    def forward(self, token_states: Tensor, attention_mask: Tensor) -> Tensor:
-        if self.mode == "mean":
-            mask = attention_mask.unsqueeze(-1).to(token_states.dtype)
-            return (token_states * mask).sum(1) / mask.sum(1).clamp_min(1.0)
-        if self.mode == "max":
-            masked = token_states.masked_fill(~attention_mask.bool().unsqueeze(-1), torch.finfo(token_states.dtype).min)
-            return masked.max(1).values
-        cls = token_states[:, 0]
-        if self.mlp is not None and (self.training or not self.mlp_only_train):
-            return self.mlp(cls)
-        return cls
-
-
 class SentenceEncoder(nn.Module):
     """Backbone + pooler (+ the Dense layers and L2 normalisation a sentence-transformers model declares).
 
@@ -88,7 +59,7 @@ class SentenceEncoder(nn.Module):
         self,
         backbone: nn.Module,
         tokenizer: PreTrainedTokenizerBase,
-        pooling: Pooling = "mean",
+        pooling: PoolingMode = "mean",
         mlp_only_train: bool = False,
         normalize: bool = False,
         dense: list[nn.Module] | None = None,
@@ -183,6 +154,12 @@ class SentenceEncoder(nn.Module):
             pooled = layer({"sentence_embedding": pooled})["sentence_embedding"]
         return F.normalize(pooled, dim=-1) if self.normalize else pooled
 
+    def set_dropout(self, probability: float) -> None:
+        """The probability of every dropout layer of the backbone (hidden and attention)."""
+        for module in self.backbone.modules():
+            if isinstance(module, nn.Dropout):
+                module.p = probability
+
     @torch.no_grad()
     def encode(self, sentences: list[str], batch_size: int = 64, max_length: int | None = 128) -> Tensor:
         """Inference embeddings of many sentences (eval mode, train mode restored).
@@ -201,52 +178,6 @@ class SentenceEncoder(nn.Module):
             return torch.empty(0, self.embedding_size)
         embeddings = torch.cat(chunks)
         return embeddings[torch.tensor(order).argsort()]
-
-
-def _tiny_tokenizer(architecture: str) -> PreTrainedTokenizerBase:
-    """A real tokenizer for a tiny model: BERT uncased (offline MiniLM), MPNet's, or a byte-level BPE."""
-    if architecture == "bert":
-        return AutoTokenizer.from_pretrained(assets.minilm_path())
-    if architecture == "mpnet":
-        return AutoTokenizer.from_pretrained(assets.mpnet_path())
-    return _byte_level_bpe_tokenizer()
-
-
-def _byte_level_bpe_tokenizer(vocab_size: int = 4000, corpus: Path | None = None) -> PreTrainedTokenizerBase:
-    """A RoBERTa-style tokenizer trained once on STS-B train sentences, or on the lines of `corpus`, cached on disk
-    (a corpus's cache is named by its content's hash, so an edited corpus trains a new one)."""
-    if corpus is None:
-        target = assets.CACHE_DIR / f"tiny-roberta-bpe-{vocab_size}"
-    else:
-        import hashlib
-
-        target = assets.CACHE_DIR / f"bpe-{vocab_size}-{hashlib.sha256(corpus.read_bytes()).hexdigest()[:16]}"
-    if not (target / "tokenizer_config.json").exists():
-        import tempfile
-
-        from tokenizers import ByteLevelBPETokenizer, processors
-        from transformers import RobertaTokenizerFast
-
-        from ctrain.data import read_sts_b
-
-        specials = {"bos_token": "<s>", "pad_token": "<pad>", "eos_token": "</s>", "unk_token": "<unk>"}
-        bpe = ByteLevelBPETokenizer()
-        bpe.train_from_iterator(
-            corpus.read_text().splitlines() if corpus else [s for pair in read_sts_b("train") for s in pair[:2]],
-            vocab_size=vocab_size,
-            special_tokens=[*specials.values(), "<mask>"],
-        )
-        bpe.post_processor = processors.RobertaProcessing(("</s>", bpe.token_to_id("</s>")), ("<s>", bpe.token_to_id("<s>")))
-        tokenizer = RobertaTokenizerFast(
-            tokenizer_object=bpe._tokenizer, cls_token="<s>", sep_token="</s>", mask_token="<mask>", model_max_length=512, **specials
-        )
-        target.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(dir=target.parent) as scratch:
-            tokenizer.save_pretrained(scratch)
-            if not target.exists():  # another process may have finished first
-                Path(scratch).rename(target)
-                Path(scratch).mkdir()  # TemporaryDirectory cleans up the path it made
-    return AutoTokenizer.from_pretrained(target)
 
 
 def tiny_backbone(
@@ -274,19 +205,11 @@ def tiny_backbone(
 def bag_backbone(
     tokenizer: PreTrainedTokenizerBase, hidden_size: int = 64, num_layers: int = 0, seed: int = 0
 ) -> nn.Module:
-    """A random bag-of-embeddings backbone over the tokenizer's vocabulary (ctrain.bag)."""
+    """A random bag-of-embeddings backbone over the tokenizer's vocabulary (ctrain.models.bag)."""
     config = BagConfig(vocab_size=len(tokenizer), hidden_size=hidden_size, num_hidden_layers=num_layers, pad_token_id=tokenizer.pad_token_id)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         return BagModel(config)
-
-
-def _without_special_tokens(tokenizer: PreTrainedTokenizerBase) -> PreTrainedTokenizerBase:
-    """The tokenizer, adding no [CLS]/[SEP]: a bag's mean is over the sentence's own tokens (saved with it)."""
-    from tokenizers.processors import TemplateProcessing
-
-    tokenizer.backend_tokenizer.post_processor = TemplateProcessing(single="$A", pair="$A $B", special_tokens=[])
-    return tokenizer
 
 
 def _random_backbone(source: str, trust_remote_code: bool, seed: int) -> nn.Module:
@@ -319,7 +242,7 @@ def _pretrained_backbone(source: str, trust_remote_code: bool) -> nn.Module:
 class _DeclaredHead:
     """What a sentence-transformers directory declares after its transformer."""
 
-    pooling: Pooling | None = None
+    pooling: PoolingMode | None = None
     normalize: bool = False
     dense: list[nn.Module] = field(default_factory=list)
 
@@ -343,8 +266,6 @@ def _sentence_transformers_head(path: Path, trust_remote_code: bool) -> _Declare
         if kind == "Normalize":
             head.normalize = True
         elif kind == "Dense":
-            from ctrain.export import Dense  # lazy: export imports this module
-
             head.dense.append(Dense.load(str(path / module["path"]), trust_remote_code=trust_remote_code))
         elif kind == "Pooling":
             config = json.loads((path / module["path"] / "config.json").read_text())
@@ -360,9 +281,49 @@ def _backbone_dir(path: Path) -> Path:
     return path / "0_Transformer" if (path / "0_Transformer" / "config.json").exists() else path
 
 
+@dataclass
+class EncoderConfig:
+    """The encoder a run trains (`model.encoder.*` in a config).
+
+    Args:
+        name: hub id, local path, a run's saved model, `all-MiniLM-L6-v2` / `all-mpnet-base-v2` (offline),
+            `tiny-<bert|roberta|mpnet>` (random init, for tests and demos) or `bag-<bert|roberta|mpnet>`.
+        pooling: mean | cls | cls_mlp (SimCSE's CLS + MLP head) | max; None keeps what a
+            sentence-transformers directory declares (mean elsewhere).
+        mlp_only_train: with cls_mlp, use the MLP in training only (unsupervised SimCSE).
+        normalize: L2-normalise the inference embedding; None keeps what the model declares.
+        dropout: override the encoder's hidden and attention dropout (the positives' only noise when unsupervised).
+        trust_remote_code: allow a hub model's own code to run.
+        tiny_hidden_size, tiny_num_layers: size of a `tiny-*` encoder (tiny_hidden_size: width of a `bag-*` one).
+        bag_layers: transformer layers on top of a `bag-*` encoder's embeddings (0: a pure bag of embeddings).
+        reinitialize: keep a loaded model's architecture and tokenizer, redraw every weight (a random start).
+        embedding_init_std: redraw the input word embeddings from N(0, std^2) (the initial embedding scale).
+    """
+
+    name: str = "tiny-bert"
+    pooling: PoolingMode | None = None
+    mlp_only_train: bool = False
+    normalize: bool | None = None
+    dropout: float | None = None
+    trust_remote_code: bool = False
+    tiny_hidden_size: int = 64
+    tiny_num_layers: int = 2
+    bag_layers: int = 0
+    reinitialize: bool = False
+    embedding_init_std: float | None = None
+
+    def load(self, seed: int = 0) -> SentenceEncoder:
+        """The encoder these settings describe; random parts drawn from `seed`."""
+        settings = {key: value for key, value in vars(self).items() if key not in ("name", "dropout")}
+        encoder = load_encoder(self.name, seed=seed, **settings)
+        if self.dropout is not None:
+            encoder.set_dropout(self.dropout)
+        return encoder
+
+
 def load_encoder(
     name: str,
-    pooling: Pooling | None = None,
+    pooling: PoolingMode | None = None,
     normalize: bool | None = None,
     mlp_only_train: bool = False,
     trust_remote_code: bool = False,
@@ -395,7 +356,7 @@ def load_encoder(
 
 def _load_encoder(
     name: str,
-    pooling: Pooling | None,
+    pooling: PoolingMode | None,
     normalize: bool | None,
     mlp_only_train: bool,
     trust_remote_code: bool,
@@ -410,9 +371,9 @@ def _load_encoder(
             architecture = name[len(prefix) :]
             if architecture not in TINY_ARCHITECTURES:
                 raise ValueError(f"unknown architecture '{name}': choose {prefix}{f', {prefix}'.join(TINY_ARCHITECTURES)}")
-            tokenizer = _tiny_tokenizer(architecture)
+            tokenizer = tiny_tokenizer(architecture)
             if prefix == BAG_PREFIX:
-                tokenizer = _without_special_tokens(tokenizer)
+                tokenizer = without_special_tokens(tokenizer)
                 backbone = bag_backbone(tokenizer, tiny_hidden_size, bag_layers, seed)
             else:
                 backbone = tiny_backbone(architecture, tokenizer, tiny_hidden_size, tiny_num_layers, seed)
@@ -430,13 +391,13 @@ def _load_encoder(
         tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
         backbone = _random_backbone(source, trust_remote_code, seed) if reinitialize else _pretrained_backbone(source, trust_remote_code)
         if isinstance(backbone, BagModel):  # the saved tokenizer gets its [CLS]/[SEP] back on loading
-            tokenizer = _without_special_tokens(tokenizer)
+            tokenizer = without_special_tokens(tokenizer)
     except OSError as error:
         if path.exists():
             raise
         raise OSError(
             f"cannot load '{name}' from the Hugging Face hub ({type(error).__name__}): offline, download it on a "
-            f"connected machine and pass its local directory as model.encoder, or use all-MiniLM-L6-v2, "
+            f"connected machine and pass its local directory as model.encoder.name, or use all-MiniLM-L6-v2, "
             f"all-mpnet-base-v2 or tiny-bert"
         ) from None
     if reinitialize:

@@ -1,0 +1,17 @@
+"""`ctrain pretrain`: `ctrain fit`'s LightningCLI over the masked-LM pair of ctrain.training.pretrain."""
+
+from __future__ import annotations
+
+from ctrain.callbacks.outputs import PretrainOutputs
+from ctrain.cli.fit import CtrainCLI
+from ctrain.training.pretrain import MaskedLMModule, PretrainDataModule
+
+
+class PretrainCLI(CtrainCLI):
+    """`ctrain fit`'s CLI over the masked-LM objective: best checkpoint by held-out MLM loss."""
+
+    model_class = MaskedLMModule
+    datamodule_class = PretrainDataModule
+    outputs_class = PretrainOutputs
+    monitor, monitor_mode, monitor_label = "val/mlm_loss", "min", "held-out MLM loss"
+    default_run_name = "pretrain"

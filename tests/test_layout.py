@@ -1,0 +1,71 @@
+"""The package layout's rule: lower layers never import higher ones, and every package imports on its own.
+
+Layers, lowest first: the shared leaf modules (assets, fileio, keys, runtime); data; models; probes; training;
+reporting; callbacks; cli. Each package may import its own layer and those listed as allowed below: never
+training, reporting or cli from models, data or probes, and never cli or training from reporting.
+Every import statement counts, those inside functions too.
+"""
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+SOURCE = Path(__file__).resolve().parents[1] / "src" / "ctrain"
+LEAVES = {"assets", "fileio", "keys", "runtime"}
+ALLOWED = {
+    "leaf": LEAVES,
+    "data": LEAVES | {"data"},
+    "models": LEAVES | {"data", "models"},
+    "probes": LEAVES | {"data", "models", "probes"},
+    "training": LEAVES | {"data", "models", "probes", "training"},
+    "reporting": LEAVES | {"data", "models", "probes", "reporting"},
+    "callbacks": LEAVES | {"data", "models", "probes", "reporting", "callbacks"},
+    "cli": LEAVES | {"data", "models", "probes", "training", "reporting", "callbacks", "cli"},
+}
+PACKAGES = sorted(set(ALLOWED) - {"leaf"})
+
+
+def _layer(path: Path) -> str:
+    relative = path.relative_to(SOURCE)
+    return relative.parts[0] if len(relative.parts) > 1 else "leaf"
+
+
+def _imported_parts(path: Path) -> set[str]:
+    """The ctrain sub-packages or leaf modules that a file imports, by any import statement."""
+    parts = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "ctrain":
+            names = node.module.split(".")[1:] or [alias.name for alias in node.names]
+            parts.update(names[:1] if node.module != "ctrain" else names)
+        elif isinstance(node, ast.Import):
+            parts.update(alias.name.split(".")[1] for alias in node.names if alias.name.startswith("ctrain."))
+    return parts
+
+
+def test_every_module_belongs_to_a_known_layer():
+    top = {path.stem for path in SOURCE.glob("*.py")} - {"__init__"}
+    assert top == LEAVES, "a new top-level module is a leaf only if it imports no package; else put it in one"
+    assert {path.name for path in SOURCE.iterdir() if path.is_dir() and (path / "__init__.py").exists()} == set(PACKAGES)
+
+
+@pytest.mark.parametrize("path", sorted(SOURCE.rglob("*.py")), ids=lambda path: str(path.relative_to(SOURCE)))
+def test_no_upward_import(path):
+    layer = _layer(path)
+    forbidden = _imported_parts(path) - ALLOWED[layer]
+    assert not forbidden, f"{path.relative_to(SOURCE)} ({layer}) imports {sorted(forbidden)}, a higher layer"
+
+
+@pytest.mark.parametrize("package", PACKAGES)
+def test_each_package_imports_on_its_own(package):
+    """A fresh interpreter imports the package and all its modules without an import circle."""
+    modules = [f"ctrain.{package}"] + [
+        "ctrain." + ".".join(path.relative_to(SOURCE).with_suffix("").parts)
+        for path in sorted((SOURCE / package).rglob("*.py"))
+        if path.stem not in ("__init__", "__main__")
+    ]
+    code = "import importlib\n" + "".join(f"importlib.import_module({name!r})\n" for name in modules)
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]

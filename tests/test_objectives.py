@@ -188,3 +188,41 @@ def test_diffcse_trains_with_a_frozen_generator_out_of_the_module(tmp_path, save
     _assert_only_the_encoder_is_exported(run_dir, saved_encoder, "objective.discriminator.")
     state = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)["state_dict"]
     assert not any("generator" in key for key in state)
+
+
+def test_discriminator_starts_as_a_copy_of_the_loaded_encoder(tmp_path, saved_generator):
+    """DiffCSE's code copies the pretrained encoder's weights into the discriminator; a copy, not the same tensors.
+    The saved encoder is drawn with another seed than the run's, so a fresh random discriminator cannot match it."""
+    trained = load_encoder("tiny-bert", seed=7)
+    trained.backbone.save_pretrained(tmp_path)
+    trained.tokenizer.save_pretrained(tmp_path)
+    module = ContrastiveModule(encoder=EncoderConfig(str(tmp_path)), objective=DiffCSE(generator=saved_generator))
+    encoder = module.encoder.backbone
+    discriminator = module.objective.discriminator.backbone
+    for name, value in discriminator.state_dict().items():
+        assert torch.equal(value, encoder.state_dict()[name]), name
+    assert all(a.data_ptr() != b.data_ptr() for a, b in zip(discriminator.parameters(), encoder.parameters()))
+
+
+def test_edit_mask_is_drawn_apart_from_the_positive_views(saved_encoder, saved_generator, monkeypatch):
+    """With token_dropout positives, DiffCSE's edit mask must still pick mask_ratio of the words the views kept:
+    drawn from the same seed as the views' keep mask, it picked only those whose draw fell in [drop, ratio)."""
+    from ctrain.training.diffcse import FrozenGenerator
+
+    module = ContrastiveModule(
+        encoder=EncoderConfig(saved_encoder), objective=DiffCSE(generator=saved_generator, mask_ratio=0.3),
+        positives="token_dropout", token_dropout=0.1,
+    )  # fmt: skip
+    shares = []
+    original = FrozenGenerator.corrupt
+
+    def recording(self, input_ids, attention_mask, editable, mask_ratio, rng):
+        draws = torch.rand(input_ids.shape, generator=torch.Generator().set_state(rng.get_state()))
+        shares.append(float(((draws < mask_ratio) & editable).sum() / editable.sum()))
+        return original(self, input_ids, attention_mask, editable, mask_ratio, rng)
+
+    monkeypatch.setattr(FrozenGenerator, "corrupt", recording)
+    sentences = [" ".join(["a man is playing a guitar on the stage while two dogs run in a green field"] * 3)] * 16
+    batch = module.encoder.tokenize(sentences)
+    module.training_step({**batch, "num_views": torch.tensor(1), "truncated": torch.zeros(16)}, 0)
+    assert shares[0] == pytest.approx(0.3, abs=0.03)

@@ -1,6 +1,7 @@
 """End-to-end runs of `ctrain fit` on a tiny encoder: outputs, determinism, kill -9 and resume, bad input."""
 
 import csv
+import json
 import os
 import subprocess
 import sys
@@ -9,6 +10,8 @@ from pathlib import Path
 import pytest
 
 from ctrain.cli import main
+from ctrain.models.encoder import EncoderConfig
+from ctrain.training.module import ContrastiveModule
 
 ROOT = Path(__file__).resolve().parents[1]
 QUICK = [
@@ -123,3 +126,35 @@ def test_ddp_on_cpu_matches_one_process_on_the_global_batch(tmp_path):
     for one, two in losses:
         assert two == pytest.approx(one, rel=1e-4)
     assert (tmp_path / "ddp" / "demo" / "version_0" / "model_best" / "modules.json").exists()
+
+
+@pytest.mark.parametrize(
+    "encoder", [EncoderConfig("tiny-bert"), EncoderConfig("tiny-roberta"), EncoderConfig("tiny-mpnet"), EncoderConfig("bag-bert", bag_layers=1)],
+    ids=lambda config: f"{config.name}-{config.bag_layers}",
+)
+def test_weight_decay_applies_to_exactly_the_matrices(encoder, tmp_path):
+    """Biases and every normalisation scale (the bag's norm1/norm2 too) are never decayed; every matrix is."""
+    from ctrain.training.optim import build_optimizer
+
+    module = ContrastiveModule(encoder=encoder, weight_decay=0.01)
+    encoder_dir = tmp_path / "saved"  # and the same model saved and loaded back, as users pass it
+    module.encoder.backbone.save_pretrained(encoder_dir)
+    module.encoder.tokenizer.save_pretrained(encoder_dir)
+    for candidate in (module, ContrastiveModule(encoder=EncoderConfig(str(encoder_dir), bag_layers=encoder.bag_layers), weight_decay=0.01)):
+        groups = build_optimizer(candidate, 10, 1e-3, weight_decay=0.01)["optimizer"].param_groups
+        decayed = {id(p) for group in groups if group["weight_decay"] > 0 for p in group["params"]}
+        for name, parameter in candidate.named_parameters():
+            assert (id(parameter) in decayed) == (parameter.dim() >= 2), name
+
+
+def test_probes_measure_the_trained_model_of_a_max_epochs_run(tmp_path):
+    """Every hub config trains for max_epochs (max_steps -1): the last step is reached by no schedule, yet probed."""
+    main(_run_args(tmp_path, "--config", str(ROOT / "tests" / "tiny_probes.yaml"), "--trainer.max_steps", "-1",
+                   "--trainer.max_epochs", "1", "--data.max_examples", "40"))  # fmt: skip
+    run_dir = tmp_path / "demo" / "version_0"
+    last_step = max(int(row["step"]) for row in _metrics(run_dir))
+    assert last_step == 5 and last_step % 2  # 40 examples / 8 a batch; the preset probes every 2 steps
+    for probe in ("weighting", "geometry"):
+        steps = [json.loads(line)["step"] for line in (run_dir / "probes" / f"{probe}.jsonl").read_text().splitlines()]
+        assert steps == [0, 2, 4, 5], probe
+    assert any(row["weighting/ig_kl_r2"] for row in _metrics(run_dir) if int(row["step"]) == last_step)

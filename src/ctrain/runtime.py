@@ -6,9 +6,17 @@ One definition each, shared by the contrastive and masked-LM modules, the data a
 from __future__ import annotations
 
 import os
+from typing import Literal
+
+import numpy as np
 
 # Distinct seeds per (step, rank); any odd constant larger than a world size works.
 STEP_STRIDE = 1_000_003
+
+# Each random use of a step draws from its own stream: seeded alike, two uses would draw the same numbers
+# (DiffCSE's edit mask would repeat token_dropout's keep mask, MLM masks would repeat dropout's).
+Stream = Literal["dropout", "positives", "objective", "mlm_masks"]
+STREAMS: tuple[str, ...] = ("dropout", "positives", "objective", "mlm_masks")
 
 
 def global_seed() -> int:
@@ -16,9 +24,18 @@ def global_seed() -> int:
     return int(os.environ.get("PL_GLOBAL_SEED", 0))
 
 
-def step_seed(step: int, rank: int = 0) -> int:
-    """The seed of optimizer step `step` on process `rank`: a resumed run draws what an uninterrupted one did."""
-    return global_seed() + STEP_STRIDE * step + rank
+def step_seed(step: int, rank: int = 0, stream: Stream = "dropout") -> int:
+    """The seed of one random use (`stream`) of optimizer step `step` on process `rank`.
+
+    A resumed run draws what an uninterrupted one did. The dropout stream keeps the plain
+    (seed, step, rank) formula; the others are independent streams of numpy's SeedSequence.
+    """
+    if stream == "dropout":
+        return global_seed() + STEP_STRIDE * step + rank
+    if stream not in STREAMS:
+        raise ValueError(f"unknown random stream '{stream}': choose one of {', '.join(STREAMS)}")
+    entropy = [global_seed(), step, rank, STREAMS.index(stream)]
+    return int(np.random.SeedSequence(entropy).generate_state(1, dtype=np.uint64)[0] >> 1)
 
 
 def global_batch_size(batch_size: int, trainer) -> int:

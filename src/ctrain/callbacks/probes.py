@@ -81,9 +81,14 @@ class _ScheduledProbe(pl.Callback):
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs, batch, batch_idx: int) -> None:
         self._maybe_measure(trainer, pl_module)
 
-    def _maybe_measure(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """The trained model, when no schedule reached it: a run limited by max_epochs (max_steps -1) or stopped early."""
+        self._maybe_measure(trainer, pl_module, last=True)
+
+    def _maybe_measure(self, trainer: pl.Trainer, pl_module: pl.LightningModule, last: bool = False) -> None:
         step = trainer.global_step
-        if not self._due(step, trainer.max_steps) or not trainer.is_global_zero:
+        due = step not in self._done if last else self._due(step, trainer.max_steps)
+        if not due or not trainer.is_global_zero:
             return
         self._done.add(step)
         started = time.perf_counter()

@@ -8,9 +8,11 @@ reaches the encoder only through that embedding: it must encode what an edit wou
 
 from __future__ import annotations
 
+import copy
+
 import torch
 from torch import Tensor, nn
-from transformers import AutoModel, AutoModelForMaskedLM, PreTrainedTokenizerBase
+from transformers import AutoModelForMaskedLM, PreTrainedTokenizerBase
 
 from ctrain.models.encoder import TINY_PREFIX, tiny_backbone
 
@@ -70,23 +72,22 @@ def _load_masked_lm(source: str, tokenizer: PreTrainedTokenizerBase, seed: int) 
 
 
 class ConditionedDiscriminator(nn.Module):
-    """A transformer of the encoder's architecture (fresh weights, as DiffCSE's) plus a per-token binary head.
+    """A copy of the encoder's backbone as loaded, plus a per-token binary head.
 
-    The sentence embedding replaces the output of the embedding layer at position 0 ([CLS]/<s>):
-    the discriminator's only view of the sentence before the edit.
+    As in DiffCSE's code (`aux_bert.load_state_dict(pretrained_model.bert.state_dict(), strict=False)`), the
+    discriminator starts from the encoder's weights, then trains on its own. The sentence embedding replaces
+    the output of the embedding layer at position 0 ([CLS]/<s>): the discriminator's only view of the
+    sentence before the edit.
     """
 
-    def __init__(self, encoder_config, seed: int = 0) -> None:
+    def __init__(self, backbone: nn.Module, seed: int = 0) -> None:
         super().__init__()
+        if not hasattr(backbone, "embeddings"):
+            raise ValueError(f"model.objective=diffcse needs an encoder with an embedding layer; {type(backbone).__name__} has none")
+        self.backbone = copy.deepcopy(backbone)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            try:
-                self.backbone = AutoModel.from_config(encoder_config, add_pooling_layer=False)
-            except TypeError:  # architectures without a next-sentence pooler
-                self.backbone = AutoModel.from_config(encoder_config)
-            self.head = nn.Linear(encoder_config.hidden_size, 1)
-        if not hasattr(self.backbone, "embeddings"):
-            raise ValueError(f"model.objective=diffcse needs an encoder with an embedding layer; {type(self.backbone).__name__} has none")
+            self.head = nn.Linear(backbone.config.hidden_size, 1)
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor, sentence_embeddings: Tensor) -> Tensor:
         """Replaced-token logits, shape (batch, tokens)."""

@@ -12,7 +12,7 @@ from torch import Tensor
 from ctrain.keys import STS_DEV, STS_TEST, TRAIN_LOSS
 from ctrain.models.encoder import EncoderConfig
 from ctrain.probes.sts import sts_spearman
-from ctrain.runtime import global_seed, step_seed
+from ctrain.runtime import Stream, global_seed, step_seed
 from ctrain.training.losses import Similarity
 from ctrain.training.objectives import (
     Objective,
@@ -79,8 +79,8 @@ class ContrastiveModule(pl.LightningModule):
     def forward(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
         return self.encoder(input_ids=input_ids, attention_mask=attention_mask)
 
-    def _step_seed(self) -> int:
-        return step_seed(self.global_step, self.global_rank)
+    def _step_seed(self, stream: Stream = "dropout") -> int:
+        return step_seed(self.global_step, self.global_rank, stream)
 
     def on_train_batch_start(self, batch: dict, batch_idx: int) -> None:
         """Train mode and seeded dropout for every step.
@@ -103,7 +103,7 @@ class ContrastiveModule(pl.LightningModule):
         if hp.positives == "dropout":
             return input_ids.repeat(2, 1), attention_mask.repeat(2, 1)
         words = ~self.encoder.special_mask(input_ids) & attention_mask.bool()
-        generator = torch.Generator().manual_seed(self._step_seed())
+        generator = torch.Generator().manual_seed(self._step_seed("positives"))
         draws = torch.rand((2, *input_ids.shape), generator=generator).to(input_ids.device)
         if hp.positives == "token_dropout":
             keep = draws >= hp.token_dropout
@@ -126,7 +126,7 @@ class ContrastiveModule(pl.LightningModule):
             size = view_embeddings[0].shape[0]
         inputs = ObjectiveInputs(
             input_ids, attention_mask, embeddings, view_embeddings, self.hparams.similarity, self.hparams.temperature,
-            self._step_seed(), self.encoder, batch.get("labels"),
+            self._step_seed("objective"), self.encoder, batch.get("labels"),
         )  # fmt: skip
         loss, extras = self.objective(inputs)
         for name, value in extras.items():

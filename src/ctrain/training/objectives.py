@@ -45,7 +45,7 @@ class ObjectiveInputs:
     `input_ids` / `attention_mask` are the encoded rows, view after view (anchors, then positives, ...);
     `embeddings` are those rows' sentence embeddings and `views` the same split per view (anchors,
     positives[, hard negatives]); both are None for a token-level objective (`sentence_level = False`).
-    `seed` is the step's seed (ctrain.runtime.step_seed), for the objective's own random draws; `encoder`
+    `seed` is the step's objective stream (ctrain.runtime.step_seed), for the objective's own random draws; `encoder`
     the model being trained.
     """
 
@@ -168,7 +168,10 @@ class DiffCSE(InfoNCE):
     A frozen masked LM (`generator`) refills `mask_ratio` of the words; a discriminator whose [CLS] input is
     the sentence embedding predicts which tokens were replaced (ctrain.training.diffcse). Example:
         objective: {class_path: ctrain.training.objectives.DiffCSE, init_args: {generator: distilbert-base-uncased}}
-    `generator: tiny-bert` is a random one, for CPU runs.
+    `generator: tiny-bert` is a random one, for CPU runs. The discriminator starts as a copy of the encoder's
+    backbone (as DiffCSE's code does). Different from the paper by design: every chosen word becomes [MASK] (no
+    80/10/10 split), the generator refills the masked positions only (greedy), and the detection loss is averaged
+    over word positions only, so the same `weight` (0.005) weighs it more than the paper's lambda.
     """
 
     name = "diffcse"
@@ -186,7 +189,7 @@ class DiffCSE(InfoNCE):
         self.generator_source, self.weight, self.mask_ratio = generator, weight, mask_ratio
 
     def attach(self, encoder: SentenceEncoder, seed: int) -> None:
-        self.discriminator = ConditionedDiscriminator(encoder.backbone.config, seed)
+        self.discriminator = ConditionedDiscriminator(encoder.backbone, seed)
         self.generator = FrozenGenerator(self.generator_source, encoder.tokenizer, seed)
 
     def forward(self, inputs: ObjectiveInputs) -> tuple[Tensor, dict[str, Tensor]]:

@@ -10,9 +10,6 @@ from torch import nn
 OptimizerName = Literal["adamw", "sgd"]
 ScheduleName = Literal["linear", "constant"]
 
-NO_DECAY_SUFFIXES = ("bias", "LayerNorm.weight", "layer_norm.weight", "LayerNorm.bias")
-
-
 def build_optimizer(
     module: nn.Module,
     total_steps: int,
@@ -23,11 +20,14 @@ def build_optimizer(
     schedule: ScheduleName = "linear",
 ) -> dict:
     """Lightning's `configure_optimizers` answer: AdamW (decoupled decay) or SGD (L2 in the gradient, no momentum),
-    linear warm-up over `warmup` steps (a fraction of `total_steps` when < 1), then linear decay to 0 or constant."""
+    linear warm-up over `warmup` steps (a fraction of `total_steps` when < 1), then linear decay to 0 or constant.
+
+    Weight decay applies to exactly the matrices (parameters of two or more dimensions: linear and embedding
+    weights), never to biases or normalisation scales, whatever their names (nanoGPT's rule)."""
     decay, plain = [], []
-    for name, parameter in module.named_parameters():
+    for parameter in module.parameters():
         if parameter.requires_grad:
-            (plain if name.endswith(NO_DECAY_SUFFIXES) else decay).append(parameter)
+            (decay if parameter.dim() >= 2 else plain).append(parameter)
     groups = [{"params": decay, "weight_decay": weight_decay}, {"params": plain, "weight_decay": 0.0}]
     built = (torch.optim.SGD if optimizer == "sgd" else torch.optim.AdamW)(groups, lr=learning_rate)
     total = max(int(total_steps), 1)

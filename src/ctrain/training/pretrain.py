@@ -24,7 +24,7 @@ from ctrain.data import sources
 from ctrain.data.datamodule import EpochSampler, resumable_sampler
 from ctrain.models.encoder import tiny_backbone, word_special_ids
 from ctrain.models.tokenizers import load_tokenizer
-from ctrain.runtime import global_seed, step_seed
+from ctrain.runtime import Stream, global_seed, step_seed
 from ctrain.training.optim import build_optimizer
 
 IGNORE_INDEX = -100  # the label of every position the loss skips (PyTorch's cross-entropy default)
@@ -162,8 +162,8 @@ class MaskedLMModule(pl.LightningModule):
         loss_sum = torch.nn.functional.cross_entropy(logits, targets, reduction="sum")
         return loss_sum, (logits.argmax(-1) == targets).sum(), selected.sum()
 
-    def _step_seed(self) -> int:
-        return step_seed(self.global_step, self.global_rank)
+    def _step_seed(self, stream: Stream = "dropout") -> int:
+        return step_seed(self.global_step, self.global_rank, stream)
 
     def on_train_batch_start(self, batch: dict, batch_idx: int) -> None:
         """Train mode (dropout on) and dropout seeded per step, as in ContrastiveModule."""
@@ -171,7 +171,7 @@ class MaskedLMModule(pl.LightningModule):
         torch.manual_seed(self._step_seed())
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
-        generator = torch.Generator().manual_seed(self._step_seed())
+        generator = torch.Generator().manual_seed(self._step_seed("mlm_masks"))
         loss_sum, correct, count = self.masked_lm(batch, generator)
         count = count.clamp_min(1)
         loss = loss_sum / count

@@ -40,7 +40,7 @@ def _rows(run_dir: Path) -> list[dict]:
         return list(csv.DictReader(handle))
 
 
-def test_offline_wandb_run_holds_metrics_both_axes_config_and_figures_and_resumes_in_place(tmp_path, no_wandb_credentials, monkeypatch):
+def test_offline_wandb_run_holds_metrics_both_axes_config_and_figures_and_resumes_in_place(tmp_path, no_wandb_credentials, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     main(["fit", *TINY, "--trainer.default_root_dir", str(tmp_path), "--config", str(ROOT / "callbacks" / "wandb.yaml")])
     run_dir = tmp_path / "demo" / "version_0"
@@ -72,10 +72,13 @@ def test_offline_wandb_run_holds_metrics_both_axes_config_and_figures_and_resume
     assert f"| STS-B test Spearman x100 | {float(test_score):.2f} |" in card
     assert "STS-B dev Spearman x100 | not measured" not in card
 
+    capsys.readouterr()
     main(["fit", "--resume", str(run_dir), "--trainer.max_steps", "6", "--trainer.enable_progress_bar", "false"])
     assert sorted(path.name for path in (tmp_path / "demo").iterdir()) == ["version_0"]  # the same CSV version
-    run_ids = {path.name.rsplit("-", 1)[-1] for path in run_dir.glob("wandb/offline-run-*")}
-    assert len(run_ids) == 1 and len(list(run_dir.glob("wandb/offline-run-*"))) == 2  # the same W&B run, resumed
+    folders = sorted(run_dir.glob("wandb/offline-run-*"))
+    assert len({path.name.rsplit("-", 1)[-1] for path in folders}) == 1 and len(folders) == 2  # the same W&B run, resumed
+    printed = capsys.readouterr().out  # how to upload both parts as that one run
+    assert f"upload: wandb sync {folders[0]}\n" in printed and f"upload: wandb sync --append {folders[1]}\n" in printed
     # Lightning keeps last.ckpt from the last new best score (step 2 or 4 here): the rows of the steps it
     # redoes are replaced, the rows measured before it are kept, and the record reads as one run.
     rows = _rows(run_dir)

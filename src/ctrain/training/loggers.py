@@ -141,6 +141,17 @@ def existing_wandb_id(run_dir: Path) -> str | None:
     return folders[-1].name.rsplit("-", 1)[-1] if folders else None
 
 
+def offline_sync_commands(run_dir: Path) -> list[str]:
+    """The `wandb sync` commands that upload a run's offline folders as one W&B run.
+
+    W&B cannot resume a run offline: each start of a resumed offline run writes its own
+    `offline-run-DATE-ID` folder under the same run id. Synced oldest first, the later ones with
+    `--append`, they become that one run's history.
+    """
+    folders = sorted((run_dir / "wandb").glob("offline-run-*"), key=lambda path: path.name)
+    return [f"wandb sync {'--append ' if index else ''}{folder}" for index, folder in enumerate(folders)]
+
+
 def wandb_logger(options: WandbOptions, run_dir: Path, run_name: str) -> RunWandbLogger:
     """The W&B logger of `run_dir`: its files inside the run directory, the same W&B run on resume."""
     if options.mode == "online" and not has_wandb_credentials():

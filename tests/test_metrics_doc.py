@@ -1,0 +1,48 @@
+"""docs/metrics.md names every column that a run of the demo with its probe preset writes, literally.
+
+Per-layer keys are documented once with `layer_<l>` for the layer number; every other key must appear as
+written in metrics.csv, so that a grep for any column finds its definition.
+"""
+
+import csv
+import re
+from pathlib import Path
+
+import yaml
+
+from ctrain.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _quick_preset(path: Path) -> Path:
+    """callbacks/probes.yaml with its every setting kept but its sizes cut to seconds on a CPU."""
+    preset = yaml.safe_load((ROOT / "callbacks" / "probes.yaml").read_text())
+    for callback in preset["trainer"]["callbacks"]:
+        arguments = callback["init_args"]
+        arguments["every_n_steps"] = 2
+        if "num_sentences" in arguments:
+            arguments["num_sentences"] = 8
+        config = arguments.setdefault("config", {})
+        if callback["class_path"].endswith("GeometryProbe"):
+            config.update(num_sentences=40, anisotropy_resamples=1)
+        else:
+            config.update(dkl_repeats=1)
+    path.write_text(yaml.safe_dump(preset))
+    return path
+
+
+def test_every_demo_column_is_defined_in_metrics_doc(tmp_path):
+    main([
+        "fit", "--config", str(ROOT / "configs" / "demo.yaml"), "--config", str(_quick_preset(tmp_path / "probes.yaml")),
+        "--data.batch_size", "8", "--data.max_examples", "32", "--data.max_eval_pairs", "32", "--trainer.max_steps", "2",
+        "--trainer.val_check_interval", "2", "--trainer.enable_progress_bar", "false",
+        "--trainer.logger.init_args.save_dir", str(tmp_path),
+    ])  # fmt: skip
+    with (tmp_path / "demo" / "version_0" / "metrics.csv").open() as handle:
+        columns = next(csv.reader(handle))
+    doc = (ROOT / "docs" / "metrics.md").read_text()
+    keys = {re.sub(r"/layer_\d+$", "/layer_<l>", column) for column in columns} - {"step", "epoch"}
+    assert any(key.startswith("weighting/") for key in keys) and any(key.startswith("geometry/") for key in keys)
+    missing = sorted(key for key in keys if f"`{key}`" not in doc)
+    assert not missing, f"docs/metrics.md does not name these metrics.csv columns: {missing}"

@@ -8,5 +8,5 @@ from ctrain.reporting.report import report
 
 
 def report_main(args: list[str]) -> None:
-    page = CLI(report, args=args, as_positional=True)
+    page = CLI(report, args=args, as_positional=True, prog="ctrain report")
     print(f"ctrain report: {page} ({len(list(page.parent.glob('*.png')))} figures)")

@@ -16,6 +16,7 @@ import math
 import os
 import random
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -25,13 +26,15 @@ from itertools import product
 from pathlib import Path
 
 import yaml
-from jsonargparse import CLI
+from jsonargparse import ActionConfigFile, ActionYesNo, ArgumentParser
 
 from ctrain.fileio import atomic_path, atomic_write_text
 from ctrain.keys import STS_DEV, STS_TEST, STS_TEST_BEST
 
 SUMMARY_METRICS = {STS_DEV: "sts_dev_final", STS_TEST: "sts_test_final", STS_TEST_BEST: "sts_test_best"}
 SUPPORTED_MACROS = ("${env}", "${interpreter}", "${program}", "${args}")
+DEFAULT_COMMAND = ["ctrain", "fit", "${args}"]  # W&B's default `${env} ${interpreter} ${program} ${args}` with program ctrain
+CTRAIN_SUBCOMMANDS = ("fit", "validate", "test", "pretrain")
 
 
 def read_sweep(path: Path) -> dict:
@@ -46,12 +49,27 @@ def read_sweep(path: Path) -> dict:
     for macro in re.findall(r"\$\{\w+\}", " ".join(map(str, spec.get("command", [])))):
         if macro not in SUPPORTED_MACROS:
             raise ValueError(f"'{path}': command macro {macro} is not supported here; use {', '.join(SUPPORTED_MACROS)}")
+    for part in map(str, spec.get("command", [])):
+        if part.startswith("--trainer.logger"):  # the runner's name/version flags would land on that logger, not the CSV one
+            raise ValueError(
+                f"'{path}': command sets {part}; a sweep keeps the run's CSV logger (ctrain sweep puts each run in "
+                "its directory through it): turn W&B on with --config callbacks/wandb.yaml instead"
+            )
+    for name, parameter in spec["parameters"].items():
+        if "probabilities" in parameter:
+            probabilities, values = parameter["probabilities"], parameter.get("values")
+            if not isinstance(values, list) or not isinstance(probabilities, list) or len(probabilities) != len(values):
+                raise ValueError(f"'{path}': parameter {name}: probabilities needs values, one probability per value")
+            if any(not isinstance(p, (int, float)) or p < 0 for p in probabilities) or not math.isclose(sum(probabilities), 1.0, abs_tol=1e-6):
+                raise ValueError(f"'{path}': parameter {name}: probabilities must be non-negative numbers that sum to 1, not {probabilities}")
     return spec
 
 
 def _sample(name: str, parameter: dict, rng: random.Random):
     if "value" in parameter:
         return parameter["value"]
+    if "values" in parameter and "probabilities" in parameter:
+        return rng.choices(parameter["values"], weights=parameter["probabilities"])[0]
     if "values" in parameter:
         return rng.choice(parameter["values"])
     distribution, low, high = parameter.get("distribution"), parameter.get("min"), parameter.get("max")
@@ -98,19 +116,48 @@ def _argument(value) -> str:
     return value if isinstance(value, str) else json.dumps(value)
 
 
-def fit_command(spec: dict, settings: dict) -> list[str]:
-    """The sweep file's command with its macros filled: what `wandb agent` would run, with this interpreter."""
-    template = spec.get("command") or ["${env}", "${interpreter}", "${program}", "${args}"]
+def repository_root(sweep_file: Path) -> Path | None:
+    """The first directory holding configs/, walking up from the sweep file's directory."""
+    for directory in Path(sweep_file).resolve().parents:
+        if (directory / "configs").is_dir():
+            return directory
+    return None
+
+
+def resolve_config(value: str, sweep_file: Path | None) -> str:
+    """A --config path as given when it exists from the current directory, else from the sweep file's repository root."""
+    if sweep_file is None or Path(value).exists():
+        return value
+    root = repository_root(sweep_file)
+    return str(root / value) if root is not None and (root / value).exists() else value
+
+
+def fit_command(spec: dict, settings: dict, sweep_file: Path | None = None) -> list[str]:
+    """The sweep file's command with its macros filled: what `wandb agent` would run, with this interpreter.
+
+    No command means `ctrain fit ${args}`; `ctrain` (or ${program} with program ctrain) without a subcommand
+    means `ctrain fit`. --config paths missing from the current directory are read from the sweep file's
+    repository root (see `resolve_config`)."""
+    template = [str(part) for part in spec.get("command") or DEFAULT_COMMAND]
+    is_ctrain = [part == "ctrain" or (part == "${program}" and spec.get("program") == "ctrain") for part in template]
     command: list[str] = []
-    for part in template:
-        if part == "${env}":
-            continue
+    for index, part in enumerate(template):
+        if part == "${env}" or (part == "${interpreter}" and index + 1 < len(template) and is_ctrain[index + 1]):
+            continue  # the ctrain program is started with this interpreter already
         if part == "${args}":
-            command += [f"--{name}={_argument(value)}" for name, value in settings.items()]
-        elif part in ("ctrain", "${program}") and (part == "ctrain" or spec.get("program") == "ctrain"):
+            for name, value in settings.items():
+                argument = resolve_config(value, sweep_file) if name == "config" and isinstance(value, str) else _argument(value)
+                command.append(f"--{name}={argument}")
+        elif is_ctrain[index]:
             command += [sys.executable, "-m", "ctrain.cli"]
+            if index + 1 == len(template) or template[index + 1] not in CTRAIN_SUBCOMMANDS:
+                command.append("fit")
+        elif index > 0 and template[index - 1] == "--config":
+            command.append(resolve_config(part, sweep_file))
+        elif part.startswith("--config="):
+            command.append("--config=" + resolve_config(part.removeprefix("--config="), sweep_file))
         else:
-            command.append(sys.executable if part == "${interpreter}" else str(part).replace("${program}", str(spec.get("program", ""))))
+            command.append(sys.executable if part == "${interpreter}" else part.replace("${program}", str(spec.get("program", ""))))
     return command
 
 
@@ -187,13 +234,13 @@ def sweep(
         raise ValueError("two runs of this sweep have the same swept values; use method grid, or more distinct values")
     commands = {}
     for label, settings in runs:
-        command = fit_command(spec, settings)
+        command = fit_command(spec, settings, path)
         command += [f"--trainer.default_root_dir={sweep_dir}", "--trainer.logger.init_args.name=runs", f"--trainer.logger.init_args.version={label}"]
         command += [f"--wandb.group={sweep_dir.name}"] + ([f"--wandb.mode={wandb}"] if wandb else [])
         commands[label] = command
-    if dry_run:
+    if dry_run:  # what each run would write where; `ctrain fit ... --print_config` of a command shows its full config
         for label, command in commands.items():
-            print(f"{label}: {' '.join(command)}")
+            print(f"run {label}\n  directory: {sweep_dir / 'runs' / label}\n  command: {shlex.join(command)}")
         return sweep_dir
     atomic_write_text(sweep_dir / "sweep.yaml", path.read_text())
     atomic_write_text(plan_file, json.dumps(plan, indent=1))
@@ -231,9 +278,20 @@ def sweep(
     return sweep_dir
 
 
+def sweep_parser() -> ArgumentParser:
+    """`ctrain sweep`'s parser: sweep()'s arguments, FILE positional, --dry_run a flag."""
+    parser = ArgumentParser(prog="ctrain sweep", description=__doc__)
+    parser.add_argument("--config", action=ActionConfigFile, help="YAML with any of the arguments below")
+    parser.add_function_arguments(sweep, as_positional=True, skip={"dry_run"})
+    parser.add_argument("--dry_run", action=ActionYesNo, default=False, help="print each run's directory and command, run nothing")
+    return parser
+
+
 def sweep_main(args: list[str]) -> None:
     try:
-        CLI(sweep, args=args, as_positional=True)
+        values = sweep_parser().parse_args(args).as_dict()
+        values.pop("config", None)
+        sweep(**values)
     except RuntimeError as error:
         print(f"ctrain sweep: {error}", file=sys.stderr)
         sys.exit(1)

@@ -47,19 +47,29 @@ SCALAR_LABELS = {
 def read_run(run_dir: Path) -> pd.DataFrame:
     """One row per logged step: metrics.csv merged by step, with `examples` (examples seen) added.
 
-    Probe metrics missing from metrics.csv (a run still training flushes it only at checkpoints)
-    are filled from probes/*.jsonl."""
+    Steps and values missing from metrics.csv (a run still training flushes it only at checkpoints;
+    a crashed one never wrote its last rows) are filled from probes/*.jsonl; where both hold a value,
+    metrics.csv's wins."""
     metrics_file = run_dir / "metrics.csv"
     frame = pd.read_csv(metrics_file) if metrics_file.exists() else pd.DataFrame({"step": []})
     probes = read_probes(run_dir)
     if not probes.empty:
-        missing = [column for column in probes.columns if column not in frame.columns]
-        frame = pd.concat([frame, probes[["step", *missing]]], ignore_index=True).copy()
+        frame = pd.concat([frame, probes], ignore_index=True).copy()  # metrics.csv's rows first: first() keeps its values
     if frame.empty:
         raise ValueError(f"'{run_dir}' has no metrics yet (no metrics.csv or probes/*.jsonl); give a ctrain run directory")
     frame = frame.groupby("step", as_index=False).first().sort_values("step")
-    frame["examples"] = frame["step"] * examples_per_step(run_dir)
+    frame["examples"] = examples_seen(frame, run_dir)
     return frame.drop(columns=[EXAMPLES_SEEN], errors="ignore")
+
+
+def examples_seen(frame: pd.DataFrame, run_dir: Path) -> pd.Series:
+    """Training examples seen at each step: the logged `trainer/examples_seen` (steps x the global batch the
+    run really had); a step without it (a probe-only row) gets its step x the run's logged examples per step.
+    Runs that logged none fall back to the batch size in config.yaml (`examples_per_step`)."""
+    logged = frame[EXAMPLES_SEEN] if EXAMPLES_SEEN in frame else pd.Series(float("nan"), index=frame.index)
+    known = logged.notna() & (frame["step"] > 0)
+    per_step = (logged[known] / frame["step"][known]).median() if known.any() else examples_per_step(run_dir)
+    return logged.fillna(frame["step"] * per_step)
 
 
 def read_probes(run_dir: Path) -> pd.DataFrame:
@@ -88,7 +98,8 @@ def config_value(config: dict, dotted: str):
 
 
 def examples_per_step(run_dir: Path) -> int:
-    """Global batch size: per-process batch x processes x accumulation, from the run's config."""
+    """Global batch size from the run's config (per-process batch x devices x accumulation), for runs that did not
+    log `trainer/examples_seen`; `devices` auto / -1 and num_nodes are not resolved here, so it can be short."""
     config = run_config(run_dir)
     batch = config_value(config, "data.batch_size") or 1
     devices = config_value(config, "trainer.devices")

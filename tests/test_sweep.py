@@ -167,3 +167,21 @@ def test_browser_check_sees_a_broken_image_and_a_console_error(tmp_path):
                     '<img src="data:image/png;base64,AAAA" alt="broken"><script>console.error("boom")</script></body></html>')
     result = render(CHROMIUM, page, tmp_path / "bad.png")
     assert result["broken_images"] == ["broken"] and result["console_errors"] == ["boom"]
+
+
+def test_weighting_figures_shade_the_interval_where_its_columns_exist():
+    import pandas as pd
+
+    from ctrain.reporting.report import run_figures
+
+    frame = pd.DataFrame({
+        "step": [0, 100, 200], "examples": [0, 3200, 6400],
+        "weighting/ig_kl_r2": [0.1, 0.2, 0.3], "weighting/ig_kl_r2_ci_low": [0.05, 0.15, 0.25],
+        "weighting/ig_kl_r2_ci_high": [0.15, 0.25, 0.35], "weighting/ig_kl_beta": [1.0, 2.0, 3.0],
+    })  # fmt: skip
+    figures = run_figures(frame, "run")
+    (r2_axes,) = figures["weighting_r2"].axes
+    (beta_axes,) = figures["weighting_beta"].axes
+    assert len(r2_axes.collections) == 1 and not beta_axes.collections  # a band only where _ci_low/_ci_high exist
+    low, high = r2_axes.collections[0].get_paths()[0].vertices[:, 1].min(), r2_axes.collections[0].get_paths()[0].vertices[:, 1].max()
+    assert (low, high) == (0.05, 0.35)

@@ -1,6 +1,7 @@
 """The probe runner end to end on tiny models: metrics, records, side effects, theorem fits, plots."""
 
 import json
+from dataclasses import asdict
 import math
 
 import numpy as np
@@ -191,3 +192,62 @@ def test_callback_takes_the_config_whole_and_records_it(tiny_bert):
     metrics, record = callback.measure(SimpleNamespace(encoder=tiny_bert))
     assert metrics["weighting/kl_include_self"] == 0.0 and record["config"]["include_self"] is False
     assert callback.statistics.num_sentences == 3000  # statistics over the whole split, both columns
+
+
+def test_every_weight_fit_has_a_bootstrap_interval_that_can_be_switched_off(tiny_bert, result):
+    for method, quantity in [("ig", "kl"), ("ig", "selfinfo")]:
+        keys = FIT_KEYS[method, quantity]
+        low, high = result.metrics[keys.r2_ci_low], result.metrics[keys.r2_ci_high]
+        assert low <= high and keys.r2_ci_low == f"weighting/{method}_{quantity}_r2_ci_low"
+        assert result.metrics[keys.slope_ci_low] <= result.metrics[keys.slope] <= result.metrics[keys.slope_ci_high]
+    config = WeightingConfig(**{**asdict(result.config), "bootstrap_resamples": 0})
+    off = weighting_probe(tiny_bert, SENTENCES, config)
+    assert not [key for key in off.metrics if "_ci_" in key]
+    assert {k: v for k, v in result.metrics.items() if "_ci_" not in k} == off.metrics
+    with pytest.raises(ValueError, match="confidence"):
+        WeightingConfig(confidence=1.0)
+
+
+def test_demo_preset_measures_the_last_step_on_the_same_inputs_as_step_0(tmp_path):
+    """configs/demo.yaml with callbacks/probes.yaml, shrunk to seconds: every weighting record has the same sentences and statistics."""
+    from pathlib import Path
+
+    import yaml
+
+    from ctrain.callbacks.probes import sentences_hash, statistics_hash
+    from ctrain.cli import main
+    from ctrain.probes.sentences import sample_sentences, sts_b_sentences
+
+    root = Path(__file__).resolve().parents[1]
+    preset = yaml.safe_load((root / "callbacks" / "probes.yaml").read_text())
+    weighting, geometry = preset["trainer"]["callbacks"]
+    assert weighting["class_path"] == "ctrain.callbacks.WordWeightingProbe"
+    weighting["init_args"].update(every_n_steps=2, num_sentences=4)
+    weighting["init_args"]["config"].update(sketch_size=2, steps=2, dkl_repeats=1, bootstrap_resamples=20)
+    geometry["init_args"].update(every_n_steps=2)
+    geometry["init_args"]["config"].update(num_sentences=40, anisotropy_resamples=1)
+    shrunk = tmp_path / "probes.yaml"
+    shrunk.write_text(yaml.safe_dump(preset))
+    main([
+        "fit", "--config", str(root / "configs" / "demo.yaml"), "--config", str(shrunk),
+        "--data.batch_size", "8", "--data.max_examples", "64", "--trainer.max_steps", "4",
+        "--trainer.val_check_interval", "4", "--trainer.enable_progress_bar", "false",
+        "--trainer.enable_model_summary", "false", "--trainer.logger.init_args.save_dir", str(tmp_path / "runs"),
+    ])  # fmt: skip
+    (path,) = (tmp_path / "runs").rglob("probes/weighting.jsonl")
+    records = [json.loads(line) for line in path.read_text().splitlines()]
+    assert [r["step"] for r in records] == [0, 2, 4]
+    first, last = records[0], records[-1]
+    assert first["config"] == last["config"]
+    assert first["sentences_sha256"] == last["sentences_sha256"]
+    assert first["statistics_sha256"] == last["statistics_sha256"]
+    config = WeightingConfig(**first["config"])
+    sentences = sample_sentences(sts_b_sentences("dev"), 4, config.seed)
+    assert first["sentences_sha256"] == sentences_hash(sentences) != sentences_hash(sentences[::-1])
+    statistics = token_statistics(
+        load_encoder("tiny-bert").tokenizer, sts_b_sentences("dev"), config.units, config.include_self, config.dkl_repeats,
+        config.seed, config.max_length,
+    )  # fmt: skip
+    assert first["statistics_sha256"] == statistics_hash(statistics)
+    assert first["metrics"]["weighting/num_sentences"] == last["metrics"]["weighting/num_sentences"] == 4
+    assert "weighting/ig_kl_r2_ci_low" in last["metrics"]

@@ -10,11 +10,13 @@ only with respect to their inputs and use their own RNG, so training is unchange
 
 from __future__ import annotations
 
+import hashlib
 import os
 import time
 from dataclasses import asdict
 from pathlib import Path
 
+import numpy as np
 import pytorch_lightning as pl
 
 from ctrain.data.sources import read_sts_b
@@ -32,6 +34,21 @@ def log_spaced_steps(limit: int) -> set[int]:
         steps.update(step for step in (decade, 3 * decade) if step <= limit)
         decade *= 10
     return steps
+
+
+def sentences_hash(sentences: list[str]) -> str:
+    """SHA-256 of the probe sentences in order (each followed by a NUL), to show every step used the same ones."""
+    return hashlib.sha256("".join(f"{sentence}\0" for sentence in sentences).encode()).hexdigest()
+
+
+def statistics_hash(statistics: TokenStatistics) -> str:
+    """SHA-256 of the token statistics: the types and every per-type array, bit for bit, and their settings."""
+    digest = hashlib.sha256("\0".join(statistics.types).encode())
+    for name in ("counts", "probability", "self_information", "kl", "dkl", "kl_shuffled"):
+        digest.update(np.ascontiguousarray(getattr(statistics, name), dtype=np.float64).tobytes())
+    settings = (statistics.units, statistics.include_self, statistics.dkl_repeats, statistics.seed, statistics.max_length, statistics.num_sentences)
+    digest.update(repr(settings).encode())
+    return digest.hexdigest()
 
 
 class _ScheduledProbe(pl.Callback):
@@ -120,7 +137,8 @@ class WordWeightingProbe(_ScheduledProbe):
     `config` is the whole `WeightingConfig` (any field can be set from YAML; unset fields keep its
     defaults). The probe sentences are `num_sentences` sentences of the STS-B `split` (both columns)
     drawn at random with `config.seed`; the token statistics come from the whole split and are
-    computed once.
+    computed once. Each `probes/weighting.jsonl` record carries `sentences_sha256` and
+    `statistics_sha256`, so that every step can be shown to have measured the same inputs.
     """
 
     name = "weighting"
@@ -149,7 +167,13 @@ class WordWeightingProbe(_ScheduledProbe):
                 c.max_length,
             )  # fmt: skip
         result = weighting_probe(pl_module.encoder, self.sentences, self.config, self.statistics)
-        return result.metrics, {"config": asdict(self.config), "metrics": result.metrics}
+        record = {
+            "config": asdict(self.config),
+            "sentences_sha256": sentences_hash(self.sentences),
+            "statistics_sha256": statistics_hash(self.statistics),
+            "metrics": result.metrics,
+        }
+        return result.metrics, record
 
 
 class GeometryProbe(_ScheduledProbe):

@@ -56,7 +56,7 @@ from ctrain.probes.information import (
     token_statistics,
 )
 from ctrain.probes.jsonio import to_strict_json
-from ctrain.probes.regression import POINTS, FitKeys, Points, ols, regression_points
+from ctrain.probes.regression import POINTS, FitKeys, Interval, Points, bootstrap_fit, ols, regression_points
 from ctrain.probes.theorem import (
     TypeAverage,
     WordVector,
@@ -73,29 +73,42 @@ FIT_KEYS: dict[tuple[str, str], FitKeys] = {
     ("ig", "kl"): FitKeys(
         "weighting/ig_kl_r2", "weighting/ig_kl_beta", "weighting/ig_kl_beta_se",
         "weighting/ig_kl_intercept", "weighting/ig_kl_intercept_se", "weighting/ig_kl_n",
+        r2_ci_low="weighting/ig_kl_r2_ci_low", r2_ci_high="weighting/ig_kl_r2_ci_high",
+        slope_ci_low="weighting/ig_kl_beta_ci_low", slope_ci_high="weighting/ig_kl_beta_ci_high",
     ),
     ("ig", "dkl"): FitKeys(
         "weighting/ig_dkl_r2", "weighting/ig_dkl_beta", "weighting/ig_dkl_beta_se",
         "weighting/ig_dkl_intercept", "weighting/ig_dkl_intercept_se", "weighting/ig_dkl_n",
+        r2_ci_low="weighting/ig_dkl_r2_ci_low", r2_ci_high="weighting/ig_dkl_r2_ci_high",
+        slope_ci_low="weighting/ig_dkl_beta_ci_low", slope_ci_high="weighting/ig_dkl_beta_ci_high",
     ),
     ("ig", "selfinfo"): FitKeys(
         "weighting/ig_selfinfo_r2", "weighting/ig_selfinfo_beta", "weighting/ig_selfinfo_beta_se",
         "weighting/ig_selfinfo_intercept", "weighting/ig_selfinfo_intercept_se", "weighting/ig_selfinfo_n",
+        r2_ci_low="weighting/ig_selfinfo_r2_ci_low", r2_ci_high="weighting/ig_selfinfo_r2_ci_high",
+        slope_ci_low="weighting/ig_selfinfo_beta_ci_low", slope_ci_high="weighting/ig_selfinfo_beta_ci_high",
     ),
     ("shap", "kl"): FitKeys(
         "weighting/shap_kl_r2", "weighting/shap_kl_beta", "weighting/shap_kl_beta_se",
         "weighting/shap_kl_intercept", "weighting/shap_kl_intercept_se", "weighting/shap_kl_n",
+        r2_ci_low="weighting/shap_kl_r2_ci_low", r2_ci_high="weighting/shap_kl_r2_ci_high",
+        slope_ci_low="weighting/shap_kl_beta_ci_low", slope_ci_high="weighting/shap_kl_beta_ci_high",
     ),
     ("shap", "dkl"): FitKeys(
         "weighting/shap_dkl_r2", "weighting/shap_dkl_beta", "weighting/shap_dkl_beta_se",
         "weighting/shap_dkl_intercept", "weighting/shap_dkl_intercept_se", "weighting/shap_dkl_n",
+        r2_ci_low="weighting/shap_dkl_r2_ci_low", r2_ci_high="weighting/shap_dkl_r2_ci_high",
+        slope_ci_low="weighting/shap_dkl_beta_ci_low", slope_ci_high="weighting/shap_dkl_beta_ci_high",
     ),
     ("shap", "selfinfo"): FitKeys(
         "weighting/shap_selfinfo_r2", "weighting/shap_selfinfo_beta", "weighting/shap_selfinfo_beta_se",
         "weighting/shap_selfinfo_intercept", "weighting/shap_selfinfo_intercept_se", "weighting/shap_selfinfo_n",
+        r2_ci_low="weighting/shap_selfinfo_r2_ci_low", r2_ci_high="weighting/shap_selfinfo_r2_ci_high",
+        slope_ci_low="weighting/shap_selfinfo_beta_ci_low", slope_ci_high="weighting/shap_selfinfo_beta_ci_high",
     ),
 }  # fmt: skip
-"""(method, quantity) -> keys of the OLS of ``c'`` on that quantity (spec section 4)."""
+"""(method, quantity) -> keys of the OLS of ``c'`` on that quantity (spec section 4), with the bootstrap interval
+of R^2 and beta over probe sentences (``*_ci_low`` / ``*_ci_high``; logged when ``bootstrap_resamples > 0``)."""
 
 THEOREM_KEYS: dict[tuple[str, str], FitKeys] = {
     ("input", "kl"): FitKeys(
@@ -165,6 +178,8 @@ class WeightingConfig:
     ``P_sent(.|w)`` (spec section 1: yes, as the paper's "sentences containing w"
     and the theorem's proof do). ``sketch_size`` and ``sketch_kind`` only matter with
     ``ig_mode="sketch"``; the ``shap_*`` fields only with ``"shap"`` in ``methods``.
+    ``bootstrap_resamples`` resamples of the probe sentences (0 = none) give the ``confidence``
+    percentile interval of every weight fit's R^2 and beta (``regression.bootstrap_fit``), seeded by ``seed``.
     """
 
     methods: tuple[str, ...] = ("ig",)
@@ -190,9 +205,15 @@ class WeightingConfig:
     theorem: bool = True
     word_vector: WordVector = "sum"
     type_average: TypeAverage = "vectors"
+    bootstrap_resamples: int = 1000
+    confidence: float = 0.95
 
     def __post_init__(self) -> None:
         self.methods = tuple(self.methods)
+        if self.bootstrap_resamples < 0:
+            raise ValueError(f"bootstrap_resamples must be >= 0 (0 = no intervals), got {self.bootstrap_resamples}")
+        if not 0 < self.confidence < 1:
+            raise ValueError(f"confidence must be in (0, 1), got {self.confidence}")
         unknown = [m for m in self.methods if m not in METHODS]
         if unknown or not self.methods:
             raise ValueError(f"methods must be a non-empty subset of {METHODS}, got {self.methods}")
@@ -222,13 +243,24 @@ class WeightingResult:
     records: list[TokenRecord]
     config: WeightingConfig = field(default_factory=WeightingConfig)
 
-    def regression_data(self, method: str, quantity: Quantity) -> tuple[np.ndarray, np.ndarray]:
-        """The (x, y) points of the ``{method}_{quantity}`` fit: eligible units, per occurrence or per type."""
+    def occurrences(self, method: str, quantity: Quantity) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """(x, y, type, sentence) of every eligible unit occurrence of the ``{method}_{quantity}`` fit."""
         attribute = {"kl": "kl", "dkl": "dkl", "selfinfo": "self_information"}[quantity]
         kept = [r for r in self.records if r.count >= self.config.min_count and math.isfinite(getattr(r, attribute))]
         x = np.array([getattr(r, attribute) for r in kept], dtype=np.float64)
         y = np.array([r.weights[method] for r in kept], dtype=np.float64)
-        return regression_points(x, y, np.array([r.token for r in kept], dtype=object), self.config.points)
+        return x, y, np.array([r.token for r in kept], dtype=object), np.array([r.sentence for r in kept], dtype=np.int64)
+
+    def regression_data(self, method: str, quantity: Quantity) -> tuple[np.ndarray, np.ndarray]:
+        """The (x, y) points of the ``{method}_{quantity}`` fit: eligible units, per occurrence or per type."""
+        x, y, types, _ = self.occurrences(method, quantity)
+        return regression_points(x, y, types, self.config.points)
+
+    def interval(self, method: str, quantity: Quantity, num_sentences: int) -> Interval:
+        """Bootstrap interval (over the ``num_sentences`` probe sentences) of the ``{method}_{quantity}`` fit."""
+        x, y, types, sentence = self.occurrences(method, quantity)
+        c = self.config
+        return bootstrap_fit(x, y, sentence, num_sentences, c.points, types, c.bootstrap_resamples, c.confidence, c.seed)
 
     def to_json(self) -> str:
         """Config, metrics and records as strict JSON (NaN written as null), full float precision."""
@@ -329,6 +361,8 @@ def weighting_probe(
     for method in config.methods:
         for quantity in QUANTITIES:
             metrics.update(ols(*result.regression_data(method, quantity)).metrics(FIT_KEYS[method, quantity]))
+            if config.bootstrap_resamples > 0:
+                metrics.update(result.interval(method, quantity, len(sentences)).metrics(FIT_KEYS[method, quantity]))
     if errors:
         error = torch.cat(errors).double()
         metrics[IG_COMPLETENESS_ERROR_MEAN] = float(error.mean())

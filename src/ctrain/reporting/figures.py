@@ -23,7 +23,8 @@ def new_figure() -> Figure:
 
 
 def line_figure(curves: dict[str, pd.DataFrame], y_label: str, title: str, x: XAxis, key: str = "value") -> Figure | None:
-    """One line per labelled (x, value) table; None when no curve has a value."""
+    """One line per labelled (x, value) table, shaded between its `low` and `high` columns where it has them; None when
+    no curve has a value."""
     figure = new_figure()
     axes = figure.add_subplot()
     drawn = 0
@@ -31,7 +32,11 @@ def line_figure(curves: dict[str, pd.DataFrame], y_label: str, title: str, x: XA
         curve = curve.dropna(subset=[key])
         if curve.empty:
             continue
-        axes.plot(curve[x], curve[key], marker="o" if len(curve) < 30 else None, markersize=3, label=label)
+        (line,) = axes.plot(curve[x], curve[key], marker="o" if len(curve) < 30 else None, markersize=3, label=label)
+        if {"low", "high"} <= set(curve.columns):  # a confidence interval: a shaded band in the line's colour
+            band = curve.dropna(subset=["low", "high"])
+            if not band.empty:
+                axes.fill_between(band[x], band["low"], band["high"], color=line.get_color(), alpha=0.2, linewidth=0)
         drawn += 1
     if not drawn:
         return None
@@ -44,7 +49,13 @@ def line_figure(curves: dict[str, pd.DataFrame], y_label: str, title: str, x: XA
 
 
 def curve_of(frame: pd.DataFrame, column: str) -> pd.DataFrame:
-    return frame[["step", "examples", column]].rename(columns={column: "value"}) if column in frame else frame.iloc[:0].assign(value=[])
+    """(step, examples, value) of `column`, with `low` and `high` from its `_ci_low` / `_ci_high` columns where they exist."""
+    if column not in frame:
+        return frame.iloc[:0].assign(value=[])
+    curve = frame[["step", "examples", column]].rename(columns={column: "value"})
+    if f"{column}_ci_low" in frame and f"{column}_ci_high" in frame:
+        curve = curve.assign(low=frame[f"{column}_ci_low"], high=frame[f"{column}_ci_high"])
+    return curve
 
 
 def save_figure(figure: Figure, path: str | Path, dpi: float | None = None) -> Path:

@@ -189,12 +189,14 @@ def _weighting(encoder, model: str, directory: Path, split: str, columns: Column
     result = weighting_probe(encoder, sentences, config, statistics, progress)
     seconds = progress.finish()
     atomic_write_text(directory / "weighting.json", result.to_json())
-    print(f"\n  (R^2 x100, beta x100, n)  {seconds / len(sentences):.2f} s/sentence, {format_seconds(seconds)} in all")
+    ci = f", [{100 * c.confidence:g}% bootstrap interval over {c.bootstrap_resamples} resamples of the sentences]" if c.bootstrap_resamples else ""
+    print(f"\n  (R^2 x100, beta x100, n{ci})  {seconds / len(sentences):.2f} s/sentence, {format_seconds(seconds)} in all")
     for method in c.methods:
         for quantity, label in (("kl", "KL(w)"), ("selfinfo", "-log P(w)"), ("dkl", "dKL(w)")):
             keys = FIT_KEYS[method, quantity]
-            print(f"  {method.upper():4s} vs {label:10s} R^2 {100 * result.metrics[keys.r2]:7.2f}   "
-                  f"beta {100 * result.metrics[keys.slope]:8.2f}   n {int(result.metrics[keys.n])}")  # fmt: skip
+            print(f"  {method.upper():4s} vs {label:10s} R^2 {100 * result.metrics[keys.r2]:7.2f}"
+                  f"{_interval(result.metrics, keys.r2_ci_low, keys.r2_ci_high)}   beta {100 * result.metrics[keys.slope]:8.2f}"
+                  f"{_interval(result.metrics, keys.slope_ci_low, keys.slope_ci_high)}   n {int(result.metrics[keys.n])}")  # fmt: skip
         plot_weight_vs_information(result, directory / f"{method}_vs_kl.png", method, "kl", model)
         plot_sentence_weights(result, directory / f"{method}_sentences.png", 4, method, model)
     if IG_COMPLETENESS_ERROR_MEAN in result.metrics:
@@ -208,6 +210,13 @@ def _weighting(encoder, model: str, directory: Path, split: str, columns: Column
     if len(sentences) < len(corpus):
         print(f"  projected time of all {len(corpus)} sentences on this machine: "
               f"about {format_seconds(progress.seconds_for(len(corpus)))} (from these {len(sentences)} random ones)")
+
+
+def _interval(metrics: dict[str, float], low: str | None, high: str | None) -> str:
+    """` [low, high]` (x100) where the metrics hold the interval, else nothing."""
+    if low not in metrics or high not in metrics:
+        return ""
+    return f" [{100 * metrics[low]:.2f}, {100 * metrics[high]:.2f}]"
 
 
 def _geometry(encoder, model, directory, conventions, geometry_sentences, max_length, seed):

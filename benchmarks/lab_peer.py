@@ -1,0 +1,435 @@
+"""Theorem-1 lab's positive control checked against a peer: gensim's word2vec and ctrain's `sgns`, trained long.
+
+Everything is measured with ctrain's own probe functions on the lab's points (docs/theorem_lab.md,
+callbacks/theorem_lab.yaml): the 300 probe sentences drawn from STS-B train with seed 0, the token statistics
+(`KL`, `dKL`, `-log P`, include_self, 5 shuffles, seed 0) of the whole STS-B train split at 32 tokens, types seen at
+least 5 times, one point per type, OLS of `0.5 ||w||^2` of the INPUT rows with Spearman
+(`ctrain.probes.theorem.theorem_regressions`, as `weighting_probe` calls it). `LabProbe.fits` gives exactly the
+lab's `weighting/theorem_input*` numbers for the same rows (tests/test_lab_peer.py checks it).
+
+Subcommands:
+
+    gensim   word2vec (gensim, sg=1, negative sampling, hs=0, sample=0, whole-sentence window, 64 wide) on the lab's
+             training tokens: the bag-bert WordPiece tokens of the 10,566 unique STS-B train sentences, truncated at 32,
+             no special tokens; one run per (ns_exponent, epochs), each with gensim's own linearly decaying rate.
+    replica  ctrain's `sgns` step in plain torch (same batches, pairs, negatives, init, SGD; no Lightning), with
+             switches for what differs from word2vec; `--check RUN_DIR` compares it with a ctrain run's probe.
+    runs     the fits logged by ctrain runs (metrics.csv of `ctrain fit ... --config benchmarks/lab_peer_probe.yaml`).
+    cost     where a ctrain bag `sgns` step's time goes (Lightning step vs the bare step, its parts).
+
+    python benchmarks/lab_peer.py gensim [--epochs 1 2 5 10 20 50 100] [--ns-exponents 1.0 0.75] [--negative 5]
+    python benchmarks/lab_peer.py replica --steps 16500 --lr 10 [--no-self] [--schedule linear] [--reduction sum]
+    python benchmarks/lab_peer.py runs runs/.../version_0 [...]
+    python benchmarks/lab_peer.py cost [--threads 1]
+
+On shared cores run everything with OMP_NUM_THREADS=1: with 2 torch threads beside other jobs a bag sgns step cost
+6-7x the CPU time (thread spinning), e.g. 187 vs 28 ms CPU, 610 vs 90 ms wall, measured by `cost`.
+
+What it found (issue 21, item 2; seed 42, 64 wide, one run each): word2vec's input rows turn from the lab's negative
+relation to the theorem's positive one with training (negative 5, ns_exponent 1: Spearman on KL -0.73 after 1 epoch,
++0.01 after 20, +0.81 after 100), and so does ctrain's sgns once it gets as much learning rate per pair: the mean
+over a batch's ~13,300 pairs makes lr 10 a per-pair rate of 7.5e-4 (word2vec: 0.025 -> 0), so the lab's 600 steps are
+about 0.2 word2vec epochs; at lr 100 (lr 200 diverges) Spearman crosses 0 at 50 epochs and is +0.74 at 100, at lr 10
+it is still -0.81 after 100 epochs. Leaving out the self pair changes nothing (+0.73 at 100 epochs).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+QUANTITIES = ("kl", "dkl", "selfinfo")
+MAX_LENGTH, BATCH, WIDTH, SEED = 32, 64, 64, 42
+STEPS_PER_EPOCH = 10_566 // BATCH  # 165: the lab's unique STS-B train sentences, last partial batch dropped
+STEP_STRIDE = 1_000_003  # ctrain.module._STEP_STRIDE: negatives of step t are drawn with seed SEED + STRIDE * t
+
+
+@dataclass(frozen=True)
+class Fit:
+    slope: float
+    r2: float
+    spearman: float
+    n: int
+
+
+class LabProbe:
+    """The lab's theorem fits of any (vocab, width) table of token rows, by ctrain's functions."""
+
+    def __init__(self, tokenizer=None, num_sentences: int = 300, min_count: int = 5) -> None:
+        from ctrain.encoder import load_encoder
+        from ctrain.probes.corpus import sample_sentences, sts_b_sentences
+        from ctrain.probes.information import segment, token_statistics
+        from ctrain.probes.weighting import WeightingConfig
+
+        config = WeightingConfig(max_length=MAX_LENGTH)  # callbacks/theorem_lab.yaml's max_length; the rest defaults
+        self.tokenizer = tokenizer or load_encoder("bag-bert").tokenizer
+        corpus = sts_b_sentences("train")
+        self.statistics = token_statistics(
+            self.tokenizer, corpus, config.units, config.include_self, config.dkl_repeats, config.seed, config.max_length
+        )
+        self.sentences = sample_sentences(corpus, num_sentences, config.seed)
+        self.segmentation = segment(self.tokenizer, self.sentences, config.units, config.max_length)
+        types = self.statistics.index(self.segmentation.unit_types)
+        keep = types >= 0
+        keep[keep] = self.statistics.eligible(min_count)[types[keep]]
+        self.keep, self.types = torch.from_numpy(keep), types[keep]
+        self.values = {
+            "kl": self.statistics.kl,
+            "dkl": self.statistics.dkl,
+            "selfinfo": self.statistics.self_information,
+        }
+
+    def fits(self, table: torch.Tensor) -> dict[str, Fit]:
+        """Input-row fits on KL, dKL and -log P; a NaN row (a type the model never had) drops out of the fit."""
+        from ctrain.probes.theorem import theorem_regressions, vectors_per_unit
+
+        seg = self.segmentation
+        rows = table.detach().double().cpu()[seg.input_ids]
+        vectors = vectors_per_unit(rows, seg.unit_of_position, seg.num_units, "sum")[self.keep]
+        result = {}
+        for quantity, values in self.values.items():
+            fit = theorem_regressions(vectors, vectors, self.types, values)["input"]
+            result[quantity] = Fit(fit.slope, fit.r2, fit.spearman, fit.n)
+        return result
+
+
+def lab_training_tokens(tokenizer) -> tuple[list[str], list[list[str]]]:
+    """The lab's training sentences (unique STS-B train, data.train: sts-b) and their tokens as the lab trains on them."""
+    from ctrain.data import sts_b_examples
+    from ctrain.probes.information import segment
+
+    sentences = [example[0] for example in sts_b_examples(supervised=False)]
+    seg = segment(tokenizer, sentences, "tokens", MAX_LENGTH)
+    tokens: list[list[str]] = [[] for _ in sentences]
+    for sentence, token in zip(seg.unit_sentence.tolist(), seg.unit_types):
+        tokens[sentence].append(token)
+    return sentences, tokens
+
+
+HEADER = (
+    f"{'':>24} | {'slope KL':>9} {'R2 KL':>7} {'rho KL':>7} | {'slope dKL':>9} {'R2 dKL':>7} {'rho dKL':>7} |"
+    f" {'slope -lP':>9} {'R2 -lP':>7} {'rho -lP':>7} | {'n':>5}"
+)
+
+
+def row(label: str, fits: dict[str, Fit], extra: str = "") -> str:
+    cells = " | ".join(f"{fits[q].slope:>9.4g} {fits[q].r2:>7.3f} {fits[q].spearman:>7.3f}" for q in QUANTITIES)
+    return f"{label:>24} | {cells} | {fits['kl'].n:>5}{extra}"
+
+
+# --- gensim -------------------------------------------------------------------------------------------------------
+
+
+def gensim_rows(model, tokenizer, vectors: np.ndarray) -> torch.Tensor:
+    """word2vec's rows in the bag's (vocab, width) layout; NaN for the types it did not keep (out of every fit)."""
+    table = torch.full((len(tokenizer), WIDTH), math.nan, dtype=torch.float64)
+    ids = tokenizer.convert_tokens_to_ids(list(model.wv.index_to_key))
+    table[torch.tensor(ids)] = torch.from_numpy(np.asarray(vectors, dtype=np.float64))
+    return table
+
+
+def train_word2vec(tokens, epochs: int, ns_exponent: float, negative: int, min_count: int, workers: int, seed: int,
+                   alpha: float, min_alpha: float):
+    from gensim.models import Word2Vec
+
+    window = max(len(sentence) for sentence in tokens)  # every pair of a sentence, at every position
+    model = Word2Vec(
+        vector_size=WIDTH, window=window, shrink_windows=False, min_count=min_count, sg=1, hs=0, negative=negative,
+        ns_exponent=ns_exponent, sample=0, workers=workers, seed=seed, alpha=alpha, min_alpha=min_alpha,
+    )  # fmt: skip
+    model.build_vocab(tokens)
+    model.train(tokens, total_examples=len(tokens), epochs=epochs)
+    return model
+
+
+def cmd_gensim(args: argparse.Namespace) -> None:
+    import gensim
+
+    probe = LabProbe()
+    _, tokens = lab_training_tokens(probe.tokenizer)
+    print(f"gensim {gensim.__version__}: {len(tokens)} sentences, {sum(map(len, tokens))} tokens, window "
+          f"{max(map(len, tokens))} (whole sentence, shrink_windows=False), sample 0, negative {args.negative}, "
+          f"min_count {args.min_count}, alpha {args.alpha} -> {args.min_alpha} linearly, workers {args.workers}, "
+          f"seed {args.seed}; INPUT vectors (wv)" + (", and OUTPUT vectors (syn1neg)" if args.output else ""))
+    for exponent in args.ns_exponents:
+        print(f"\nns_exponent {exponent}\n{'epochs':>24} | " + HEADER[27:] + " | seconds")
+        for epochs in args.epochs:
+            started = time.perf_counter()
+            model = train_word2vec(tokens, epochs, exponent, args.negative, args.min_count, args.workers, args.seed,
+                                   args.alpha, args.min_alpha)  # fmt: skip
+            seconds = time.perf_counter() - started
+            print(row(str(epochs), probe.fits(gensim_rows(model, probe.tokenizer, model.wv.vectors)), f" | {seconds:.1f}"),
+                  flush=True)  # fmt: skip
+            if args.output:
+                print(row(f"{epochs} (output)", probe.fits(gensim_rows(model, probe.tokenizer, model.syn1neg))), flush=True)
+
+
+# --- replica of ctrain's sgns ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Replica:
+    """What a replica run trains with; the defaults are configs/theorem_lab.yaml + configs/theorem_lab/sgns.yaml."""
+
+    steps: int = 600
+    lr: float = 10.0
+    schedule: str = "constant"  # or linear (to 0 at the last step)
+    reduction: str = "mean"  # or sum: the loss summed over pairs, so that lr is a per-pair rate as word2vec's
+    self_pair: bool = True  # False: each position is not its own context (word2vec)
+    alpha: float = 1.0
+    negatives: int = 1
+
+
+def replica_steps(config: Replica, encoder=None):
+    """ctrain's `sgns` training (ContrastiveModule._sgns_loss, EpochSampler, Collator, SGD) without Lightning.
+
+    Yields (steps done, input table, output table, loss) after every step (first (0, ..., nan)). With the defaults it
+    reproduces `ctrain fit --config configs/theorem_lab.yaml --config configs/theorem_lab/sgns.yaml` (seed 42) step for
+    step (tests/test_lab_peer.py); each field of `Replica` moves one thing towards word2vec.
+    """
+    from ctrain.datamodule import Collator, EpochSampler
+    from ctrain.encoder import load_encoder
+    from ctrain.losses import sgns_loss
+
+    encoder = encoder or load_encoder("bag-bert", tiny_hidden_size=WIDTH, seed=SEED, bag_layers=0, embedding_init_std=0.01)
+    tokenizer = encoder.tokenizer
+    sentences, _ = lab_training_tokens(tokenizer)
+    examples = [(s,) for s in sentences]
+    words_table = encoder.word_embeddings
+    contexts_table = torch.nn.Embedding.from_pretrained(torch.zeros_like(words_table.weight), freeze=False)
+    encoded = tokenizer(sentences, truncation=True, max_length=MAX_LENGTH)["input_ids"]
+    ids = torch.tensor([t for s in encoded for t in s])
+    ids = ids[~encoder.special_mask(ids)]
+    counts = torch.bincount(ids, minlength=words_table.num_embeddings).double()
+    noise = (counts**config.alpha * (counts > 0)).float()
+    collate = Collator(tokenizer, MAX_LENGTH)
+    sampler = EpochSampler(len(examples), BATCH, SEED)
+    per_epoch = sampler.batches_per_epoch()
+    optimizer = torch.optim.SGD([words_table.weight, contexts_table.weight], lr=config.lr)
+    step = 0
+    yield 0, words_table.weight, contexts_table.weight, math.nan
+    while step < config.steps:
+        sampler.set_epoch(step // per_epoch)
+        order = list(iter(sampler))
+        for start in range(0, len(order), BATCH):
+            if step >= config.steps:
+                break
+            batch = collate([examples[i] for i in order[start : start + BATCH]])
+            input_ids, mask = batch["input_ids"], batch["attention_mask"]
+            words = ~encoder.special_mask(input_ids) & mask.bool()
+            pairs = words.unsqueeze(2) & words.unsqueeze(1)
+            if not config.self_pair:
+                pairs &= ~torch.eye(pairs.shape[1], dtype=torch.bool)
+            sentence, centre, context = torch.nonzero(pairs, as_tuple=True)
+            generator = torch.Generator().manual_seed(SEED + STEP_STRIDE * step)
+            negatives = torch.multinomial(noise, len(sentence) * config.negatives, replacement=True, generator=generator)
+            loss = sgns_loss(
+                words_table(input_ids[sentence, centre]),
+                contexts_table(input_ids[sentence, context]),
+                contexts_table(negatives.view(len(sentence), -1)),
+            )
+            (loss * len(sentence) if config.reduction == "sum" else loss).backward()
+            if config.schedule == "linear":
+                for group in optimizer.param_groups:
+                    group["lr"] = config.lr * max(0.0, (config.steps - step) / config.steps)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            value = float(loss.detach())
+            if not math.isfinite(value):
+                raise FloatingPointError(f"loss {value} at step {step}")
+            yield step, words_table.weight, contexts_table.weight, value
+
+
+def cmd_replica(args: argparse.Namespace) -> None:
+    torch.set_num_threads(args.threads)
+    config = Replica(args.steps, args.lr, args.schedule, args.reduction, not args.no_self, args.alpha, args.negatives)
+    probe = LabProbe()
+    epochs = args.probe_epochs
+    probe_steps = {0, args.steps} | {round(e * STEPS_PER_EPOCH) for e in epochs} if epochs else {0, args.steps}
+    probe_steps |= set(args.probe_steps or [])
+    reference = read_run(Path(args.check)) if args.check else {}
+    print(f"replica of ctrain sgns: {config}, {STEPS_PER_EPOCH} steps/epoch")
+    print(f"{'step (epoch)':>24} | " + HEADER[27:] + " | loss | s/step")
+    losses, started, last = [], time.perf_counter(), time.perf_counter()
+    for step, words, contexts, loss in replica_steps(config):
+        losses.append(loss)
+        if step not in probe_steps:
+            continue
+        seconds = (time.perf_counter() - last) / max(len(losses) - 1, 1)
+        extra = f" | {np.nanmean(losses) if step else math.nan:.3f} | {seconds:.4f}"
+        print(row(f"{step} ({step / STEPS_PER_EPOCH:.2f})", probe.fits(words), extra), flush=True)
+        if args.output:
+            print(row("  output rows", probe.fits(contexts)), flush=True)
+        if step in reference:
+            print(row("  ctrain run", reference[step]), flush=True)
+        losses, last = [], time.perf_counter()
+    print(f"{time.perf_counter() - started:.0f} s in all")
+
+
+# --- ctrain runs ----------------------------------------------------------------------------------------------------
+
+
+def read_run(run: Path) -> dict[int, dict[str, Fit]]:
+    """step -> the input-row fits a ctrain run's WordWeightingProbe logged."""
+    names = {"kl": "weighting/theorem_input", "dkl": "weighting/theorem_input_dkl", "selfinfo": "weighting/theorem_input_selfinfo"}
+    result = {}
+    with (run / "metrics.csv").open() as handle:
+        for record in csv.DictReader(handle):
+            if record.get("weighting/theorem_input_slope"):
+                result[int(record["step"])] = {
+                    q: Fit(float(record[f"{k}_slope"]), float(record[f"{k}_r2"]), float(record[f"{k}_spearman"]), int(float(record[f"{k}_n"])))
+                    for q, k in names.items()
+                }  # fmt: skip
+    return result
+
+
+def cmd_runs(args: argparse.Namespace) -> None:
+    for run in map(Path, args.runs):
+        fits = read_run(run)
+        seconds = []
+        with (run / "metrics.csv").open() as handle:
+            seconds = [float(r["weighting/seconds"]) for r in csv.DictReader(handle) if r.get("weighting/seconds")]
+        print(f"\n{run} ({len(fits)} probes, {sum(seconds):.0f} s in probes)\n{'step (epoch)':>24} | " + HEADER[27:])
+        steps = sorted(fits)
+        if args.epochs:
+            wanted = {round(e * STEPS_PER_EPOCH) for e in args.epochs} | {0, steps[-1]}
+            steps = [s for s in steps if s in wanted]
+        for step in steps:
+            print(row(f"{step} ({step / STEPS_PER_EPOCH:.2f})", fits[step]))
+
+
+# --- cost of a step -------------------------------------------------------------------------------------------------
+
+
+def cmd_cost(args: argparse.Namespace) -> None:
+    """Per step: ctrain's Lightning loop (no probes, no validation, CSV logger) against the same work run bare.
+
+    Both wall and CPU seconds (process_time, one torch thread by default): on shared cores the CPU time is the
+    stable number, the wall time depends on what else runs.
+    """
+    import pytorch_lightning as pl
+
+    from ctrain.datamodule import Collator, ContrastiveDataModule
+    from ctrain.losses import sgns_loss
+    from ctrain.module import ContrastiveModule
+
+    torch.set_num_threads(args.threads)
+    pl.seed_everything(SEED, verbose=False)
+    hp = dict(encoder="bag-bert", tiny_hidden_size=WIDTH, bag_layers=0, embedding_init_std=0.01, pooling="mean",
+              normalize=False, similarity="dot", temperature=1.0, objective="sgns", optimizer="sgd", learning_rate=10.0,
+              schedule="constant")  # fmt: skip
+
+    class Clock(pl.Callback):
+        def __init__(self) -> None:
+            self.times: list[tuple[float, float]] = []
+
+        def on_train_batch_start(self, *a) -> None:
+            self.times.append((time.perf_counter(), time.process_time()))
+
+    def lightning(log_every: int) -> tuple[float, float]:
+        module = ContrastiveModule(**hp)
+        data = ContrastiveDataModule(train="sts-b", batch_size=BATCH, max_length=MAX_LENGTH)
+        clock = Clock()
+        trainer = pl.Trainer(accelerator="cpu", devices=1, max_steps=args.steps, logger=pl.loggers.CSVLogger("/tmp/lab_peer_cost"),
+                             log_every_n_steps=log_every, enable_checkpointing=False, enable_progress_bar=False,
+                             enable_model_summary=False, limit_val_batches=0, callbacks=[clock])  # fmt: skip
+        trainer.fit(module, datamodule=data)
+        times = np.array(clock.times[args.warmup :])
+        return tuple(float(x) for x in (times[-1] - times[0]) / (len(times) - 1))
+
+    results = {}
+    for log_every in (25, 1):
+        results[log_every] = lightning(log_every)
+
+    module = ContrastiveModule(**hp)
+    data = ContrastiveDataModule(train="sts-b", batch_size=BATCH, max_length=MAX_LENGTH)
+    data.load_training_examples(1)
+    sentences = [e[0] for e in data.examples]
+    encoder = module.encoder
+    encoded = encoder.tokenizer(sentences, truncation=True, max_length=MAX_LENGTH)["input_ids"]
+    ids = torch.tensor([t for s in encoded for t in s])
+    noise = torch.bincount(ids[~encoder.special_mask(ids)], minlength=encoder.word_embeddings.num_embeddings).float()
+    collate = Collator(encoder.tokenizer, MAX_LENGTH)
+    optimizer = torch.optim.SGD(module.parameters(), lr=10.0)
+    names = ("collate", "pairs", "noise.cpu()", "multinomial", "lookup+loss", "backward", "sgd step", "zero_grad")
+    parts = np.zeros((len(names), 2))
+    rng = np.random.default_rng(0)
+    for step in range(args.steps):
+        clock = [(time.perf_counter(), time.process_time())]
+        batch = collate([(sentences[i],) for i in rng.choice(len(sentences), BATCH, replace=False)])
+        clock.append((time.perf_counter(), time.process_time()))
+        input_ids, mask = batch["input_ids"], batch["attention_mask"]
+        words = ~encoder.special_mask(input_ids) & mask.bool()
+        sentence, centre, context = torch.nonzero(words.unsqueeze(2) & words.unsqueeze(1), as_tuple=True)
+        clock.append((time.perf_counter(), time.process_time()))
+        cpu_noise = module.sgns_noise.cpu() if module.sgns_noise.numel() else noise.cpu()
+        clock.append((time.perf_counter(), time.process_time()))
+        negatives = torch.multinomial(cpu_noise, len(sentence), replacement=True, generator=torch.Generator().manual_seed(step))
+        clock.append((time.perf_counter(), time.process_time()))
+        loss = sgns_loss(encoder.word_embeddings(input_ids[sentence, centre]), module.context_embeddings(input_ids[sentence, context]),
+                         module.context_embeddings(negatives.view(len(sentence), -1)))  # fmt: skip
+        clock.append((time.perf_counter(), time.process_time()))
+        loss.backward()
+        clock.append((time.perf_counter(), time.process_time()))
+        optimizer.step()
+        clock.append((time.perf_counter(), time.process_time()))
+        optimizer.zero_grad(set_to_none=True)
+        clock.append((time.perf_counter(), time.process_time()))
+        if step >= args.warmup:
+            parts += np.diff(np.array(clock), axis=0)
+    parts /= args.steps - args.warmup
+    print(f"\nms per step ({args.threads} torch thread(s), {args.steps - args.warmup} timed steps)   wall    CPU")
+    for log_every, (wall, cpu) in results.items():
+        print(f"{'Lightning, log every ' + str(log_every):>36} {wall * 1e3:7.1f} {cpu * 1e3:7.1f}")
+    print(f"{'bare step (same work)':>36} {parts[:, 0].sum() * 1e3:7.1f} {parts[:, 1].sum() * 1e3:7.1f}")
+    for name, (wall, cpu) in zip(names, parts):
+        print(f"{name:>36} {wall * 1e3:7.2f} {cpu * 1e3:7.2f}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    g = sub.add_parser("gensim")
+    g.add_argument("--epochs", type=int, nargs="+", default=[1, 2, 5, 10, 20, 50, 100])
+    g.add_argument("--ns-exponents", type=float, nargs="+", default=[1.0, 0.75])
+    g.add_argument("--negative", type=int, default=5)
+    g.add_argument("--min-count", type=int, default=5, help="gensim's min_count (the lab's probe uses 5)")
+    g.add_argument("--alpha", type=float, default=0.025)
+    g.add_argument("--min-alpha", type=float, default=0.0001)
+    g.add_argument("--workers", type=int, default=1)
+    g.add_argument("--seed", type=int, default=SEED)
+    g.add_argument("--output", action="store_true", help="also fit the output vectors (syn1neg)")
+    r = sub.add_parser("replica")
+    r.add_argument("--steps", type=int, default=600)
+    r.add_argument("--lr", type=float, default=10.0)
+    r.add_argument("--schedule", choices=("constant", "linear"), default="constant")
+    r.add_argument("--reduction", choices=("mean", "sum"), default="mean", help="sum: lr is per pair, as word2vec's")
+    r.add_argument("--no-self", action="store_true", help="leave out each position's pair with itself (word2vec)")
+    r.add_argument("--alpha", type=float, default=1.0)
+    r.add_argument("--negatives", type=int, default=1)
+    r.add_argument("--probe-epochs", type=float, nargs="*", default=[1, 2, 5, 10, 20, 50, 100, 200, 500])
+    r.add_argument("--probe-steps", type=int, nargs="*")
+    r.add_argument("--output", action="store_true", help="also fit the output rows")
+    r.add_argument("--check", help="a ctrain run directory whose probed steps to print beside")
+    r.add_argument("--threads", type=int, default=2)
+    s = sub.add_parser("runs")
+    s.add_argument("runs", nargs="+")
+    s.add_argument("--epochs", type=float, nargs="*")
+    c = sub.add_parser("cost")
+    c.add_argument("--steps", type=int, default=60)
+    c.add_argument("--warmup", type=int, default=10)
+    c.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args()
+    {"gensim": cmd_gensim, "replica": cmd_replica, "runs": cmd_runs, "cost": cmd_cost}[args.command](args)
+
+
+if __name__ == "__main__":
+    main()

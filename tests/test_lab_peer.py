@@ -28,7 +28,7 @@ def probe(lab_peer):
 
 def test_fits_are_the_lab_probes(lab_peer, probe):
     """LabProbe.fits of a bag's rows equals weighting_probe's theorem_input fits with callbacks/theorem_lab.yaml's config."""
-    from ctrain.encoder import load_encoder
+    from ctrain.models.encoder import load_encoder
     from ctrain.probes.weighting import WeightingConfig, weighting_probe
 
     encoder = load_encoder("bag-bert", tiny_hidden_size=64, seed=3, embedding_init_std=0.01)
@@ -55,8 +55,8 @@ def test_nan_rows_leave_the_fit(lab_peer, probe):
 
 def test_training_tokens_are_the_lab_batches(lab_peer, probe):
     """The tokens word2vec trains on are the word positions of ctrain's training batches, in order."""
-    from ctrain.datamodule import Collator
-    from ctrain.encoder import load_encoder
+    from ctrain.data.datamodule import Collator
+    from ctrain.models.encoder import load_encoder
 
     sentences, tokens = lab_peer.lab_training_tokens(probe.tokenizer)
     assert len(sentences) == 10566 and sum(map(len, tokens)) == 132841
@@ -72,12 +72,13 @@ def test_replica_is_ctrains_sgns(lab_peer, tmp_path):
     """Three steps of the replica give the very rows ctrain's Lightning run of the lab's sgns setting gives."""
     import pytorch_lightning as pl
 
-    from ctrain.datamodule import ContrastiveDataModule
-    from ctrain.module import ContrastiveModule
+    from ctrain.data.datamodule import ContrastiveDataModule
+    from ctrain.models.encoder import EncoderConfig
+    from ctrain.training.module import ContrastiveModule
 
     pl.seed_everything(42, verbose=False)
     module = ContrastiveModule(
-        encoder="bag-bert", tiny_hidden_size=64, bag_layers=0, embedding_init_std=0.01, pooling="mean", normalize=False,
+        encoder=EncoderConfig("bag-bert", tiny_hidden_size=64, bag_layers=0, embedding_init_std=0.01, pooling="mean", normalize=False),
         similarity="dot", temperature=1.0, objective="sgns", optimizer="sgd", learning_rate=10.0, schedule="constant",
     )  # fmt: skip
     data = ContrastiveDataModule(train="sts-b", batch_size=64, max_length=32)
@@ -90,7 +91,7 @@ def test_replica_is_ctrains_sgns(lab_peer, tmp_path):
         pass
     assert step == 3 and math.isfinite(loss)
     torch.testing.assert_close(words, module.encoder.word_embeddings.weight, rtol=0, atol=0)
-    torch.testing.assert_close(contexts, module.context_embeddings.weight, rtol=0, atol=0)
+    torch.testing.assert_close(contexts, module.objective.context_embeddings.weight, rtol=0, atol=0)
 
 
 def test_word2vec_rows_land_on_their_tokens(lab_peer, probe):

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 SOURCE = Path(__file__).resolve().parents[1] / "src" / "ctrain"
-LEAVES = {"assets", "fileio", "keys", "runtime"}
+LEAVES = {"assets", "convergence", "fileio", "keys", "runtime"}
 ALLOWED = {
     "leaf": LEAVES,
     "data": LEAVES | {"data"},

@@ -79,8 +79,8 @@ class ContrastiveModule(pl.LightningModule):
     def forward(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
         return self.encoder(input_ids=input_ids, attention_mask=attention_mask)
 
-    def _step_seed(self, stream: Stream = "dropout") -> int:
-        return step_seed(self.global_step, self.global_rank, stream)
+    def _step_seed(self, stream: Stream = "dropout", step: int | None = None) -> int:
+        return step_seed(self.global_step if step is None else step, self.global_rank, stream)
 
     def on_train_batch_start(self, batch: dict, batch_idx: int) -> None:
         """Train mode and seeded dropout for every step.
@@ -97,13 +97,13 @@ class ContrastiveModule(pl.LightningModule):
         if stage == "fit":
             self.objective.prepare(self.encoder, self.trainer.datamodule)
 
-    def _positive_views(self, input_ids: Tensor, attention_mask: Tensor) -> tuple[Tensor, Tensor]:
+    def _positive_views(self, input_ids: Tensor, attention_mask: Tensor, step: int | None = None) -> tuple[Tensor, Tensor]:
         """Anchor and positive views of single sentences, stacked (2B rows); see `positives`."""
         hp = self.hparams
         if hp.positives == "dropout":
             return input_ids.repeat(2, 1), attention_mask.repeat(2, 1)
         words = ~self.encoder.special_mask(input_ids) & attention_mask.bool()
-        generator = torch.Generator().manual_seed(self._step_seed("positives"))
+        generator = torch.Generator().manual_seed(self._step_seed("positives", step))
         draws = torch.rand((2, *input_ids.shape), generator=generator).to(input_ids.device)
         if hp.positives == "token_dropout":
             keep = draws >= hp.token_dropout
@@ -116,19 +116,32 @@ class ContrastiveModule(pl.LightningModule):
         mask = attention_mask.bool() & (keep | ~words)
         return input_ids.repeat(2, 1), mask.flatten(0, 1).to(attention_mask.dtype)
 
-    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+    def objective_value(self, batch: dict[str, Tensor], step: int) -> Tensor:
+        """The training objective on `batch` with the random draws (positives, negatives) of optimizer step `step`.
+
+        A fixed batch and step make it a function of the weights alone: what `ObjectiveConvergence` tracks.
+        Dropout, if the encoder is in train mode, draws from torch's global RNG: seed it first.
+        """
+        return self._objective(batch, step)[0]
+
+    def _objective(self, batch: dict[str, Tensor], step: int | None = None) -> tuple[Tensor, dict[str, Tensor], int, tuple[Tensor, ...] | None]:
+        """(loss, extra terms to log, examples in the batch, embeddings per view) of one batch."""
         views = int(batch["num_views"])
         input_ids, attention_mask = batch["input_ids"], batch["attention_mask"]
         size = input_ids.shape[0] // max(views, 1)
         embeddings = view_embeddings = None
         if self.objective.sentence_level:
-            input_ids, attention_mask, embeddings, view_embeddings = self._embed_views(input_ids, attention_mask, views)
+            input_ids, attention_mask, embeddings, view_embeddings = self._embed_views(input_ids, attention_mask, views, step)
             size = view_embeddings[0].shape[0]
         inputs = ObjectiveInputs(
             input_ids, attention_mask, embeddings, view_embeddings, self.hparams.similarity, self.hparams.temperature,
-            self._step_seed("objective"), self.encoder, batch.get("labels"),
+            self._step_seed("objective", step), self.encoder, batch.get("labels"),
         )  # fmt: skip
         loss, extras = self.objective(inputs)
+        return loss, extras, size, view_embeddings
+
+    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+        loss, extras, size, view_embeddings = self._objective(batch)
         for name, value in extras.items():
             self.log(f"train/{name}", value, batch_size=size, sync_dist=True)
         self._log_loss(loss, size)
@@ -140,7 +153,9 @@ class ContrastiveModule(pl.LightningModule):
             self.log("data/truncated", batch["truncated"].float(), reduce_fx="sum", batch_size=size, sync_dist=True)
         return loss
 
-    def _embed_views(self, input_ids: Tensor, attention_mask: Tensor, views: int) -> tuple[Tensor, Tensor, Tensor, tuple[Tensor, ...]]:
+    def _embed_views(
+        self, input_ids: Tensor, attention_mask: Tensor, views: int, step: int | None = None
+    ) -> tuple[Tensor, Tensor, Tensor, tuple[Tensor, ...]]:
         """(rows' input ids, attention mask, embeddings, embeddings per view) of a batch of `views` texts per example."""
         if views > 1 and self.hparams.positives != "dropout":
             raise ValueError(
@@ -150,7 +165,7 @@ class ContrastiveModule(pl.LightningModule):
             embeddings = self(input_ids, attention_mask)
             return input_ids, attention_mask, embeddings, (embeddings, embeddings)
         if views == 1:
-            input_ids, attention_mask = self._positive_views(input_ids, attention_mask)
+            input_ids, attention_mask = self._positive_views(input_ids, attention_mask, step)
         embeddings = self(input_ids, attention_mask)
         return input_ids, attention_mask, embeddings, embeddings.chunk(max(views, 2))
 

@@ -1,0 +1,85 @@
+"""Stop a run when its training objective has converged, and log the objective on fixed batches to show it.
+
+The loss logged every step is a different batch each step: its noise hides whether training still moves.
+`ObjectiveConvergence` takes `num_batches` training batches once, before the first step, and every
+`every_n_steps` evaluates the objective on them with the random draws of one fixed step (positives,
+negatives, dropout), so the tracked number is a function of the weights alone. It logs
+`convergence/objective` and `convergence/relative_range` (`ctrain.convergence.relative_range` over
+the last `window` evaluations); once the range is below `tolerance` it logs `convergence/converged_step` and,
+with `stop: true`, ends the run (the last step is then probed like any last step). On several processes the
+objective is averaged over them, so every process takes the same decision.
+"""
+
+from __future__ import annotations
+
+import pytorch_lightning as pl
+import torch
+
+from ctrain.runtime import step_seed
+from ctrain.convergence import has_converged, relative_range
+
+FIXED_STEP = 0  # the step whose random draws every evaluation reuses
+
+
+class ObjectiveConvergence(pl.Callback):
+    """Evaluate the objective on fixed batches every `every_n_steps`; stop when it moved less than `tolerance` over `window`."""
+
+    def __init__(self, every_n_steps: int = 500, num_batches: int = 16, window: int = 5, tolerance: float = 0.01, stop: bool = True) -> None:
+        if every_n_steps < 1 or num_batches < 1:
+            raise ValueError(f"every_n_steps and num_batches must be >= 1, got {every_n_steps} and {num_batches}")
+        if window < 2 or tolerance <= 0:
+            raise ValueError(f"window must be >= 2 and tolerance > 0, got {window} and {tolerance}")
+        self.every_n_steps, self.num_batches, self.window, self.tolerance, self.stop = every_n_steps, num_batches, window, tolerance, stop
+        self.batches: list[dict] = []
+        self.history: list[tuple[int, float]] = []
+        self.converged_step: int | None = None
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not self.batches:
+            with torch.random.fork_rng(devices=[]):  # taking the batches must not move the run's own RNG
+                loader = trainer.datamodule.train_dataloader()
+                for batch, _ in zip(loader, range(self.num_batches)):
+                    self.batches.append(batch)
+        self._maybe_evaluate(trainer, pl_module)
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs, batch, batch_idx: int) -> None:
+        self._maybe_evaluate(trainer, pl_module)
+
+    def _maybe_evaluate(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        step = trainer.global_step
+        if step % self.every_n_steps or any(done == step for done, _ in self.history):
+            return
+        value = float(trainer.strategy.reduce(self.objective(pl_module), reduce_op="mean"))
+        self.history.append((step, value))
+        spread = relative_range([v for _, v in self.history], self.window)
+        metrics = {"convergence/objective": value, "convergence/relative_range": spread}
+        if self.converged_step is None and has_converged([v for _, v in self.history], self.window, self.tolerance):
+            self.converged_step = step
+            metrics["convergence/converged_step"] = step
+            if self.stop:
+                trainer.should_stop = True
+        if trainer.is_global_zero:
+            for logger in trainer.loggers:
+                logger.log_metrics(metrics, step=step)
+
+    def objective(self, pl_module: pl.LightningModule) -> torch.Tensor:
+        """The mean objective over the fixed batches, with the draws of `FIXED_STEP`, in train mode as in training, without gradients."""
+        if not hasattr(pl_module, "objective_value"):
+            raise TypeError(f"ObjectiveConvergence needs a ContrastiveModule (objective_value), got {type(pl_module).__name__}")
+        total = torch.zeros((), device=pl_module.device)
+        was_training = pl_module.training
+        pl_module.train()
+        with torch.random.fork_rng(devices=[]), torch.no_grad():
+            torch.manual_seed(step_seed(FIXED_STEP, pl_module.global_rank, "dropout"))
+            for batch in self.batches:
+                moved = pl_module.transfer_batch_to_device(batch, pl_module.device, 0)
+                total += pl_module.objective_value(moved, FIXED_STEP).float()
+        pl_module.train(was_training)
+        return total / len(self.batches)
+
+    def state_dict(self) -> dict:
+        return {"history": self.history, "converged_step": self.converged_step}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.history = [tuple(pair) for pair in state_dict["history"]]
+        self.converged_step = state_dict["converged_step"]

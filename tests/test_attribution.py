@@ -205,3 +205,18 @@ def test_partition_shap_is_efficient_and_close_to_exact_shapley(tiny_bert):
     batch = tiny_bert.tokenize([sentence])
     weights = shap_weights(tiny_bert, **batch, sentences=[sentence], mode="partition", max_evals=2000).weights[0]
     torch.testing.assert_close(weights[players], owen_weights)
+
+
+def test_completeness_along_the_directions_is_free_and_exact_when_they_span_the_outputs(tiny_bert):
+    batch = tiny_bert.tokenize(SENTENCES)
+    path = integrated_gradients(tiny_bert, **batch, steps=2, mode="sketch", sketch_size=2)
+    spanning = integrated_gradients(
+        tiny_bert, **batch, steps=2, mode="sketch", sketch_size=tiny_bert.hidden_size, sketch_kind="orthogonal", completeness="directions"
+    )  # fmt: skip
+    torch.testing.assert_close(spanning.completeness_error, path.completeness_error, rtol=1e-3, atol=1e-6)
+    few = integrated_gradients(tiny_bert, **batch, steps=2, mode="sketch", sketch_size=4, sketch_kind="orthogonal", completeness="directions")
+    torch.testing.assert_close(few.weights, integrated_gradients(tiny_bert, **batch, steps=2, mode="sketch", sketch_size=4, sketch_kind="orthogonal").weights)
+    ratio = few.completeness_error / path.completeness_error  # a random projection of the same residual: same order
+    assert bool(((ratio > 0.1) & (ratio < 10)).all()), ratio
+    with pytest.raises(ValueError, match="unknown completeness check 'jvp'"):
+        integrated_gradients(tiny_bert, **batch, steps=2, completeness="jvp")

@@ -67,6 +67,8 @@ Mode = Literal["exact", "sketch"]
 ShapMode = Literal["exact", "permutation", "partition"]
 SHAP_MODES: tuple[str, ...] = ("exact", "permutation", "partition")
 SketchKind = Literal["rademacher", "orthogonal"]
+Completeness = Literal["path", "directions"]
+COMPLETENESS_CHECKS: tuple[str, ...] = ("path", "directions")
 
 
 @dataclass(frozen=True)
@@ -159,6 +161,7 @@ def integrated_gradients(
     sketch_kind: SketchKind = "rademacher",
     seed: int = 0,
     vjp_batch: int | None = 8,
+    completeness: Completeness = "path",
 ) -> Attribution:
     """IG weights ``c_i = ||IG_i..||_F`` of a padded batch with the PAD baseline.
 
@@ -167,7 +170,15 @@ def integrated_gradients(
     ``d`` vectors of an orthonormal basis in exact mode, ``sketch_size`` random vectors in
     sketch mode). The quadrature weights ride in the cotangents, so the step sum is a
     plain sum.
+
+    The completeness error in sketch mode: ``path`` (default) computes ``sum_ij IG_ij.`` in
+    all ``d`` output dims with one JVP along the path (exact, but it costs about as much as
+    the rest of a cheap sketch); ``directions`` takes the residual along the sketch's own
+    directions, a by-product of the VJPs: an estimate of the same relative error from a
+    random projection (equal to ``path`` when the directions span the output space).
     """
+    if completeness not in COMPLETENESS_CHECKS:
+        raise ValueError(f"unknown completeness check '{completeness}': choose one of {', '.join(COMPLETENESS_CHECKS)}")
     generator = torch.Generator().manual_seed(seed)
     with attribution_mode(encoder) as device, torch.no_grad(), sdpa_kernel(SDPBackend.MATH):
         input_ids, attention_mask = input_ids.to(device), attention_mask.to(device)
@@ -195,11 +206,13 @@ def integrated_gradients(
             (grads,) = torch.func.vmap(vjp)(cotangents.reshape(len(chunk), steps * batch, dim))
             ig = delta * grads.view(len(chunk), steps, *x.shape).sum(1)  # (K, B, n, e)
             squares += ig.pow(2).sum((0, 3))
-            if mode == "exact":
+            along_directions = mode == "exact" or completeness == "directions"
+            if along_directions:
                 sums.append(ig.sum((2, 3)))
         target = ends[:batch] - ends[batch:]
-        if mode == "exact":  # in the rotated basis: the norm of the residual is the same
-            residual = torch.cat(sums).T - target @ directions.T
+        if along_directions:  # exact: in the rotated basis the norms are the same; sketch: a random projection of both
+            target = target @ directions.T
+            residual = torch.cat(sums).T - target
         else:  # sum_ij IG_ijk = sum_a w_a (J(a) (x - b))_k: one JVP along the path gives it exactly
             with warnings.catch_warnings():  # torch scripts a few decompositions on first use and warns about it
                 warnings.filterwarnings("ignore", message=".*torch.jit.script.*", category=DeprecationWarning)

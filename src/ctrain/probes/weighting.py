@@ -36,8 +36,10 @@ import torch
 
 from ctrain.models.encoder import SentenceEncoder
 from ctrain.probes.attribution import (
+    COMPLETENESS_CHECKS,
     QUADRATURES,
     SHAP_MODES,
+    Completeness,
     Mode,
     Quadrature,
     ShapMode,
@@ -162,6 +164,7 @@ _CHOICES = {
     "ig_mode": ("exact", "sketch"),
     "sketch_kind": ("rademacher", "orthogonal"),
     "quadrature": QUADRATURES,
+    "completeness": COMPLETENESS_CHECKS,
     "shap_mode": SHAP_MODES,
     "units": UNITS,
     "points": POINTS,
@@ -178,6 +181,8 @@ class WeightingConfig:
     ``P_sent(.|w)`` (spec section 1: yes, as the paper's "sentences containing w"
     and the theorem's proof do). ``sketch_size`` and ``sketch_kind`` only matter with
     ``ig_mode="sketch"``; the ``shap_*`` fields only with ``"shap"`` in ``methods``.
+    ``completeness`` is how sketch mode checks IG's completeness (``integrated_gradients``):
+    ``path`` exactly, with a JVP as costly as a cheap sketch itself; ``directions`` along the sketch's directions, free.
     ``bootstrap_resamples`` resamples of the probe sentences (0 = none) give the ``confidence``
     percentile interval of every weight fit's R^2 and beta (``regression.bootstrap_fit``), seeded by ``seed``.
     """
@@ -197,6 +202,7 @@ class WeightingConfig:
     seed: int = 0
     batch_size: int = 8
     vjp_batch: int | None = 8
+    completeness: Completeness = "path"
     shap_mode: ShapMode = "exact"
     shap_max_exact_tokens: int = 10
     shap_permutations: int = 64
@@ -274,7 +280,7 @@ def _method_weights(
     if method == "ig":
         attribution = integrated_gradients(
             encoder, seg.input_ids, seg.attention_mask, config.steps, config.quadrature, config.ig_mode,
-            config.sketch_size, config.sketch_kind, seed, config.vjp_batch,
+            config.sketch_size, config.sketch_kind, seed, config.vjp_batch, config.completeness,
         )  # fmt: skip
     else:
         attribution = shap_weights(

@@ -32,7 +32,7 @@ def _quick_preset(path: Path) -> Path:
     return path
 
 
-def test_every_demo_column_is_defined_in_metrics_doc(tmp_path):
+def test_every_demo_column_is_defined_in_metrics_doc_and_the_run_prints_its_weighting_curve(tmp_path, capsys):
     main([
         "fit", "--config", str(ROOT / "configs" / "demo.yaml"), "--config", str(_quick_preset(tmp_path / "probes.yaml")),
         "--data.batch_size", "8", "--data.max_examples", "32", "--data.max_eval_pairs", "32", "--trainer.max_steps", "2",
@@ -46,3 +46,7 @@ def test_every_demo_column_is_defined_in_metrics_doc(tmp_path):
     assert any(key.startswith("weighting/") for key in keys) and any(key.startswith("geometry/") for key in keys)
     missing = sorted(key for key in keys if f"`{key}`" not in doc)
     assert not missing, f"docs/metrics.md does not name these metrics.csv columns: {missing}"
+    printed = capsys.readouterr().out
+    curve = re.findall(r"step +(\d+): (\d\.\d{4}) \[(\d\.\d{4}), (\d\.\d{4})\]", printed)
+    assert "IG-on-KL R^2 [95% interval]" in printed and [int(step) for step, *_ in curve] == [0, 2]
+    assert all(float(low) <= float(high) for _, _, low, high in curve)  # a percentile interval need not hold the estimate

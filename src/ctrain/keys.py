@@ -9,3 +9,4 @@ STS_TEST_BEST = "test/stsb_spearman_best"  # ... of the best checkpoint's model
 TRAIN_LOSS = "train/loss"
 EXAMPLES_SEEN = "trainer/examples_seen"  # optimizer steps x global batch size
 MLM_HELD_OUT_LOSS = "val/mlm_loss"
+IG_KL_R2 = "weighting/ig_kl_r2"  # R^2 of IG weights on KL(w); its interval is IG_KL_R2 + "_ci_low" / "_ci_high"

@@ -72,6 +72,7 @@ class _ScheduledProbe(pl.Callback):
         self.sentences: list[str] = []
         self.directory = Path(".")
         self._done: set[int] = set()
+        self.measured: dict[int, dict[str, float]] = {}  # step -> logged metrics, of this process's measurements
 
     def _due(self, step: int, max_steps: int) -> bool:
         if step in self._done:
@@ -113,6 +114,7 @@ class _ScheduledProbe(pl.Callback):
         prefix = f"{self.name}/"
         metrics = {key if key.startswith(prefix) else prefix + key: value for key, value in metrics.items()}
         metrics[self.seconds_key] = time.perf_counter() - started  # the probe's own cost, to budget it
+        self.measured[step] = metrics
         for logger in trainer.loggers:
             logger.log_metrics(metrics, step=step)
         self.directory.mkdir(parents=True, exist_ok=True)

@@ -9,6 +9,7 @@ metrics.csv, model_final/ and model_best/ (sentence-transformers format).
 from __future__ import annotations
 
 import csv
+import math
 from pathlib import Path
 
 import torch
@@ -22,8 +23,9 @@ from pytorch_lightning.cli import (
 from pytorch_lightning.loggers import CSVLogger, WandbLogger
 
 from ctrain.callbacks.outputs import RunOutputs, WandbProbeFigures
+from ctrain.callbacks.probes import WordWeightingProbe
 from ctrain.data.datamodule import ContrastiveDataModule
-from ctrain.keys import STS_DEV
+from ctrain.keys import IG_KL_R2, STS_DEV
 from ctrain.runtime import global_batch_size
 from ctrain.training.loggers import (
     WandbOptions,
@@ -118,6 +120,11 @@ class CtrainCLI(LightningCLI):
             print(f"  {label} at end:   {float(end):.2f}")
         if best is not None:
             print(f"  {label} best:     {float(best):.2f}")
+        for probe in (c for c in self.trainer.callbacks if isinstance(c, WordWeightingProbe) and c.measured):
+            print(f"  IG-on-KL R^2 [{probe.config.confidence:.0%} interval] ({IG_KL_R2}, docs/metrics.md):")
+            for step, metrics in sorted(probe.measured.items()):
+                low, high = metrics.get(f"{IG_KL_R2}_ci_low", math.nan), metrics.get(f"{IG_KL_R2}_ci_high", math.nan)
+                print(f"    step {step:>6}: {metrics.get(IG_KL_R2, math.nan):.4f} [{low:.4f}, {high:.4f}]")
         for logger in self.trainer.loggers:
             if isinstance(logger, WandbLogger) and logger._experiment is not None:
                 print(f"  W&B run {logger.experiment.id}: files in {logger.experiment.dir}")

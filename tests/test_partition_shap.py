@@ -141,3 +141,20 @@ def test_equals_the_library_on_minilm():
     np.random.seed(0)
     (phi,) = batched_owen_values(length_grouped_encoder(encoder), encoder.tokenizer, [LONG], 500, 256, tie_breaks="global")
     assert np.abs(phi - reference).max() <= 1e-6
+
+
+def test_weighting_probe_with_native_shap_equals_the_library_path(tiny_bert):
+    import dataclasses
+
+    from ctrain.probes.weighting import WeightingConfig, weighting_probe
+
+    sentences = SENTENCES[:3] + ["three dogs run through the snow", "a woman is slicing an onion"]
+    config = WeightingConfig(methods=("shap",), shap_mode="partition", batch_size=2, min_count=1, theorem=False)
+    library = weighting_probe(tiny_bert, sentences, config)
+    native = weighting_probe(tiny_bert, sentences, dataclasses.replace(config, shap_mode="partition_native"))
+    np.testing.assert_allclose(
+        [r.weights["shap"] for r in native.records], [r.weights["shap"] for r in library.records], rtol=0, atol=1e-6
+    )
+    assert native.metrics.keys() == library.metrics.keys()
+    for key, value in library.metrics.items():
+        np.testing.assert_allclose(native.metrics[key], value, rtol=1e-6, atol=1e-9, err_msg=key)

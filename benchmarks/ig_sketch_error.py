@@ -29,8 +29,8 @@ import numpy as np
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from ctrain.encoder import load_encoder
-from ctrain.probe_cli import KURITA2023_WEIGHTING as SETUP
+from ctrain.models.encoder import load_encoder
+from ctrain.reporting.model_probe import KURITA2023_WEIGHTING as SETUP
 from ctrain.probes.attribution import attribution_mode, output_directions, pad_baseline, quadrature_rule, unit_weights
 from ctrain.probes.corpus import sample_sentences, sts_b_sentences
 from ctrain.probes.information import segment, token_statistics

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from ctrain.encoder import load_encoder
+from ctrain.models.encoder import load_encoder
 from ctrain.probes.attribution import attribution_mode, owen_values, shap_weights
 from ctrain.probes.partition_shap import TextGame, batched_owen_values, length_grouped_encoder, text_masker
 

@@ -41,7 +41,7 @@ def test_setups_are_defaults_that_later_flags_override():
     assert values["num_sentences"] is None and values["columns"] == "both" and values["split"] == "dev"
     config = values["weighting"]
     assert isinstance(config, WeightingConfig) and config.steps == 7
-    assert config.methods == ("ig", "shap") and config.shap_mode == "partition" and config.include_self
+    assert config.methods == ("ig", "shap") and config.shap_mode == "partition_native" and config.include_self
     assert probe_parser().parse_args(["m"]).weighting.steps == WeightingConfig().steps  # one home for the defaults
 
 

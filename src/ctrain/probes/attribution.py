@@ -38,6 +38,9 @@ Decisions where the spec is open:
   clustering of the tokens, MASK as the absent value, the model called on the masked
   *strings* (so a masked word may re-tokenise differently, as in the paper). Owen
   values equal Shapley values on additive games and are efficient on every game.
+  ``partition_native`` is the same recursion run by ``ctrain.probes.partition_shap``: the
+  same strings, tree and budget, the coalitions of all sentences of the batch evaluated
+  together (equal to the library's values to float rounding; tests/test_partition_shap.py).
 - A unit made of several positions (a word in ``units="words"``) weighs
   ``sqrt(sum_i c_i^2)`` over its positions: the Frobenius norm of the spec extended to
   all input dims of the word. ``c'`` divides by the mean over the sentence's units.
@@ -64,8 +67,8 @@ from ctrain.models.encoder import SentenceEncoder, eval_mode
 Quadrature = Literal["gauss_legendre", "riemann_trapezoid"]
 QUADRATURES: tuple[str, ...] = ("gauss_legendre", "riemann_trapezoid")
 Mode = Literal["exact", "sketch"]
-ShapMode = Literal["exact", "permutation", "partition"]
-SHAP_MODES: tuple[str, ...] = ("exact", "permutation", "partition")
+ShapMode = Literal["exact", "permutation", "partition", "partition_native"]
+SHAP_MODES: tuple[str, ...] = ("exact", "permutation", "partition", "partition_native")
 SketchKind = Literal["rademacher", "orthogonal"]
 Completeness = Literal["path", "directions"]
 COMPLETENESS_CHECKS: tuple[str, ...] = ("path", "directions")
@@ -336,10 +339,16 @@ def shap_weights(
         with attribution_mode(encoder), torch.no_grad():
             return encoder.encode(list(masked), batch_size=batch_size).double().cpu().numpy()
 
+    if mode == "partition_native":  # the same values as "partition", all sentences' coalitions batched together
+        from ctrain.probes.partition_shap import batched_owen_values, length_grouped_encoder
+
+        native = batched_owen_values(
+            length_grouped_encoder(encoder), encoder.tokenizer, sentences, max_evals, batch_size, [seed + b for b in range(len(sentences))]
+        )  # fmt: skip
     for b, (ids, keep) in enumerate(zip(input_ids, attention_mask.bool())):
         players = torch.nonzero(keep & ~special[b])[:, 0].cpu()
-        if mode == "partition":
-            phi = owen_values(encode, encoder.tokenizer, sentences[b], max_evals, batch_size)
+        if mode in ("partition", "partition_native"):
+            phi = native[b] if mode == "partition_native" else owen_values(encode, encoder.tokenizer, sentences[b], max_evals, batch_size)
             if len(phi) != int(keep.sum()):
                 raise ValueError(
                     f"shap's tokenisation of sentence '{sentences[b]}' has {len(phi)} positions, the probe's {int(keep.sum())}: "

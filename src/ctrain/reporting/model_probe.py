@@ -32,7 +32,10 @@ Setup = Literal["kurita2023", "isotropy2023"]
 
 KURITA2023_WEIGHTING = WeightingConfig(
     methods=("ig", "shap"),  # the paper reports both
-    shap_mode="partition",  # its SHAP is shap's PartitionExplainer (appendix D.3)
+    # its SHAP is shap's PartitionExplainer (appendix D.3); partition_native runs the same recursion with the
+    # coalitions of a whole batch in one forward round (equal to shap_mode partition, the library, to float rounding;
+    # where a long sentence exhausts max_evals, exact priority ties are broken by a seeded draw, not NumPy's global RNG)
+    shap_mode="partition_native",
     # Exact IG takes d VJPs per quadrature step (384 for MiniLM, 768 for MPNet): days for 3000 sentences
     # on a CPU. 16 orthogonal directions estimate the same c_i^2 (exact at sketch_size = d); on a GPU
     # pass --weighting.ig_mode exact.

@@ -263,6 +263,30 @@ def test_exact_setting_runs_from_its_config_and_logs_every_fit(tmp_path):
         assert all(math.isfinite(float(row[keys.spearman])) for row in probed)
 
 
+def test_probe_on_the_training_corpus_measures_what_the_run_trained_on(toy_corpus, tmp_path):
+    """`split: training`: probe sentences drawn from, and statistics computed over, the run's own training texts."""
+    from ctrain.callbacks import WordWeightingProbe
+    from ctrain.probes.information import token_statistics
+
+    probe = yaml.safe_load((ROOT / "callbacks" / "theorem_lab.yaml").read_text())
+    probe["trainer"]["callbacks"][0]["init_args"].update(every_n_steps=2, num_sentences=5, split="training")
+    (tmp_path / "probe.yaml").write_text(yaml.safe_dump(probe))
+    cli = run_cli([
+        "fit", "--config", str(ROOT / "configs" / "theorem_lab.yaml"), "--config", str(tmp_path / "probe.yaml"),
+        "--model.encoder.tiny_hidden_size", "16", "--data.train", str(toy_corpus), "--data.batch_size", "8",
+        "--data.max_examples", "12", "--trainer.max_steps", "2", "--trainer.limit_val_batches", "0",
+        "--trainer.enable_progress_bar", "false", "--trainer.logger.init_args.save_dir", str(tmp_path),
+    ])  # fmt: skip
+    (callback,) = [c for c in cli.trainer.callbacks if isinstance(c, WordWeightingProbe)]
+    texts = [text for example in cli.datamodule.examples for text in example]
+    assert len(texts) == 12 and callback.corpus == texts
+    assert len(callback.sentences) == 5 and set(callback.sentences) <= set(texts)
+    c = callback.config
+    expected = token_statistics(cli.model.encoder.tokenizer, texts, c.units, c.include_self, c.dkl_repeats, c.seed, c.max_length)
+    assert callback.statistics.num_sentences == 12 and callback.statistics.types == expected.types
+    np.testing.assert_array_equal(callback.statistics.kl, expected.kl)
+
+
 def test_lab_report_table_and_figures_come_from_the_last_probe():
     import pandas as pd
 

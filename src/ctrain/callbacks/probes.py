@@ -133,13 +133,18 @@ class _ScheduledProbe(pl.Callback):
         self._done = set(state_dict["done"])
 
 
+TRAINING_CORPUS = "training"  # WordWeightingProbe(split=...): the run's own training texts, not an STS-B split
+
+
 class WordWeightingProbe(_ScheduledProbe):
     """IG (and optionally SHAP) weights regressed on KL / dKL / -log P, plus the Theorem-1 norm fits.
 
     `config` is the whole `WeightingConfig` (any field can be set from YAML; unset fields keep its
     defaults). The probe sentences are `num_sentences` sentences of the STS-B `split` (both columns)
     drawn at random with `config.seed`; the token statistics come from the whole split and are
-    computed once. Each `probes/weighting.jsonl` record carries `sentences_sha256` and
+    computed once. `split: training` takes both from the run's own training texts instead (every text
+    of every training example, as the data module read them; on rank 0's share under several
+    processes), so that a run on `--data.train` or `data.max_examples` measures what it trained on. Each `probes/weighting.jsonl` record carries `sentences_sha256` and
     `statistics_sha256`, so that every step can be shown to have measured the same inputs.
     """
 
@@ -157,15 +162,24 @@ class WordWeightingProbe(_ScheduledProbe):
         super().__init__(every_n_steps, log_spaced, num_sentences, split)
         self.config = config or WeightingConfig()
         self.statistics: TokenStatistics | None = None
+        self.corpus: list[str] = []
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if not self.corpus:
+            if self.split == TRAINING_CORPUS:
+                self.corpus = [text for example in trainer.datamodule.examples for text in example]
+            else:
+                self.corpus = sts_b_sentences(self.split)
+        super().setup(trainer, pl_module, stage)
 
     def load_sentences(self) -> list[str]:
-        return sample_sentences(sts_b_sentences(self.split), self.num_sentences, self.config.seed)
+        return sample_sentences(self.corpus, self.num_sentences, self.config.seed)
 
     def measure(self, pl_module: pl.LightningModule) -> tuple[dict[str, float], dict]:
         if self.statistics is None:
             c = self.config
             self.statistics = token_statistics(
-                pl_module.encoder.tokenizer, sts_b_sentences(self.split), c.units, c.include_self, c.dkl_repeats, c.seed,
+                pl_module.encoder.tokenizer, self.corpus, c.units, c.include_self, c.dkl_repeats, c.seed,
                 c.max_length,
             )  # fmt: skip
         result = weighting_probe(pl_module.encoder, self.sentences, self.config, self.statistics)

@@ -16,11 +16,15 @@ Subcommands:
              switches for what differs from word2vec; `--check RUN_DIR` compares it with a ctrain run's probe.
     runs     the fits logged by ctrain runs (metrics.csv of `ctrain fit ... --config benchmarks/lab_peer_probe.yaml`).
     cost     where a ctrain bag `sgns` step's time goes (Lightning step vs the bare step, its parts).
+    plot     ctrain runs' Spearman of 0.5 ||w||^2 on KL against epochs, beside one word2vec run's, snapshotted at the
+             end of chosen epochs (its rate decays over the whole run, as one ctrain run's trajectory is one run):
+             a PNG and a CSV of every point.
 
     python benchmarks/lab_peer.py gensim [--epochs 1 2 5 10 20 50 100] [--ns-exponents 1.0 0.75] [--negative 5]
     python benchmarks/lab_peer.py replica --steps 16500 --lr 10 [--no-self] [--schedule linear] [--reduction sum]
     python benchmarks/lab_peer.py runs runs/.../version_0 [...]
     python benchmarks/lab_peer.py cost [--threads 1]
+    python benchmarks/lab_peer.py plot RUN_DIR [...] --out lab_trajectories.png [--epochs 120] [--negative 5]
 
 On shared cores run everything with OMP_NUM_THREADS=1: with 2 torch threads beside other jobs a bag sgns step cost
 6-7x the CPU time (thread spinning), e.g. 187 vs 28 ms CPU, 610 vs 90 ms wall, measured by `cost`.
@@ -308,6 +312,72 @@ def cmd_runs(args: argparse.Namespace) -> None:
             print(row(f"{step} ({step / STEPS_PER_EPOCH:.2f})", fits[step]))
 
 
+# --- trajectories beside word2vec's ---------------------------------------------------------------------------------
+
+
+def word2vec_trajectory(args: argparse.Namespace, probe: LabProbe, snapshots: list[int]) -> dict[int, dict[str, Fit]]:
+    """The lab fits of one word2vec run's input rows at the end of each snapshot epoch."""
+    from gensim.models import Word2Vec
+    from gensim.models.callbacks import CallbackAny2Vec
+
+    _, tokens = lab_training_tokens(probe.tokenizer)
+    fits: dict[int, dict[str, Fit]] = {}
+
+    class Snapshot(CallbackAny2Vec):
+        def __init__(self) -> None:
+            self.epoch = 0
+
+        def on_epoch_end(self, model) -> None:
+            self.epoch += 1
+            if self.epoch in snapshots:
+                fits[self.epoch] = probe.fits(gensim_rows(model, probe.tokenizer, model.wv.vectors))
+
+    window = max(len(sentence) for sentence in tokens)
+    model = Word2Vec(
+        vector_size=WIDTH, window=window, shrink_windows=False, min_count=args.min_count, sg=1, hs=0, negative=args.negative,
+        ns_exponent=args.ns_exponent, sample=0, workers=1, seed=SEED, alpha=args.alpha, min_alpha=args.min_alpha,
+    )  # fmt: skip
+    model.build_vocab(tokens)
+    model.train(tokens, total_examples=len(tokens), epochs=args.epochs, callbacks=[Snapshot()])
+    return fits
+
+
+def cmd_plot(args: argparse.Namespace) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    probe = LabProbe()
+    snapshots = sorted({e for e in (1, 2, 3, 5, 10, 20, 30, 50, 75, 100, 120, 150, 200) if e <= args.epochs} | {args.epochs})
+    peer = word2vec_trajectory(args, probe, snapshots)
+    rows = [("word2vec", epoch, epoch, fit) for epoch, fit in sorted(peer.items())]
+    for run in map(Path, args.runs):
+        rows += [(run.name, step / STEPS_PER_EPOCH, step, fit) for step, fit in sorted(read_run(run).items()) if step > 0]
+    out = Path(args.out)
+    with out.with_suffix(".csv").open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["run", "epoch", "step", *(f"{q}_{k}" for q in QUANTITIES for k in ("slope", "r2", "spearman"))])
+        for label, epoch, step, fit in rows:
+            writer.writerow([label, f"{epoch:.4g}", step, *(f"{getattr(fit[q], k):.6g}" for q in QUANTITIES for k in ("slope", "r2", "spearman"))])
+    figure, axes = plt.subplots(figsize=(7.5, 4.5))
+    for label in dict.fromkeys(label for label, *_ in rows):
+        points = [(epoch, fit["kl"].spearman) for name, epoch, _, fit in rows if name == label]
+        style = {"color": "black", "linewidth": 2.5} if label == "word2vec" else {"alpha": 0.8}
+        axes.plot(*zip(*points), marker="o", markersize=3, label=label, **style)
+    axes.axhline(0, color="grey", linewidth=0.8)
+    axes.set_xscale("log")
+    axes.set_xlabel(f"epochs over the lab's corpus ({STEPS_PER_EPOCH} steps of {BATCH} sentences)")
+    axes.set_ylabel("Spearman of 0.5 ||w||^2 on KL(w)")
+    axes.set_title(f"input rows, the lab's probe; word2vec: negative {args.negative}, ns_exponent {args.ns_exponent}, {args.epochs} epochs")
+    axes.legend(fontsize=7)
+    figure.tight_layout()
+    figure.savefig(out, dpi=120)
+    print(f"{out} and {out.with_suffix('.csv')}: {len(rows)} points")
+    for label, epoch, step, fit in rows:
+        print(row(f"{label} {epoch:.3g}", fit))
+
+
 # --- cost of a step -------------------------------------------------------------------------------------------------
 
 
@@ -430,8 +500,17 @@ def main() -> None:
     c.add_argument("--steps", type=int, default=60)
     c.add_argument("--warmup", type=int, default=10)
     c.add_argument("--threads", type=int, default=1)
+    p = sub.add_parser("plot")
+    p.add_argument("runs", nargs="*", help="ctrain run directories (metrics.csv with the lab's probe)")
+    p.add_argument("--out", default="lab_trajectories.png")
+    p.add_argument("--epochs", type=int, default=120, help="word2vec's run length (its rate decays over it)")
+    p.add_argument("--negative", type=int, default=5)
+    p.add_argument("--ns-exponent", type=float, default=1.0)
+    p.add_argument("--min-count", type=int, default=5)
+    p.add_argument("--alpha", type=float, default=0.025)
+    p.add_argument("--min-alpha", type=float, default=0.0001)
     args = parser.parse_args()
-    {"gensim": cmd_gensim, "replica": cmd_replica, "runs": cmd_runs, "cost": cmd_cost}[args.command](args)
+    {"gensim": cmd_gensim, "replica": cmd_replica, "runs": cmd_runs, "cost": cmd_cost, "plot": cmd_plot}[args.command](args)
 
 
 if __name__ == "__main__":

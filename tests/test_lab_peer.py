@@ -103,3 +103,27 @@ def test_word2vec_rows_land_on_their_tokens(lab_peer, probe):
     np.testing.assert_array_equal(table[the].numpy(), model.wv["the"].astype(np.float64))
     assert int(torch.isfinite(table[:, 0]).sum()) == len(model.wv)
     assert probe.fits(table)["kl"].n < 1186
+
+
+def test_plot_puts_a_run_beside_word2vec_epoch_by_epoch(lab_peer, probe, tmp_path, monkeypatch):
+    """`plot`: every probed step of a run (but step 0) at step / steps-per-epoch, and word2vec's snapshot fits."""
+    run = tmp_path / "config=exact"
+    run.mkdir()
+    names = ("weighting/theorem_input", "weighting/theorem_input_dkl", "weighting/theorem_input_selfinfo")
+    header = ["step", *(f"{n}_{k}" for n in names for k in ("slope", "r2", "spearman", "n"))]
+    lines = [",".join(header)] + [
+        ",".join([str(step), *(f"{value}" for _ in names for value in (-0.5 * i, 0.1 * i, -0.2 * i, 100))])
+        for i, step in enumerate((0, 165, 330))
+    ]
+    (run / "metrics.csv").write_text("\n".join(lines) + "\n")
+    monkeypatch.setattr(lab_peer, "LabProbe", lambda: probe)
+    args = lab_peer.argparse.Namespace(
+        runs=[str(run)], out=str(tmp_path / "plot.png"), epochs=1, negative=1, ns_exponent=1.0, min_count=5, alpha=0.025, min_alpha=0.0001
+    )  # fmt: skip
+    lab_peer.cmd_plot(args)
+    import csv
+
+    rows = list(csv.DictReader((tmp_path / "plot.csv").open()))
+    assert [(r["run"], r["epoch"]) for r in rows] == [("word2vec", "1"), ("config=exact", "1"), ("config=exact", "2")]
+    assert float(rows[2]["kl_spearman"]) == -0.4 and -1 <= float(rows[0]["kl_spearman"]) <= 1
+    assert (tmp_path / "plot.png").stat().st_size > 0

@@ -117,3 +117,13 @@ def test_bad_settings_are_one_line():
         ObjectiveConvergence(window=1)
     with pytest.raises(ValueError, match="every_n_steps"):
         ObjectiveConvergence(every_n_steps=0)
+
+
+def test_the_report_draws_the_tracked_objective(lab_inputs, tmp_path):
+    from ctrain.reporting.report import report
+
+    corpus, bag = lab_inputs
+    _lab_run(corpus, bag, tmp_path / "runs", "logistic", tolerance=1e-9, stop=False, max_steps=10)
+    run = tmp_path / "runs" / "theorem_lab" / "version_0"
+    report(str(run), final_probe=False)
+    assert (run / "report" / "convergence_objective.png").stat().st_size > 0

@@ -38,6 +38,8 @@ SCALAR_LABELS = {
     STS_DEV: "STS-B dev Spearman x100",
     STS_TEST: "STS-B test Spearman x100 (final model)",
     "train/loss": "training loss",
+    "convergence/objective": "training objective on fixed batches",
+    "convergence/relative_range": "objective's relative range over the convergence window",
 }
 
 

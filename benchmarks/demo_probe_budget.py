@@ -39,6 +39,7 @@ PRESET = Path(__file__).resolve().parents[1] / "callbacks" / "probes.yaml"
 # (sentences, WeightingConfig fields) besides the preset itself: the preset before issue 26, and cheaper or costlier sketches
 ALTERNATIVES = (
     (48, {"sketch_size": 8, "steps": 16, "completeness": "path", "batch_size": 8}),
+    (200, {"sketch_size": 8, "steps": 4, "completeness": "directions", "batch_size": 64}),
     (200, {"sketch_size": 4, "steps": 4, "completeness": "directions", "batch_size": 64}),
     (200, {"sketch_size": 16, "steps": 4, "completeness": "directions", "batch_size": 64}),
 )

@@ -32,7 +32,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from ctrain.models.encoder import load_encoder
 from ctrain.reporting.model_probe import KURITA2023_WEIGHTING as SETUP
 from ctrain.probes.attribution import attribution_mode, output_directions, pad_baseline, quadrature_rule, unit_weights
-from ctrain.probes.corpus import sample_sentences, sts_b_sentences
+from ctrain.probes.sentences import sample_sentences, sts_b_sentences
 from ctrain.probes.information import segment, token_statistics
 from ctrain.probes.regression import ols
 

@@ -34,7 +34,7 @@ import ctrain.probes.weighting as weighting_module
 from ctrain.models.encoder import load_encoder
 from ctrain.reporting.model_probe import KURITA2023_WEIGHTING
 from ctrain.probes.attribution import attribution_mode, output_directions, owen_values, pad_baseline
-from ctrain.probes.corpus import sample_sentences, sts_b_sentences
+from ctrain.probes.sentences import sample_sentences, sts_b_sentences
 from ctrain.probes.information import token_statistics
 from ctrain.probes.partition_shap import TextGame, text_masker
 

@@ -23,10 +23,14 @@ for any mode, via a JVP in sketch mode), and the regression R^2 of sketch vs exa
 from __future__ import annotations
 
 import argparse
+import sys
 import time
+from pathlib import Path
 
 import torch
-from ctrain.probes.reference import captum_loop_weights
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the peer: captum looped, kept with the tests
+from reference import captum_loop_weights  # noqa: E402
 
 from ctrain.data.sources import read_sts_b
 from ctrain.models.encoder import load_encoder

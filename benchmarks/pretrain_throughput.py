@@ -80,12 +80,15 @@ def main() -> None:
         module.model.config.hidden_size, module.model.config.num_hidden_layers, len(module.tokenizer), length,
         model_settings.get("mlm_probability", 0.15),
     )  # fmt: skip
+    head_share = 1 - flops_per_token(
+        module.model.config.hidden_size, module.model.config.num_hidden_layers, 0, length, 0.0
+    ) / per_token  # fmt: skip
     achieved, ceiling = per_token * tokens / seconds, matmul_flops()
     print(f"model: hidden {module.model.config.hidden_size}, {module.model.config.num_hidden_layers} layers, vocabulary "
           f"{len(module.tokenizer)}, {sum(p.numel() for p in module.parameters()) / 1e6:.2f}M parameters; batch {batch_size}, "
           f"{length:.1f} tokens a sentence on average; torch threads {torch.get_num_threads()}")  # fmt: skip
     print(f"pre-training: {tokens / seconds:,.0f} tokens/s ({args.steps / seconds:.2f} steps/s), "
-          f"{per_token / 1e6:.2f} MFLOP a token -> {achieved / 1e9:.2f} GFLOP/s")
+          f"{per_token / 1e6:.2f} MFLOP a token ({head_share:.0%} of them in the MLM head) -> {achieved / 1e9:.2f} GFLOP/s")
     print(f"matmul ceiling (fp32 1024^3): {ceiling / 1e9:.2f} GFLOP/s; the step uses {achieved / ceiling:.1%} of it")
 
 

@@ -25,3 +25,16 @@ class RecordTrainMode(pl.Callback):
 
     def on_before_backward(self, trainer, pl_module, loss) -> None:
         self.all_training.append(all(module.training for module in pl_module.encoder.modules()))
+
+
+# Eight short sentences with repeated words: a corpus a bag trains on in a few steps (multiply it for more batches).
+TOY_SENTENCES = [
+    "a man is playing a guitar on the stage",
+    "the cat sleeps on the red sofa",
+    "two dogs run in a green field",
+    "a woman is slicing an onion in the kitchen",
+    "the man plays the guitar",
+    "a dog runs across the field",
+    "the woman cuts a tomato",
+    "a cat is sleeping in the sun",
+]

@@ -14,18 +14,10 @@ from ctrain.models.encoder import load_encoder
 from ctrain.models.export import save_sentence_transformer
 from ctrain.runtime import step_seed
 from ctrain.convergence import has_converged, relative_range
+from helpers import TOY_SENTENCES
 
 ROOT = Path(__file__).resolve().parents[1]
-TOY = [
-    "a man is playing a guitar on the stage",
-    "the cat sleeps on the red sofa",
-    "two dogs run in a green field",
-    "a woman is slicing an onion in the kitchen",
-    "the man plays the guitar",
-    "a dog runs across the field",
-    "the woman cuts a tomato",
-    "a cat is sleeping in the sun",
-] * 8
+TOY = TOY_SENTENCES * 8
 
 
 def test_relative_range_is_the_spread_over_the_mean_of_the_window():

@@ -22,19 +22,11 @@ from ctrain.probes.information import token_statistics
 from ctrain.probes.weighting import THEOREM_KEYS, WeightingConfig, weighting_probe
 from ctrain.training.losses import sgns_loss
 from ctrain.training.module import ContrastiveModule
+from helpers import TOY_SENTENCES
 
 ROOT = Path(__file__).resolve().parents[1]
 LAB = ROOT / "configs" / "theorem_lab"
-TOY = [
-    "a man is playing a guitar on the stage",
-    "the cat sleeps on the red sofa",
-    "two dogs run in a green field",
-    "a woman is slicing an onion in the kitchen",
-    "the man plays the guitar",
-    "a dog runs across the field",
-    "the woman cuts a tomato",
-    "a cat is sleeping in the sun",
-] * 4
+TOY = TOY_SENTENCES * 4
 
 
 def _exact_model_settings(*overlays: dict) -> dict:
@@ -285,6 +277,8 @@ def test_probe_on_the_training_corpus_measures_what_the_run_trained_on(toy_corpu
     expected = token_statistics(cli.model.encoder.tokenizer, texts, c.units, c.include_self, c.dkl_repeats, c.seed, c.max_length)
     assert callback.statistics.num_sentences == 12 and callback.statistics.types == expected.types
     np.testing.assert_array_equal(callback.statistics.kl, expected.kl)
+    with pytest.raises(ValueError, match="split='training'.* needs a run"):
+        WordWeightingProbe(split="training").load_sentences()  # outside a run there are no training texts
 
 
 def test_lab_report_table_and_figures_come_from_the_last_probe():

@@ -164,15 +164,23 @@ class WordWeightingProbe(_ScheduledProbe):
         self.statistics: TokenStatistics | None = None
         self.corpus: list[str] = []
 
+    def _load_corpus(self, trainer: pl.Trainer | None = None) -> list[str]:
+        """The split's sentences (both columns), or with `split: training` every text of the run's training examples."""
+        if self.split != TRAINING_CORPUS:
+            return sts_b_sentences(self.split)
+        examples = getattr(getattr(trainer, "datamodule", None), "examples", None)
+        if not examples:
+            raise ValueError("WordWeightingProbe(split='training') needs a run whose data module has read its training examples")
+        return [text for example in examples for text in example]
+
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if not self.corpus:
-            if self.split == TRAINING_CORPUS:
-                self.corpus = [text for example in trainer.datamodule.examples for text in example]
-            else:
-                self.corpus = sts_b_sentences(self.split)
+            self.corpus = self._load_corpus(trainer)
         super().setup(trainer, pl_module, stage)
 
     def load_sentences(self) -> list[str]:
+        if not self.corpus:
+            self.corpus = self._load_corpus()
         return sample_sentences(self.corpus, self.num_sentences, self.config.seed)
 
     def measure(self, pl_module: pl.LightningModule) -> tuple[dict[str, float], dict]:

@@ -94,7 +94,7 @@ def test_probe_callbacks_do_not_change_training(tmp_path):
     main(_run_args(tmp_path / "plain"))
     preset = (ROOT / "callbacks" / "probes.yaml").read_text()
     preset = preset.replace("every_n_steps: 100", "every_n_steps: 3").replace("every_n_steps: 200", "every_n_steps: 3")
-    preset = preset.replace("num_sentences: 150", "num_sentences: 40")
+    preset = preset.replace("num_sentences: 150", "num_sentences: 8")
     (tmp_path / "probes.yaml").write_text(preset.replace("num_sentences: 400", "num_sentences: 40"))
     main(_run_args(tmp_path / "probed", "--config", str(tmp_path / "probes.yaml")))
     plain = _metrics(tmp_path / "plain" / "demo" / "version_0")

@@ -15,8 +15,8 @@ from __future__ import annotations
 import pytorch_lightning as pl
 import torch
 
-from ctrain.runtime import step_seed
 from ctrain.convergence import has_converged, relative_range
+from ctrain.runtime import step_seed
 
 FIXED_STEP = 0  # the step whose random draws every evaluation reuses
 
@@ -78,8 +78,11 @@ class ObjectiveConvergence(pl.Callback):
         return total / len(self.batches)
 
     def state_dict(self) -> dict:
-        return {"history": self.history, "converged_step": self.converged_step}
+        # The batches too: a resumed run's loader starts where training stopped, so retaking them would change
+        # the number being tracked halfway through its history.
+        return {"history": self.history, "converged_step": self.converged_step, "batches": self.batches}
 
     def load_state_dict(self, state_dict: dict) -> None:
         self.history = [tuple(pair) for pair in state_dict["history"]]
         self.converged_step = state_dict["converged_step"]
+        self.batches = state_dict["batches"]

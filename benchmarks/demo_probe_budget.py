@@ -29,11 +29,11 @@ import yaml
 from pytorch_lightning import seed_everything
 
 from ctrain.models.encoder import EncoderConfig, load_encoder
-from ctrain.probes.regression import ols
-from ctrain.runtime import global_seed
 from ctrain.probes.information import token_statistics
+from ctrain.probes.regression import ols
 from ctrain.probes.sentences import sample_sentences, sts_b_sentences
 from ctrain.probes.weighting import WeightingConfig, weighting_probe
+from ctrain.runtime import global_seed
 
 PRESET = Path(__file__).resolve().parents[1] / "callbacks" / "probes.yaml"
 # (sentences, WeightingConfig fields) besides the preset itself: the preset before issue 26, and cheaper or costlier sketches
@@ -45,17 +45,22 @@ ALTERNATIVES = (
 )
 
 
-def preset_candidate() -> tuple[int, dict]:
-    """callbacks/probes.yaml's word-weighting probe: its number of sentences and its WeightingConfig fields."""
+def preset_probe() -> dict:
+    """The init_args of callbacks/probes.yaml's word-weighting probe."""
     callbacks = yaml.safe_load(PRESET.read_text())["trainer"]["callbacks"]
     (probe,) = [c["init_args"] for c in callbacks if c["class_path"].endswith("WordWeightingProbe")]
+    return probe
+
+
+def preset_candidate() -> tuple[int, dict]:
+    """The preset's number of sentences and its WeightingConfig fields."""
+    probe = preset_probe()
     return probe["num_sentences"], probe["config"]
 
 
 def probes_per_run(config: str) -> int:
     """How many times the preset's word-weighting probe runs in the demo: step 0, every `every_n_steps`, the last step."""
-    callbacks = yaml.safe_load(PRESET.read_text())["trainer"]["callbacks"]
-    (probe,) = [c["init_args"] for c in callbacks if c["class_path"].endswith("WordWeightingProbe")]
+    probe = preset_probe()
     steps = yaml.safe_load(Path(config).read_text())["trainer"]["max_steps"]
     return len(set(range(0, steps + 1, probe["every_n_steps"])) | {steps})
 
@@ -100,11 +105,10 @@ def main() -> None:
         encoder.eval()
         statistics = token_statistics(encoder.tokenizer, split, base.units, base.include_self, base.dkl_repeats, base.seed, base.max_length)
         print(f"\n{label}: {encoder.embedding_size}-dim outputs")
-        # exact IG once, on the union of every candidate's sentences (weights do not depend on the batch)
+        # exact IG once, on the union of every candidate's sentences: with a full basis the weights do not depend on the batch
         union = sorted({s for n, _ in candidates for s in sample_sentences(split, n, base.seed)}, key=split.index)
         exact_config = dataclasses.replace(base, ig_mode="exact", steps=args.exact_steps, theorem=False, bootstrap_resamples=0)
         exact_seconds, exact, _ = probe_once(encoder, union, exact_config, statistics)
-        # weights do not depend on the batch in exact mode (a full basis), so the union's are every candidate's
         print(f"  exact IG ({args.exact_steps} steps) on {len(union)} sentences: {exact_seconds:.1f} s")
         for number, (sentences, fields) in enumerate(candidates):
             config = dataclasses.replace(base, **fields)

@@ -144,8 +144,9 @@ class WordWeightingProbe(_ScheduledProbe):
     drawn at random with `config.seed`; the token statistics come from the whole split and are
     computed once. `split: training` takes both from the run's own training texts instead (every text
     of every training example, as the data module read them; on rank 0's share under several
-    processes), so that a run on `--data.train` or `data.max_examples` measures what it trained on. Each `probes/weighting.jsonl` record carries `sentences_sha256` and
-    `statistics_sha256`, so that every step can be shown to have measured the same inputs.
+    processes), so that a run on `--data.train` or `data.max_examples` measures what it trained on. Each
+    `probes/weighting.jsonl` record carries `sentences_sha256` and `statistics_sha256`, so that every step
+    can be shown to have measured the same inputs.
     """
 
     name = "weighting"

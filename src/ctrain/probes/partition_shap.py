@@ -141,11 +141,8 @@ class _Recursion:
         self.eval_count = 0
         self.dvalues: np.ndarray | None = None
         self.pending: list[tuple] = []
-        self.base: np.ndarray | None = None
-        self.done = False
 
     def start(self, f00: np.ndarray, f11: np.ndarray) -> None:
-        self.base = f00
         self.dvalues = np.zeros((2 * self.clustering.shape[0] + 1, len(f00)))
         root = len(self.dvalues) - 1
         self.heap = [(0, 0, -1, (0, f00, f11, root, 1.0))]
@@ -178,7 +175,6 @@ class _Recursion:
             if batch:
                 self.pending = batch
                 return coalitions
-        self.done = True
         return []
 
     def take(self, outputs: np.ndarray) -> None:

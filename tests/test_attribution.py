@@ -207,7 +207,12 @@ def test_partition_shap_is_efficient_and_close_to_exact_shapley(tiny_bert):
     torch.testing.assert_close(weights[players], owen_weights)
 
 
-def test_completeness_along_the_directions_is_free_and_exact_when_they_span_the_outputs(tiny_bert):
+def test_completeness_along_the_directions_is_free_and_exact_when_they_span_the_outputs(tiny_bert, tmp_path):
+    from ctrain.models.encoder import load_encoder
+    from ctrain.models.export import save_sentence_transformer
+
+    save_sentence_transformer(tiny_bert, tmp_path / "saved", "cos")
+    tiny_bert = load_encoder(str(tmp_path / "saved")).eval()  # as a user loads a model: from a directory
     batch = tiny_bert.tokenize(SENTENCES)
     path = integrated_gradients(tiny_bert, **batch, steps=2, mode="sketch", sketch_size=2)
     spanning = integrated_gradients(

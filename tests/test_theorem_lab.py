@@ -263,9 +263,10 @@ def test_probe_on_the_training_corpus_measures_what_the_run_trained_on(toy_corpu
     probe = yaml.safe_load((ROOT / "callbacks" / "theorem_lab.yaml").read_text())
     probe["trainer"]["callbacks"][0]["init_args"].update(every_n_steps=2, num_sentences=5, split="training")
     (tmp_path / "probe.yaml").write_text(yaml.safe_dump(probe))
+    save_sentence_transformer(load_encoder("bag-bert", tiny_hidden_size=16), tmp_path / "bag", "dot")
     cli = run_cli([
         "fit", "--config", str(ROOT / "configs" / "theorem_lab.yaml"), "--config", str(tmp_path / "probe.yaml"),
-        "--model.encoder.tiny_hidden_size", "16", "--data.train", str(toy_corpus), "--data.batch_size", "8",
+        "--model.encoder.name", str(tmp_path / "bag"), "--data.train", str(toy_corpus), "--data.batch_size", "8",
         "--data.max_examples", "12", "--trainer.max_steps", "2", "--trainer.limit_val_batches", "0",
         "--trainer.enable_progress_bar", "false", "--trainer.logger.init_args.save_dir", str(tmp_path),
     ])  # fmt: skip

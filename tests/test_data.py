@@ -1,5 +1,6 @@
 """Data sources, the resumable sampler and the collator."""
 
+import copy
 from pathlib import Path
 
 import pytest
@@ -109,6 +110,22 @@ def test_collator_truncates_and_counts(tiny_bert):
     assert pairs["input_ids"].shape[0] == 4 and int(pairs["num_views"]) == 2
     assert torch.equal(pairs["attention_mask"].sum(1), torch.full((4,), 3))
 
+
+
+@pytest.mark.parametrize("side", ["right", "left"])
+def test_collator_remembers_tokenisation_and_equals_the_tokenizer(tiny_bert, side):
+    """A batch built from remembered token ids equals the tokenizer's own padded batch, on either padding side."""
+    tokenizer = copy.deepcopy(tiny_bert.tokenizer)
+    tokenizer.padding_side = side
+    collate = Collator(tokenizer, max_length=6)
+    texts = ["a b", "one two three four five six seven", "c", "a b"]
+    expected = tokenizer(texts, padding=True, truncation=True, max_length=6, return_tensors="pt")
+    for _ in range(2):  # the second call reads every text from memory
+        batch = collate([(text,) for text in texts])
+        assert torch.equal(batch["input_ids"], expected["input_ids"])
+        assert torch.equal(batch["attention_mask"], expected["attention_mask"])
+        assert int(batch["truncated"]) == 1
+    assert len(collate._tokenised) == 3
 
 NLI_FILE = Path(__file__).parent / "data" / "nli_synthetic.csv"
 

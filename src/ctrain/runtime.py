@@ -9,6 +9,7 @@ import os
 from typing import Literal
 
 import numpy as np
+import torch
 
 # Distinct seeds per (step, rank); any odd constant larger than a world size works.
 STEP_STRIDE = 1_000_003
@@ -36,6 +37,18 @@ def step_seed(step: int, rank: int = 0, stream: Stream = "dropout") -> int:
         raise ValueError(f"unknown random stream '{stream}': choose one of {', '.join(STREAMS)}")
     entropy = [global_seed(), step, rank, STREAMS.index(stream)]
     return int(np.random.SeedSequence(entropy).generate_state(1, dtype=np.uint64)[0] >> 1)
+
+
+def seed_dropout(seed: int, device: torch.device) -> None:
+    """Seeds the generators dropout draws from: the CPU's and, on an accelerator, that device's.
+
+    `torch.manual_seed` also queues a seeding call, with a formatted stack, for every accelerator type
+    not yet initialised (CUDA, XPU, MTIA): per step on a CPU machine that cost about a millisecond
+    and kept growing a queue for the whole run.
+    """
+    torch.default_generator.manual_seed(seed)
+    if device.type != "cpu":
+        getattr(torch, device.type).manual_seed(seed)
 
 
 def global_batch_size(batch_size: int, trainer) -> int:

@@ -12,7 +12,7 @@ from torch import Tensor
 from ctrain.keys import STS_DEV, STS_TEST, TRAIN_LOSS
 from ctrain.models.encoder import EncoderConfig
 from ctrain.probes.sts import sts_spearman
-from ctrain.runtime import Stream, global_seed, step_seed
+from ctrain.runtime import Stream, global_seed, seed_dropout, step_seed
 from ctrain.training.losses import Similarity
 from ctrain.training.objectives import (
     Objective,
@@ -90,7 +90,7 @@ class ContrastiveModule(pl.LightningModule):
         run and an interrupted one draw the same masks, whatever else used the RNG between steps
         (validation, probes, dataloader start-up)."""
         self.encoder.train()
-        torch.manual_seed(self._step_seed())
+        seed_dropout(self._step_seed(), self.device)
 
     def setup(self, stage: str) -> None:
         """The objective reads the training corpus (sgns: its unigram distribution, the negatives' distribution)."""

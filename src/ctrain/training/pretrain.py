@@ -24,7 +24,7 @@ from ctrain.data import sources
 from ctrain.data.datamodule import EpochSampler, resumable_sampler
 from ctrain.models.encoder import tiny_backbone, word_special_ids
 from ctrain.models.tokenizers import load_tokenizer
-from ctrain.runtime import Stream, global_seed, step_seed
+from ctrain.runtime import Stream, global_seed, seed_dropout, step_seed
 from ctrain.training.optim import build_optimizer
 
 IGNORE_INDEX = -100  # the label of every position the loss skips (PyTorch's cross-entropy default)
@@ -168,7 +168,7 @@ class MaskedLMModule(pl.LightningModule):
     def on_train_batch_start(self, batch: dict, batch_idx: int) -> None:
         """Train mode (dropout on) and dropout seeded per step, as in ContrastiveModule."""
         self.model.train()
-        torch.manual_seed(self._step_seed())
+        seed_dropout(self._step_seed(), self.device)
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
         generator = torch.Generator().manual_seed(self._step_seed("mlm_masks"))

@@ -251,3 +251,35 @@ def test_demo_preset_measures_the_last_step_on_the_same_inputs_as_step_0(tmp_pat
     assert first["statistics_sha256"] == statistics_hash(statistics)
     assert first["metrics"]["weighting/num_sentences"] == last["metrics"]["weighting/num_sentences"] == 4
     assert "weighting/ig_kl_r2_ci_low" in last["metrics"]
+
+
+def test_an_interrupted_probe_resumes_from_its_kept_batches(tiny_bert, tmp_path, monkeypatch):
+    """A probe stopped after its first batch weighs only the rest when rerun, and ends equal to an uninterrupted run;
+    batches kept for another model are not reused. On a model saved and loaded from a directory."""
+    from ctrain.models.export import save_sentence_transformer
+
+    save_sentence_transformer(tiny_bert, tmp_path / "saved", "cos")
+    model = load_encoder(str(tmp_path / "saved"))
+    config, kept = WeightingConfig(**FAST), tmp_path / "batches"
+    uninterrupted = weighting_probe(model, SENTENCES, config)
+
+    def stop_after_first_batch(done: int, total: int) -> None:
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        weighting_probe(model, SENTENCES, config, progress=stop_after_first_batch, resume_dir=kept)
+    assert len(list(kept.glob("batch_*.pt"))) == 1
+    import ctrain.probes.weighting as weighting
+
+    weighed = []
+    original = weighting._method_weights
+    monkeypatch.setattr(weighting, "_method_weights", lambda *args: weighed.append(args[1]) or original(*args))
+    resumed = weighting_probe(model, SENTENCES, config, resume_dir=kept)
+    assert weighed == ["ig"] * 2  # batches 2 and 3 of 3; the first came from disk
+    assert resumed.metrics == uninterrupted.metrics
+    assert [r.weights for r in resumed.records] == [r.weights for r in uninterrupted.records]
+
+    weighed.clear()
+    other = load_encoder("tiny-bert", seed=1)
+    weighting_probe(other, SENTENCES, config, resume_dir=kept)  # another model's probe: nothing reused
+    assert weighed == ["ig"] * 3

@@ -26,14 +26,19 @@ Decisions where the spec is open:
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
+import shutil
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Literal
 
 import numpy as np
 import torch
 
+from ctrain.fileio import atomic_path, atomic_write_text
 from ctrain.models.encoder import SentenceEncoder
 from ctrain.probes.attribution import (
     COMPLETENESS_CHECKS,
@@ -301,16 +306,51 @@ def _theorem_vectors(encoder: SentenceEncoder, seg: Segmentation, config: Weight
         return tuple(vectors_per_unit(s, unit_of_position, seg.num_units, config.word_vector).cpu() for s in (inputs, last))
 
 
+class BatchStore:
+    """Each weighed batch of a long probe, kept on disk so that an interrupted probe resumes where it stopped.
+
+    A batch is one file, written atomically. ``key.json`` fingerprints what the batches depend on (the
+    sentences, the config, the model's weights); a directory left by a different probe is cleared.
+    """
+
+    def __init__(self, directory: Path, encoder: SentenceEncoder, sentences: list[str], config: WeightingConfig) -> None:
+        self.directory = Path(directory)
+        digest = hashlib.sha256(json.dumps([sentences, asdict(config)], sort_keys=True, default=str).encode())
+        with torch.no_grad():
+            for name, tensor in encoder.state_dict().items():
+                if tensor.is_floating_point():
+                    digest.update(f"{name}:{float(tensor.double().sum()):.17g}:{float(tensor.double().abs().sum()):.17g}".encode())
+        key = digest.hexdigest()
+        key_file = self.directory / "key.json"
+        if key_file.exists() and json.loads(key_file.read_text()).get("key") != key:
+            shutil.rmtree(self.directory)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(key_file, json.dumps({"key": key}))
+
+    def _file(self, start: int) -> Path:
+        return self.directory / f"batch_{start:07d}.pt"
+
+    def load(self, start: int) -> dict | None:
+        return torch.load(self._file(start), weights_only=True) if self._file(start).exists() else None
+
+    def save(self, start: int, batch: dict) -> None:
+        with atomic_path(self._file(start)) as temporary:
+            torch.save(batch, temporary)
+
+
 def weighting_probe(
     encoder: SentenceEncoder,
     sentences: list[str],
     config: WeightingConfig | None = None,
     statistics: TokenStatistics | None = None,
     progress: Callable[[int, int], None] | None = None,
+    resume_dir: str | Path | None = None,
 ) -> WeightingResult:
     """Weigh the probe sentences' units and regress the weights on information (statistics default: the sentences).
 
     ``progress(done, total)`` is called after every batch with the number of sentences weighed so far.
+    With ``resume_dir``, every batch's weights are kept there (`BatchStore`) and a rerun of the same probe
+    weighs only the batches not yet kept: the result equals an uninterrupted run's.
     """
     config = config or WeightingConfig()
     tokenizer = encoder.tokenizer
@@ -328,15 +368,25 @@ def weighting_probe(
     records: list[TokenRecord] = []
     errors: list[torch.Tensor] = []
     input_vectors, last_vectors, unit_types = [], [], []
+    store = BatchStore(resume_dir, encoder, list(sentences), config) if resume_dir is not None else None
     for start in range(0, len(sentences), config.batch_size):
         indices = order[start : start + config.batch_size]
         batch = [sentences[i] for i in indices]
         seg = segment(tokenizer, batch, config.units, config.max_length)
-        weights = {}
-        for method in config.methods:
-            weights[method], completeness = _method_weights(encoder, method, seg, batch, config, config.seed + start)
-            if completeness is not None:
-                errors.append(completeness)
+        kept = store.load(start) if store is not None else None
+        if kept is None:
+            kept = {"weights": {}, "completeness": None}
+            for method in config.methods:
+                kept["weights"][method], completeness = _method_weights(encoder, method, seg, batch, config, config.seed + start)
+                if completeness is not None:
+                    kept["completeness"] = completeness
+            if config.theorem:
+                kept["vectors"] = _theorem_vectors(encoder, seg, config)
+            if store is not None:
+                store.save(start, kept)
+        weights = kept["weights"]
+        if kept["completeness"] is not None:
+            errors.append(kept["completeness"])
         types = statistics.index(seg.unit_types)
         for u, (b, name, t) in enumerate(zip(seg.unit_sentence.tolist(), seg.unit_types, types.tolist())):
             known = t >= 0
@@ -352,9 +402,8 @@ def weighting_probe(
                 )
             )
         if config.theorem:
-            vectors = _theorem_vectors(encoder, seg, config)
-            input_vectors.append(vectors[0])
-            last_vectors.append(vectors[1])
+            input_vectors.append(kept["vectors"][0])
+            last_vectors.append(kept["vectors"][1])
             unit_types.append(types)
         if progress is not None:
             progress(start + len(indices), len(sentences))

@@ -9,6 +9,7 @@ Results go to `--out` as JSON plus figures, and the headline numbers to the term
 from __future__ import annotations
 
 import re
+import shutil
 import time
 from dataclasses import fields
 from pathlib import Path
@@ -189,9 +190,13 @@ def _weighting(encoder, model: str, directory: Path, split: str, columns: Column
           + f", {c.steps} {c.quadrature} steps" + (f"; SHAP {c.shap_mode}" if "shap" in c.methods else "")
           + f"; {c.units}, min_count {c.min_count}")  # fmt: skip
     progress = ProgressLine("weighting")
-    result = weighting_probe(encoder, sentences, config, statistics, progress)
+    batches = directory / "weighting_batches"  # each weighed batch, until weighting.json is written: a rerun resumes
+    if kept := len(list(batches.glob("batch_*.pt"))):
+        print(f"  {kept} batches kept in {batches} by an interrupted run: reused if they came from this same probe")
+    result = weighting_probe(encoder, sentences, config, statistics, progress, resume_dir=batches)
     seconds = progress.finish()
     atomic_write_text(directory / "weighting.json", result.to_json())
+    shutil.rmtree(batches)
     ci = f", [{100 * c.confidence:g}% bootstrap interval over {c.bootstrap_resamples} resamples of the sentences]" if c.bootstrap_resamples else ""
     print(f"\n  (R^2 x100, beta x100, n{ci})  {seconds / len(sentences):.2f} s/sentence, {format_seconds(seconds)} in all")
     for method in c.methods:

@@ -1,9 +1,9 @@
 """Theorem-1 lab's positive control checked against a peer: gensim's word2vec and ctrain's `sgns`, trained long.
 
 Everything is measured with ctrain's own probe functions on the lab's points (docs/theorem_lab.md,
-callbacks/theorem_lab.yaml): the 300 probe sentences drawn from STS-B train with seed 0, the token statistics
-(`KL`, `dKL`, `-log P`, include_self, 5 shuffles, seed 0) of the whole STS-B train split at 32 tokens, types seen at
-least 5 times, one point per type, OLS of `0.5 ||w||^2` of the INPUT rows with Spearman
+callbacks/theorem_lab.yaml, `split: training`): the 300 probe sentences drawn with seed 0 from the lab's training
+texts (the 10,566 unique STS-B train sentences), the token statistics (`KL`, `dKL`, `-log P`, include_self, 5 shuffles,
+seed 0) of those texts at 32 tokens, types seen at least 5 times, one point per type, OLS of `0.5 ||w||^2` of the INPUT rows with Spearman
 (`ctrain.probes.theorem.theorem_regressions`, as `weighting_probe` calls it). `LabProbe.fits` gives exactly the
 lab's `weighting/theorem_input*` numbers for the same rows (tests/test_lab_peer.py checks it).
 
@@ -18,7 +18,8 @@ Subcommands:
     cost     where a ctrain bag `sgns` step's time goes (Lightning step vs the bare step, its parts).
     plot     ctrain runs' Spearman of 0.5 ||w||^2 on KL against epochs, beside one word2vec run's, snapshotted at the
              end of chosen epochs (its rate decays over the whole run, as one ctrain run's trajectory is one run):
-             a PNG and a CSV of every point.
+             a PNG and a CSV of every point, its columns named as ctrain's metrics, so that
+             `ctrain report SWEEP --reference OUT.csv` draws word2vec in the lab sweep's figures.
 
     python benchmarks/lab_peer.py gensim [--epochs 1 2 5 10 20 50 100] [--ns-exponents 1.0 0.75] [--negative 5]
     python benchmarks/lab_peer.py replica --steps 16500 --lr 10 [--no-self] [--schedule linear] [--reduction sum]
@@ -68,13 +69,13 @@ class LabProbe:
 
     def __init__(self, tokenizer=None, num_sentences: int = 300, min_count: int = 5) -> None:
         from ctrain.models.encoder import load_encoder
-        from ctrain.probes.sentences import sample_sentences, sts_b_sentences
+        from ctrain.probes.sentences import sample_sentences
         from ctrain.probes.information import segment, token_statistics
         from ctrain.probes.weighting import WeightingConfig
 
-        config = WeightingConfig(max_length=MAX_LENGTH)  # callbacks/theorem_lab.yaml's max_length; the rest defaults
+        config = WeightingConfig(max_length=MAX_LENGTH)  # the lab presets' max_length; the rest defaults
         self.tokenizer = tokenizer or load_encoder("bag-bert").tokenizer
-        corpus = sts_b_sentences("train")
+        corpus, _ = lab_training_tokens(self.tokenizer)  # the presets' split: training, the texts the lab trains on
         self.statistics = token_statistics(
             self.tokenizer, corpus, config.units, config.include_self, config.dkl_repeats, config.seed, config.max_length
         )
@@ -345,25 +346,30 @@ def word2vec_trajectory(args: argparse.Namespace, probe: LabProbe, snapshots: li
 def cmd_plot(args: argparse.Namespace) -> None:
     import matplotlib
 
+    from ctrain.probes.weighting import THEOREM_KEYS
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     probe = LabProbe()
     snapshots = sorted({e for e in (1, 2, 3, 5, 10, 20, 30, 50, 75, 100, 120, 150, 200) if e <= args.epochs} | {args.epochs})
     peer = word2vec_trajectory(args, probe, snapshots)
-    rows = [("word2vec", epoch, epoch, fit) for epoch, fit in sorted(peer.items())]
+    peer_label = f"word2vec (gensim, ns_exponent {args.ns_exponent})"
+    rows = [(peer_label, epoch, epoch * STEPS_PER_EPOCH, fit) for epoch, fit in sorted(peer.items())]
     for run in map(Path, args.runs):
         rows += [(run.name, step / STEPS_PER_EPOCH, step, fit) for step, fit in sorted(read_run(run).items()) if step > 0]
     out = Path(args.out)
+    # Columns named as ctrain's metrics, so that `ctrain report SWEEP --reference <this CSV>` draws word2vec beside the runs.
+    metric_columns = [(q, k, getattr(THEOREM_KEYS["input", q], k)) for q in QUANTITIES for k in ("slope", "r2", "spearman")]
     with out.with_suffix(".csv").open("w", newline="") as handle:
         writer = csv.writer(handle)
-        writer.writerow(["run", "epoch", "step", *(f"{q}_{k}" for q in QUANTITIES for k in ("slope", "r2", "spearman"))])
+        writer.writerow(["run", "epoch", "step", "examples", *(column for *_, column in metric_columns)])
         for label, epoch, step, fit in rows:
-            writer.writerow([label, f"{epoch:.4g}", step, *(f"{getattr(fit[q], k):.6g}" for q in QUANTITIES for k in ("slope", "r2", "spearman"))])
+            writer.writerow([label, f"{epoch:.4g}", round(step), round(step) * BATCH, *(f"{getattr(fit[q], k):.6g}" for q, k, _ in metric_columns)])
     figure, axes = plt.subplots(figsize=(7.5, 4.5))
     for label in dict.fromkeys(label for label, *_ in rows):
         points = [(epoch, fit["kl"].spearman) for name, epoch, _, fit in rows if name == label]
-        style = {"color": "black", "linewidth": 2.5} if label == "word2vec" else {"alpha": 0.8}
+        style = {"color": "black", "linewidth": 2.5} if label == peer_label else {"alpha": 0.8}
         axes.plot(*zip(*points), marker="o", markersize=3, label=label, **style)
     axes.axhline(0, color="grey", linewidth=0.8)
     axes.set_xscale("log")

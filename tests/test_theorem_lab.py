@@ -149,7 +149,8 @@ COMMON = ["the", "and", "of", "with", "from", "very", "also", "then"]
 
 def test_sgns_control_orders_planted_types_by_their_kl(tmp_path):
     """Sentences of one topic: 3 of its words (each pins the topic down: high KL) among 5 common words spread over all
-    topics (low KL). SGNS must give every planted topic word a larger norm than every common word."""
+    topics (low KL). SGNS must give every planted topic word a larger norm than every common word, as gensim's
+    word2vec (skip-gram, negative sampling from unigram^1, whole-sentence window) does on the same sentences."""
     rng = np.random.default_rng(0)
     sentences = [
         " ".join(rng.permutation(list(rng.choice(TOPICS[rng.integers(4)], 3)) + list(rng.choice(COMMON, 5)))) for _ in range(640)
@@ -167,6 +168,12 @@ def test_sgns_control_orders_planted_types_by_their_kl(tmp_path):
     half_norm = 0.5 * encoder.word_embeddings.weight[ids].detach().double().pow(2).sum(1).numpy()
     norms = dict(zip(topic_words + COMMON, half_norm))
     assert min(norms[w] for w in topic_words) > max(norms[w] for w in COMMON), norms
+    word2vec = pytest.importorskip("gensim.models").Word2Vec(
+        [sentence.split() for sentence in sentences], vector_size=16, window=8, shrink_windows=False, min_count=1, sg=1, hs=0,
+        negative=1, ns_exponent=1.0, sample=0, workers=1, seed=0, epochs=20,
+    )  # fmt: skip
+    peer = {word: 0.5 * float(np.sum(word2vec.wv[word] ** 2)) for word in topic_words + COMMON}
+    assert min(peer[w] for w in topic_words) > max(peer[w] for w in COMMON), peer
 
 
 def test_theorem_measurements_equal_a_direct_computation():
@@ -305,3 +312,45 @@ def test_lab_report_table_and_figures_come_from_the_last_probe():
     assert len(figures["theorem_input_kl_r2"].axes[0].lines) == 2
     assert len(figures["theorem_input_kl_slope"].axes[0].lines) == 3  # and the theorem's slope 1, dotted
     assert lab_report.csv_text(rows).splitlines()[0].startswith("setting,last step,")
+
+
+def test_lab_report_draws_a_setting_over_seeds_as_a_band_beside_a_reference():
+    import pandas as pd
+    from matplotlib.collections import PolyCollection
+
+    from ctrain.reporting import lab_report
+
+    spearman = THEOREM_KEYS["input", "kl"].spearman
+
+    def run(values: list[float], converged: float = float("nan")) -> pd.DataFrame:
+        steps = [0, 100, 200][: len(values)]
+        return pd.DataFrame({"step": steps, "examples": steps, spearman: values, "convergence/converged_step": [None] * (len(values) - 1) + [converged]})
+
+    runs = {
+        "seed_everything=1,config=exact": run([0.0, -0.2, -0.4], converged=200),
+        "seed_everything=2,config=exact": run([0.0, -0.4, -0.6]),
+        "seed_everything=1,config=sgns": run([0.0, 0.5]),
+    }
+    peer = pd.DataFrame({"run": "word2vec", "step": [100, 200], "examples": [100, 200], spearman: [0.7, 0.8]})
+    figure = lab_report.figures(runs, "lab", "step", ["exact", "sgns"], {"word2vec": peer})["theorem_input_kl_spearman"]
+    lines = {line.get_label(): line for line in figure.axes[0].lines}
+    assert list(lines) == ["exact", "sgns", "word2vec"]
+    np.testing.assert_allclose(lines["exact"].get_ydata(), [0.0, -0.3, -0.5])  # the mean over seeds
+    (band,) = [c for c in figure.axes[0].collections if isinstance(c, PolyCollection)]  # exact only: sgns has one seed
+    assert band.get_paths()[0].vertices[:, 1].min() == pytest.approx(-0.6)  # down to the lowest seed
+    rows = lab_report.table_rows(runs, ["exact", "sgns"])
+    assert [(row["setting"], row["seed"]) for row in rows] == [("exact", "1"), ("exact", "2"), ("sgns", "1")]
+    (summary,) = lab_report.seed_rows(rows)  # sgns has a single seed: no summary row
+    assert summary["objective converged"] == "1 of 2"
+    assert summary["input rows: Spearman on KL(w)"] == "-0.5 (-0.6, -0.4)"
+
+
+def test_reference_curves_need_their_step_columns(tmp_path):
+    from ctrain.reporting.report import read_references
+
+    good, bad = tmp_path / "peer.csv", tmp_path / "bad.csv"
+    good.write_text("run,epoch,step,examples,weighting/theorem_input_spearman\nword2vec,1,165,10560,-0.7\nword2vec,2,330,21120,-0.5\n")
+    bad.write_text("run,epoch,weighting/theorem_input_spearman\nword2vec,1,-0.7\n")
+    assert list(read_references([str(good)])["word2vec"]["step"]) == [165, 330]
+    with pytest.raises(ValueError, match=r"lacks the columns \['examples', 'step'\].*lab_peer.py plot"):
+        read_references([str(bad)])

@@ -1,9 +1,12 @@
 """The Theorem-1 lab's part of a sweep report (`ctrain report` calls it for sweeps whose runs fit the theorem).
 
-One table of final values per setting (slope, R^2 and Spearman of ``0.5 ||w||^2`` on KL, dKL and
--log P for the input rows and the type-averaged last-layer states, IG-on-KL beside them, and the
-final training loss), written into the page and as ``theorem_lab.csv``, and one figure per
-(target, quantity, statistic) with a curve per setting against the optimizer step.
+One table of final values per run (slope, R^2 and Spearman of ``0.5 ||w||^2`` on KL, dKL and
+-log P for the input rows and the type-averaged last-layer states, IG-on-KL beside them, where the
+objective converged, and the final training loss), written into the page and as ``theorem_lab.csv``;
+with several seeds a table per setting (mean and range over seeds); and one figure per
+(target, quantity, statistic) with a curve per setting against the optimizer step: the mean over
+seeds, shaded between the lowest and highest seed, beside reference curves (a peer such as gensim's
+word2vec, ``benchmarks/lab_peer.py plot``) drawn in black.
 """
 
 from __future__ import annotations
@@ -18,7 +21,13 @@ from ctrain.reporting.figures import QUANTITY_LABELS, XAxis, curve_of, line_figu
 
 TARGET_LABELS = {"input": "input rows", "last_type": "last-layer states (type means)"}
 STATISTIC_LABELS = {"slope": "slope", "r2": "R^2", "spearman": "Spearman"}
-CAPTION = "Theorem-1 lab: fits of 0.5 ||w||^2 on each quantity at the last probe, per setting"
+CAPTION = "Theorem-1 lab: fits of 0.5 ||w||^2 on each quantity at the last probe, per run"
+SEEDS_CAPTION = "Theorem-1 lab per setting: mean over seeds (lowest, highest)"
+CONVERGED_STEP, OBJECTIVE = "convergence/converged_step", "convergence/objective"
+SEED_KEY = "seed_everything"
+# The per-setting table's columns: the central fits and whether the objective converged.
+SEED_SUMMARY = ("input rows: Spearman on KL(w)", "input rows: slope on KL(w)", "input rows: R^2 on KL(w)",
+                "input rows: Spearman on -log P(w)", "IG on KL(w): R^2")  # fmt: skip
 
 
 def table_columns() -> dict[str, str]:
@@ -31,6 +40,8 @@ def table_columns() -> dict[str, str]:
                 columns[f"{target_words}: {words} on {quantity_words}"] = getattr(keys, statistic)
     columns["IG on KL(w): R^2"] = FIT_KEYS["ig", "kl"].r2
     columns["IG on KL(w): beta"] = FIT_KEYS["ig", "kl"].slope
+    columns["objective converged at step"] = CONVERGED_STEP
+    columns["objective on fixed batches"] = OBJECTIVE
     columns["final training loss"] = "train/loss"
     return columns
 
@@ -52,46 +63,106 @@ def _ordered(runs: dict[str, pd.DataFrame], order: list[str]) -> list[str]:
 
 
 def table_rows(runs: dict[str, pd.DataFrame], order: list[str] = ()) -> list[dict]:
-    """One row per setting (the run label without `config=`), in `order` (see `_ordered`)."""
-    settings = _ordered(runs, order)
+    """One row per run: its setting (the label without `config=`), seed where swept, in `order` (see `_ordered`)."""
     columns = table_columns()
     return [
-        {"setting": _setting(label), "last step": int(runs[label]["step"].max())}
+        {"setting": _setting(label)}
+        | ({"seed": _seed(label)} if _seed(label) is not None else {})
+        | {"last step": int(runs[label]["step"].max())}
         | {words: _last(runs[label], key) for words, key in columns.items()}
-        for label in settings
+        for label in _ordered(runs, order)
     ]
 
 
+def seed_rows(rows: list[dict]) -> list[dict]:
+    """Per setting with more than one seed: `mean (lowest, highest)` of the central fits, and how many runs converged."""
+    by_setting: dict[str, list[dict]] = {}
+    for row in rows:
+        by_setting.setdefault(row["setting"], []).append(row)
+    summary = []
+    for setting, group in by_setting.items():
+        if len(group) < 2:
+            continue
+        converged = sum(not math.isnan(row["objective converged at step"]) for row in group)
+        cells = {"setting": setting, "seeds": len(group), "objective converged": f"{converged} of {len(group)}"}
+        for column in SEED_SUMMARY:
+            values = [row[column] for row in group if not math.isnan(row[column])]
+            cells[column] = f"{sum(values) / len(values):.3g} ({min(values):.3g}, {max(values):.3g})" if values else ""
+        summary.append(cells)
+    return summary
+
+
+def _parts(label: str) -> dict[str, str]:
+    """`seed_everything=1,config=exact` (a sweep run's directory name) -> its swept values."""
+    parts = dict(part.split("=", 1) for part in label.replace(", ", ",").split(",") if "=" in part)
+    return parts if parts else {"config": label}
+
+
 def _setting(label: str) -> str:
-    return label.removeprefix("config=")
+    """The run's setting: its label without the seed; a swept config file by its name."""
+    parts = {key: value for key, value in _parts(label).items() if key != SEED_KEY}
+    if list(parts) == ["config"]:
+        return parts["config"]
+    return ",".join(f"{key}={value}" for key, value in parts.items()) or label
 
 
-def figures(runs: dict[str, pd.DataFrame], title: str, x: XAxis, order: list[str] = ()) -> dict[str, Figure]:
+def _seed(label: str) -> str | None:
+    return _parts(label).get(SEED_KEY)
+
+
+def seed_band(frames: list[pd.DataFrame], key: str) -> pd.DataFrame:
+    """The curve of `key` over seeds: mean per step, `low` and `high` the lowest and highest seed (one seed: no band)."""
+    curves = [curve_of(frame, key).dropna(subset=["value"])[["step", "examples", "value"]] for frame in frames]
+    curves = [curve for curve in curves if not curve.empty]
+    if not curves:
+        return pd.DataFrame({"step": [], "examples": [], "value": []})
+    if len(curves) == 1:
+        return curves[0]
+    grouped = pd.concat(curves).groupby("step")
+    return pd.DataFrame(
+        {"examples": grouped["examples"].first(), "value": grouped["value"].mean(), "low": grouped["value"].min(), "high": grouped["value"].max()}
+    ).reset_index()
+
+
+def figures(
+    runs: dict[str, pd.DataFrame], title: str, x: XAxis, order: list[str] = (), references: dict[str, pd.DataFrame] | None = None
+) -> dict[str, Figure]:
     """A figure per (target, quantity, statistic) that some run measured, a curve per setting (in `order`).
 
-    Slopes differ by orders of magnitude between settings (the norms' scale is free under cosine or
-    normalisation): their axis is symmetric-log, with the theorem's slope 1 dotted."""
+    A setting's seeds make one curve, their mean, shaded from the lowest to the highest seed. `references`
+    (label -> frame with `step` and metric columns) are drawn in black. Slopes differ by orders of magnitude
+    between settings (the norms' scale is free under cosine or normalisation): their axis is symmetric-log,
+    with the theorem's slope 1 dotted."""
     drawn = {}
-    curves_by_setting = {_setting(label): runs[label] for label in _ordered(runs, order)}
+    frames_by_setting: dict[str, list[pd.DataFrame]] = {}
+    for label in _ordered(runs, order):
+        frames_by_setting.setdefault(_setting(label), []).append(runs[label])
+    references = references or {}
     for target, target_words in TARGET_LABELS.items():
         for quantity, quantity_words in QUANTITY_LABELS.items():
             for statistic, words in STATISTIC_LABELS.items():
                 key = getattr(THEOREM_KEYS[target, quantity], statistic)
                 y_label = f"{words} of 0.5||w||^2 on {quantity_words}, {target_words}"
-                curves = {name: curve_of(frame, key) for name, frame in curves_by_setting.items()}
+                curves = {name: seed_band(frames, key) for name, frames in frames_by_setting.items()}
                 figure = line_figure(curves, y_label, f"{y_label}\n{title}", x)
-                if figure is not None:
-                    drawn[f"theorem_{target}_{quantity}_{statistic}"] = _legend_outside(figure)
-                    if statistic == "slope":
-                        figure.axes[0].set_yscale("symlog", linthresh=1.0)
-                        figure.axes[0].axhline(1.0, color="black", linestyle=":", linewidth=1)
+                if figure is None:
+                    continue
+                axes = figure.axes[0]
+                for name, frame in references.items():
+                    curve = curve_of(frame, key).dropna(subset=["value"])
+                    if not curve.empty:
+                        axes.plot(curve[x], curve["value"], color="black", linewidth=2.2, marker="s", markersize=3, label=name)
+                drawn[f"theorem_{target}_{quantity}_{statistic}"] = _legend_outside(figure, len(curves))
+                if statistic == "slope":
+                    axes.set_yscale("symlog", linthresh=1.0)
+                    axes.axhline(1.0, color="black", linestyle=":", linewidth=1)
     return drawn
 
 
-def _legend_outside(figure: Figure) -> Figure:
+def _legend_outside(figure: Figure, settings: int) -> Figure:
     """Many settings: dashed and dotted lines once the 10 colours are used, the legend right of the axes."""
     axes = figure.axes[0]
-    for index, line in enumerate(axes.lines):
+    for index, line in enumerate(axes.lines[:settings]):
         line.set_linestyle(("-", "--", ":")[index // 10 % 3])
     axes.legend(
         fontsize=7,

@@ -273,6 +273,7 @@ def report(
     final_probe: bool = True,
     probe_sentences: int = 48,
     compare: list[str] | None = None,
+    reference: list[str] | None = None,
 ) -> Path:
     """Draw the run or sweep in DIRECTORY; returns the HTML page.
 
@@ -284,6 +285,9 @@ def report(
         x: x-axis, step or examples (training examples seen); a sweep over the batch size defaults to examples.
         final_probe: for a run, also probe its exported model for the weight-vs-KL scatter and sentence weight bars.
         probe_sentences: STS-B dev sentences of that final probe.
+        reference: CSV files of a peer's curves drawn in black in a Theorem-1 lab sweep's figures: a `run` column
+            (the curve's label), `step`, and columns named as ctrain's metrics (`benchmarks/lab_peer.py plot` writes one
+            for gensim's word2vec).
     """
     path = Path(directory)
     target = Path(out) if out else path / ("comparison" if compare else "report")
@@ -309,15 +313,30 @@ def report(
             settings = [Path(str(value)).stem for value in spec["parameters"].get("config", {}).get("values", [])]
             lab_rows = lab_report.table_rows(runs, settings)
             atomic_write_text(target / "theorem_lab.csv", lab_report.csv_text(lab_rows))
-            figures = lab_report.figures(runs, title, axis, settings) | figures
+            figures = lab_report.figures(runs, title, axis, settings, read_references(reference or [])) | figures
             tables.insert(0, _table(lab_rows, lab_report.CAPTION))
+            if seeds := lab_report.seed_rows(lab_rows):
+                tables.insert(0, _table(seeds, lab_report.SEEDS_CAPTION))
         return _write(figures, target, title, tables)
+    if reference:
+        raise ValueError(f"--reference draws a peer beside a Theorem-1 lab sweep's fits; '{path}' is a single run: give its sweep directory")
     frame = read_run(path)
     title = run_title(path)
     figures = run_figures(frame, title, x or "step")
     rows = [{"metric": words, "final value": value} for words, value in final_values(frame).items()]
     extra = final_probe_figures(path, target / "final_probe", probe_sentences) if final_probe else []
     return _write(figures, target, title, [_table(rows, f"Final values, step {int(frame['step'].max())}")], extra)
+
+
+def read_references(files: list[str]) -> dict[str, pd.DataFrame]:
+    """Label -> curve frame of each peer run in the reference CSVs (`run`, `step`, `examples` and metric columns)."""
+    references = {}
+    for file in files:
+        frame = pd.read_csv(file)
+        if missing := {"run", "step", "examples"} - set(frame.columns):
+            raise ValueError(f"reference '{file}' lacks the columns {sorted(missing)}: write it with benchmarks/lab_peer.py plot")
+        references |= {str(label): curve for label, curve in frame.groupby("run", sort=False)}
+    return references
 
 
 def figure_pixels(figure: Figure):

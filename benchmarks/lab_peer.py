@@ -184,7 +184,7 @@ class Replica:
     """What a replica run trains with; the defaults are configs/theorem_lab.yaml + configs/theorem_lab/sgns.yaml."""
 
     steps: int = 600
-    lr: float = 10.0
+    lr: float = 100.0
     schedule: str = "constant"  # or linear (to 0 at the last step)
     reduction: str = "mean"  # or sum: the loss summed over pairs, so that lr is a per-pair rate as word2vec's
     self_pair: bool = True  # False: each position is not its own context (word2vec)
@@ -403,7 +403,7 @@ def cmd_cost(args: argparse.Namespace) -> None:
     torch.set_num_threads(args.threads)
     pl.seed_everything(SEED, verbose=False)
     encoder_config = EncoderConfig("bag-bert", tiny_hidden_size=WIDTH, bag_layers=0, embedding_init_std=0.01, pooling="mean", normalize=False)
-    hp = dict(encoder=encoder_config, similarity="dot", temperature=1.0, objective="sgns", optimizer="sgd", learning_rate=10.0,
+    hp = dict(encoder=encoder_config, similarity="dot", temperature=1.0, objective="sgns", optimizer="sgd", learning_rate=100.0,
               schedule="constant")  # fmt: skip
 
     class Clock(pl.Callback):
@@ -437,7 +437,7 @@ def cmd_cost(args: argparse.Namespace) -> None:
     ids = torch.tensor([t for s in encoded for t in s])
     noise = torch.bincount(ids[~encoder.special_mask(ids)], minlength=encoder.word_embeddings.num_embeddings).float()
     collate = Collator(encoder.tokenizer, MAX_LENGTH)
-    optimizer = torch.optim.SGD(module.parameters(), lr=10.0)
+    optimizer = torch.optim.SGD(module.parameters(), lr=100.0)
     names = ("collate", "pairs", "noise.cpu()", "multinomial", "lookup+loss", "backward", "sgd step", "zero_grad")
     parts = np.zeros((len(names), 2))
     rng = np.random.default_rng(0)
@@ -488,7 +488,7 @@ def main() -> None:
     g.add_argument("--output", action="store_true", help="also fit the output vectors (syn1neg)")
     r = sub.add_parser("replica")
     r.add_argument("--steps", type=int, default=600)
-    r.add_argument("--lr", type=float, default=10.0)
+    r.add_argument("--lr", type=float, default=100.0)
     r.add_argument("--schedule", choices=("constant", "linear"), default="constant")
     r.add_argument("--reduction", choices=("mean", "sum"), default="mean", help="sum: lr is per pair, as word2vec's")
     r.add_argument("--no-self", action="store_true", help="leave out each position's pair with itself (word2vec)")

@@ -79,7 +79,7 @@ def test_replica_is_ctrains_sgns(lab_peer, tmp_path):
     pl.seed_everything(42, verbose=False)
     module = ContrastiveModule(
         encoder=EncoderConfig("bag-bert", tiny_hidden_size=64, bag_layers=0, embedding_init_std=0.01, pooling="mean", normalize=False),
-        similarity="dot", temperature=1.0, objective="sgns", optimizer="sgd", learning_rate=10.0, schedule="constant",
+        similarity="dot", temperature=1.0, objective="sgns", optimizer="sgd", learning_rate=100.0, schedule="constant",
     )  # fmt: skip
     data = ContrastiveDataModule(train="sts-b", batch_size=64, max_length=32)
     trainer = pl.Trainer(

@@ -20,11 +20,23 @@ def test_probe_writes_results_and_prints_tables(tmp_path, capsys):
     assert "6 of 3000 STS-B dev sentences" in printed and "KL counts the word's own occurrence (include_self=True)" in printed
     assert "IG   vs KL(w)" in printed and "SHAP vs -log P(w)" in printed
     assert "weighting: 6/6 sentences" in printed and "projected time of all 3000 sentences" in printed
-    assert "convention isotropy2023" in printed
+    assert "convention isotropy2023" in printed and ", on cpu, " in printed  # --device auto on a machine without a GPU
+    assert not (tmp_path / "weighting_batches").exists()  # the kept batches go once weighting.json is written
     weighting = json.loads((tmp_path / "weighting.json").read_text())
     assert weighting["metrics"]["weighting/ig_kl_n"] > 0 and weighting["config"]["steps"] == 8
     for name in ("ig_vs_kl.png", "shap_sentences.png", "geometry_default.png", "geometry_isotropy2023.json"):
         assert (tmp_path / name).stat().st_size > 0, name
+
+
+def test_a_gpu_that_is_not_there_is_a_one_line_error(monkeypatch):
+    import torch
+
+    from ctrain.reporting.model_probe import probe_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert probe_device("auto") == torch.device("cpu")
+    with pytest.raises(ValueError, match=r"--device cuda:1: torch sees no CUDA GPU.*use --device cpu"):
+        probe_device("cuda:1")
 
 
 def test_the_kl_choice_is_a_flag_and_is_printed(tmp_path, capsys):

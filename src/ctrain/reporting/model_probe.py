@@ -15,6 +15,8 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Literal
 
+import torch
+
 from ctrain.data.sources import read_sts_b
 from ctrain.fileio import atomic_write_text
 from ctrain.models.encoder import load_encoder
@@ -59,6 +61,16 @@ SETUPS: dict[str, dict] = {
     "isotropy2023": {"measure": ["sts", "geometry"], "conventions": ["isotropy2023"], "geometry_sentences": None},
 }
 """Named setups: the probe() arguments each one sets (the flags given on the command line still win)."""
+
+
+def probe_device(device: str) -> torch.device:
+    """`auto` -> cuda when torch sees a GPU, else cpu; a requested GPU that is not there is a one-line error."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    chosen = torch.device(device)
+    if chosen.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {device}: torch sees no CUDA GPU on this machine; use --device cpu (or auto)")
+    return chosen
 
 
 def resolve_model(model: str) -> str:
@@ -137,6 +149,7 @@ def probe(
     geometry_sentences: int | None = 1379,
     max_length: int = 128,
     seed: int = 0,
+    device: str = "auto",
 ) -> None:
     """Probe MODEL.
 
@@ -153,12 +166,14 @@ def probe(
         geometry_sentences: geometry probe corpus size (STS-B test first sentences; null for all).
         max_length: tokens per sentence (geometry; weighting has --weighting.max_length).
         seed: seed of the geometry probe (weighting has --weighting.seed, which also draws the sentences).
+        device: where the model runs: auto (the GPU when torch sees one, else the CPU), cpu, cuda or cuda:N.
     """
     source = resolve_model(model)
-    encoder = load_encoder(source)
+    on = probe_device(device)
+    encoder = load_encoder(source).to(on)
     directory = Path(out) if out else output_directory(model, setup)
     directory.mkdir(parents=True, exist_ok=True)
-    print(f"ctrain probe: {model} ({encoder.backbone.config.model_type}, {encoder.num_layers} layers, "
+    print(f"ctrain probe: {model} ({encoder.backbone.config.model_type}, {encoder.num_layers} layers, on {on}, "
           f"pooling {encoder.pooler.mode}, normalize {encoder.normalize}) -> {directory}"
           + (f", setup {setup}" if setup else ""))  # fmt: skip
     if "sts" in measure:

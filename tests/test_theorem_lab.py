@@ -205,6 +205,7 @@ def test_theorem_measurements_equal_a_direct_computation():
         assert result.metrics[keys.r2] == pytest.approx(np.corrcoef(x, rows)[0, 1] ** 2, rel=1e-6)
         assert result.metrics[keys.spearman] == pytest.approx(stats.spearmanr(x, rows).statistic, rel=1e-9)
         assert result.metrics[keys.n] == len(eligible)
+    assert result.metrics["weighting/theorem_input_half_norm_mean"] == pytest.approx(rows.mean(), rel=1e-9)
     # last-layer states, one point per occurrence: the states of the probe's own forward pass
     batch = encoder.tokenize(TOY[:8])
     with torch.no_grad():
@@ -324,7 +325,8 @@ def test_lab_report_draws_a_setting_over_seeds_as_a_band_beside_a_reference():
 
     def run(values: list[float], converged: float = float("nan")) -> pd.DataFrame:
         steps = [0, 100, 200][: len(values)]
-        return pd.DataFrame({"step": steps, "examples": steps, spearman: values, "convergence/converged_step": [None] * (len(values) - 1) + [converged]})
+        return pd.DataFrame({"step": steps, "examples": steps, spearman: values, "convergence/converged_step": [None] * (len(values) - 1) + [converged],
+                             "weighting/theorem_input_half_norm_mean": [0.01 * 10**i for i in range(len(values))]})  # fmt: skip
 
     runs = {
         "seed_everything=1,config=exact": run([0.0, -0.2, -0.4], converged=200),
@@ -332,7 +334,9 @@ def test_lab_report_draws_a_setting_over_seeds_as_a_band_beside_a_reference():
         "seed_everything=1,config=sgns": run([0.0, 0.5]),
     }
     peer = pd.DataFrame({"run": "word2vec", "step": [100, 200], "examples": [100, 200], spearman: [0.7, 0.8]})
-    figure = lab_report.figures(runs, "lab", "step", ["exact", "sgns"], {"word2vec": peer})["theorem_input_kl_spearman"]
+    drawn = lab_report.figures(runs, "lab", "step", ["exact", "sgns"], {"word2vec": peer})
+    assert drawn["theorem_input_half_norm_mean"].axes[0].get_yscale() == "log"  # the norms' growth, a curve per setting
+    figure = drawn["theorem_input_kl_spearman"]
     lines = {line.get_label(): line for line in figure.axes[0].lines}
     assert list(lines) == ["exact", "sgns", "word2vec"]
     np.testing.assert_allclose(lines["exact"].get_ydata(), [0.0, -0.3, -0.5])  # the mean over seeds

@@ -36,7 +36,7 @@ def result(tiny_bert):
 def test_metrics_are_flat_floats_under_their_documented_keys(result):
     ig_fits = [keys for (method, _), keys in FIT_KEYS.items() if method == "ig"]
     expected = {key for keys in [*ig_fits, *THEOREM_KEYS.values()] for key in keys.names()}
-    expected |= {"weighting/num_sentences", "weighting/num_units", "weighting/kl_include_self"}
+    expected |= {"weighting/num_sentences", "weighting/num_units", "weighting/kl_include_self", "weighting/theorem_input_half_norm_mean"}
     expected |= {"weighting/ig_completeness_error_mean", "weighting/ig_completeness_error_max", "weighting/ig_completeness_error_n"}
     assert set(result.metrics) == expected
     assert all(isinstance(value, float) for value in result.metrics.values())

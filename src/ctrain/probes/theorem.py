@@ -43,7 +43,7 @@ def vectors_per_unit(states: Tensor, unit_of_position: Tensor, num_units: int, w
     return sums / torch.bincount(index, minlength=num_units).clamp_min(1).unsqueeze(1)
 
 
-def _type_means(vectors: Tensor, types: np.ndarray) -> tuple[np.ndarray, Tensor]:
+def type_means(vectors: Tensor, types: np.ndarray) -> tuple[np.ndarray, Tensor]:
     """Distinct types and the mean of their rows."""
     present, inverse = np.unique(types, return_inverse=True)
     index = torch.from_numpy(inverse).to(vectors.device)
@@ -69,13 +69,13 @@ def theorem_regressions(
     their type index into ``kl`` (only occurrences the caller wants in the fit). Any per-type
     quantity can stand for ``kl`` (the probe also passes dKL and -log P).
     """
-    input_types, input_means = _type_means(input_vectors, types)
+    input_types, input_means = type_means(input_vectors, types)
     last_norms = torch.from_numpy(half_squared_norm(last_vectors))
     if type_average == "vectors":
-        last_types, last_means = _type_means(last_vectors, types)
+        last_types, last_means = type_means(last_vectors, types)
         last_type_norms = half_squared_norm(last_means)
     elif type_average == "norms":
-        last_types, last_mean_norms = _type_means(last_norms, types)
+        last_types, last_mean_norms = type_means(last_norms, types)
         last_type_norms = last_mean_norms.numpy()
     else:
         raise ValueError(f"unknown type_average '{type_average}': choose vectors or norms")

@@ -67,6 +67,8 @@ from ctrain.probes.regression import POINTS, FitKeys, Interval, Points, bootstra
 from ctrain.probes.theorem import (
     TypeAverage,
     WordVector,
+    half_squared_norm,
+    type_means,
     theorem_regressions,
     vectors_per_unit,
 )
@@ -161,6 +163,7 @@ KL keeps its original names)."""
 NUM_SENTENCES = "weighting/num_sentences"
 NUM_UNITS = "weighting/num_units"
 KL_INCLUDE_SELF = "weighting/kl_include_self"
+THEOREM_INPUT_HALF_NORM_MEAN = "weighting/theorem_input_half_norm_mean"
 IG_COMPLETENESS_ERROR_MEAN = "weighting/ig_completeness_error_mean"
 IG_COMPLETENESS_ERROR_MAX = "weighting/ig_completeness_error_max"
 IG_COMPLETENESS_ERROR_N = "weighting/ig_completeness_error_n"
@@ -433,5 +436,6 @@ def weighting_probe(
         for quantity, values in information.items():
             for target, fit in theorem_regressions(inputs, lasts, types[keep], values, config.type_average).items():
                 metrics.update(fit.metrics(THEOREM_KEYS[target, quantity]))
+        metrics[THEOREM_INPUT_HALF_NORM_MEAN] = float(half_squared_norm(type_means(inputs, types[keep])[1]).mean())
     result.metrics = metrics
     return result

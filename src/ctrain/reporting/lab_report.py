@@ -16,7 +16,7 @@ import math
 import pandas as pd
 from matplotlib.figure import Figure
 
-from ctrain.probes.weighting import FIT_KEYS, THEOREM_KEYS
+from ctrain.probes.weighting import FIT_KEYS, THEOREM_INPUT_HALF_NORM_MEAN, THEOREM_KEYS
 from ctrain.reporting.figures import QUANTITY_LABELS, XAxis, curve_of, line_figure
 
 TARGET_LABELS = {"input": "input rows", "last_type": "last-layer states (type means)"}
@@ -40,6 +40,7 @@ def table_columns() -> dict[str, str]:
                 columns[f"{target_words}: {words} on {quantity_words}"] = getattr(keys, statistic)
     columns["IG on KL(w): R^2"] = FIT_KEYS["ig", "kl"].r2
     columns["IG on KL(w): beta"] = FIT_KEYS["ig", "kl"].slope
+    columns["input rows: mean 0.5 ||w||^2"] = THEOREM_INPUT_HALF_NORM_MEAN
     columns["objective converged at step"] = CONVERGED_STEP
     columns["objective on fixed batches"] = OBJECTIVE
     columns["final training loss"] = "train/loss"
@@ -156,6 +157,11 @@ def figures(
                 if statistic == "slope":
                     axes.set_yscale("symlog", linthresh=1.0)
                     axes.axhline(1.0, color="black", linestyle=":", linewidth=1)
+    y_label = "mean 0.5||w||^2 of the fitted input rows"
+    curves = {name: seed_band(frames, THEOREM_INPUT_HALF_NORM_MEAN) for name, frames in frames_by_setting.items()}
+    if (figure := line_figure(curves, y_label, f"{y_label}\n{title}", x)) is not None:  # the norms' growth
+        figure.axes[0].set_yscale("log")
+        drawn["theorem_input_half_norm_mean"] = _legend_outside(figure, len(curves))
     return drawn
 
 

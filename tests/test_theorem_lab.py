@@ -342,6 +342,9 @@ def test_lab_report_draws_a_setting_over_seeds_as_a_band_beside_a_reference():
     np.testing.assert_allclose(lines["exact"].get_ydata(), [0.0, -0.3, -0.5])  # the mean over seeds
     (band,) = [c for c in figure.axes[0].collections if isinstance(c, PolyCollection)]  # exact only: sgns has one seed
     assert band.get_paths()[0].vertices[:, 1].min() == pytest.approx(-0.6)  # down to the lowest seed
+    assert figure.axes[0].get_xscale() == "linear"  # probes every 100 steps
+    long_run = pd.DataFrame({"step": [0, 1, 10, 100, 1000, 10000], "examples": range(6), spearman: [0.0, 0.1, 0.2, 0.3, 0.4, 0.5]})
+    assert lab_report.figures({"exact": long_run}, "lab", "step")["theorem_input_kl_spearman"].axes[0].get_xscale() == "symlog"
     rows = lab_report.table_rows(runs, ["exact", "sgns"])
     assert [(row["setting"], row["seed"]) for row in rows] == [("exact", "1"), ("exact", "2"), ("sgns", "1")]
     (summary,) = lab_report.seed_rows(rows)  # sgns has a single seed: no summary row

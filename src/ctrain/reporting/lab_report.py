@@ -149,10 +149,12 @@ def figures(
                 if figure is None:
                     continue
                 axes = figure.axes[0]
-                for name, frame in references.items():
+                for index, (name, frame) in enumerate(references.items()):
                     curve = curve_of(frame, key).dropna(subset=["value"])
                     if not curve.empty:
-                        axes.plot(curve[x], curve["value"], color="black", linewidth=2.2, marker="s", markersize=3, label=name)
+                        style = ("-", "--", ":", "-.")[index % 4]
+                        axes.plot(curve[x], curve["value"], color="black", linestyle=style, linewidth=2, marker="s", markersize=3, label=name)
+                _log_steps(axes, curves)
                 drawn[f"theorem_{target}_{quantity}_{statistic}"] = _legend_outside(figure, len(curves))
                 if statistic == "slope":
                     axes.set_yscale("symlog", linthresh=1.0)
@@ -161,8 +163,17 @@ def figures(
     curves = {name: seed_band(frames, THEOREM_INPUT_HALF_NORM_MEAN) for name, frames in frames_by_setting.items()}
     if (figure := line_figure(curves, y_label, f"{y_label}\n{title}", x)) is not None:  # the norms' growth
         figure.axes[0].set_yscale("log")
+        _log_steps(figure.axes[0], curves)
         drawn["theorem_input_half_norm_mean"] = _legend_outside(figure, len(curves))
     return drawn
+
+
+def _log_steps(axes, curves: dict[str, pd.DataFrame]) -> None:
+    """Probes at log-spaced steps (a long run's preset) get a symmetric-log x-axis, so that the early steps show."""
+    steps = pd.concat([curve["step"] for curve in curves.values()]) if curves else pd.Series(dtype=float)
+    positive = steps[steps > 0]
+    if not positive.empty and positive.max() >= 1000 * positive.min():
+        axes.set_xscale("symlog", linthresh=1.0)
 
 
 def _legend_outside(figure: Figure, settings: int) -> Figure:

@@ -174,6 +174,7 @@ def _log_steps(axes, curves: dict[str, pd.DataFrame]) -> None:
     positive = steps[steps > 0]
     if not positive.empty and positive.max() >= 1000 * positive.min():
         axes.set_xscale("symlog", linthresh=1.0)
+        axes.set_xlim(left=0)
 
 
 def _legend_outside(figure: Figure, settings: int) -> Figure:

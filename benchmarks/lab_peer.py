@@ -30,12 +30,7 @@ Subcommands:
 On shared cores run everything with OMP_NUM_THREADS=1: with 2 torch threads beside other jobs a bag sgns step cost
 6-7x the CPU time (thread spinning), e.g. 187 vs 28 ms CPU, 610 vs 90 ms wall, measured by `cost`.
 
-What it found (issue 21, item 2; seed 42, 64 wide, one run each): word2vec's input rows turn from the lab's negative
-relation to the theorem's positive one with training (negative 5, ns_exponent 1: Spearman on KL -0.73 after 1 epoch,
-+0.01 after 20, +0.81 after 100), and so does ctrain's sgns once it gets as much learning rate per pair: the mean
-over a batch's ~13,300 pairs makes lr 10 a per-pair rate of 7.5e-4 (word2vec: 0.025 -> 0), so the lab's 600 steps are
-about 0.2 word2vec epochs; at lr 100 (lr 200 diverges) Spearman crosses 0 at 50 epochs and is +0.74 at 100, at lr 10
-it is still -0.81 after 100 epochs. Leaving out the self pair changes nothing (+0.73 at 100 epochs).
+What it finds, with the commands that produced each number: docs/theorem_lab.md.
 """
 
 from __future__ import annotations

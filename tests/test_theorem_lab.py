@@ -347,6 +347,8 @@ def test_lab_report_draws_a_setting_over_seeds_as_a_band_beside_a_reference():
     assert lab_report.figures({"exact": long_run}, "lab", "step")["theorem_input_kl_spearman"].axes[0].get_xscale() == "symlog"
     rows = lab_report.table_rows(runs, ["exact", "sgns"])
     assert [(row["setting"], row["seed"]) for row in rows] == [("exact", "1"), ("exact", "2"), ("sgns", "1")]
+    seeds_only = lab_report.figures({"seed_everything=1": run([0.1, 0.2]), "seed_everything=2": run([0.3, 0.4])}, "lab", "step")
+    assert [line.get_label() for line in seeds_only["theorem_input_kl_spearman"].axes[0].lines] == ["all seeds"]
     (summary,) = lab_report.seed_rows(rows)  # sgns has a single seed: no summary row
     assert summary["objective converged"] == "1 of 2"
     assert summary["input rows: Spearman on KL(w)"] == "-0.5 (-0.6, -0.4)"

@@ -101,9 +101,12 @@ def _parts(label: str) -> dict[str, str]:
 
 def _setting(label: str) -> str:
     """The run's setting: its label without the seed; a swept config file by its name."""
-    parts = {key: value for key, value in _parts(label).items() if key != SEED_KEY}
+    swept = _parts(label)
+    parts = {key: value for key, value in swept.items() if key != SEED_KEY}
     if list(parts) == ["config"]:
         return parts["config"]
+    if not parts and SEED_KEY in swept:  # a sweep over seeds alone: one setting
+        return "all seeds"
     return ",".join(f"{key}={value}" for key, value in parts.items()) or label
 
 

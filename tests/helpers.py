@@ -38,3 +38,16 @@ TOY_SENTENCES = [
     "the woman cuts a tomato",
     "a cat is sleeping in the sun",
 ]
+
+
+def covering_runs(runs: list[dict]) -> list[int]:
+    """Indices of the runs that bring a swept value no earlier run had: every value of every parameter gets checked
+    once, so a 19 x 3 grid costs 19 checks instead of 57."""
+    seen: set[tuple[str, str]] = set()
+    kept = []
+    for index, settings in enumerate(runs):
+        values = {(name, repr(value)) for name, value in settings.items()}
+        if values - seen:
+            kept.append(index)
+            seen |= values
+    return kept

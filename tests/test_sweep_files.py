@@ -13,6 +13,7 @@ import yaml
 
 from ctrain.cli import main
 from ctrain.cli.sweep import fit_command, plan_runs, read_sweep
+from helpers import covering_runs
 from ctrain.keys import EXAMPLES_SEEN
 from ctrain.reporting.report import read_run
 
@@ -48,8 +49,10 @@ def test_every_sweep_file_puts_each_run_in_its_directory(sweep_file, tmp_path, c
     monkeypatch.chdir(tmp_path)
     out = tmp_path / "out"
     runs = _dry_run(capsys, sweep_file, out)
-    assert len(runs) == len(plan_runs(read_sweep(sweep_file))) and not out.exists()  # a dry run writes nothing
-    for label, directory, command in runs:
+    planned = plan_runs(read_sweep(sweep_file))
+    assert len(runs) == len(planned) and not out.exists()  # a dry run writes nothing
+    assert len({directory for _, directory, _ in runs}) == len(runs)  # a directory per run
+    for label, directory, command in (runs[index] for index in covering_runs(planned)):
         assert directory == out / "runs" / label
         assert command[:4] == [sys.executable, "-m", "ctrain.cli", "fit"]
         with pytest.raises(SystemExit) as exit_code:

@@ -42,8 +42,10 @@ vanilla: setup
 	$(BIN)/ctrain fit --config configs/simcse_from_pretrain_cpu.yaml --config callbacks/probes_logspaced.yaml
 	$(BIN)/ctrain fit --config configs/simcse_from_pretrain_cpu.yaml --config callbacks/probes_logspaced.yaml $(RANDOM_TWIN)
 
+# One pytest worker a core (the tests run torch single-threaded), a test file per worker so that a file's module fixtures
+# (the sweep run, the fresh interpreters) are built once.
 test: setup browser
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n auto --dist loadfile
 
 benchmarks: setup
 	$(BIN)/python benchmarks/train_throughput.py

@@ -1,6 +1,7 @@
 """MLM pre-training (masking statistics, loss going down, the saved model as a contrastive start) and the offline corpus."""
 
 import csv
+import json
 from pathlib import Path
 
 import pytest
@@ -15,12 +16,16 @@ from ctrain.data.corpus import (
     split_sentences,
     wikitext_paragraphs,
 )
-from ctrain.models.encoder import EncoderConfig
+from ctrain.data.sources import read_sts_b
+from ctrain.keys import STS_DEV
+from ctrain.models.encoder import EncoderConfig, load_encoder
+from ctrain.probes.sts import encoder_sts
 from ctrain.models.tokenizers import load_tokenizer
 from ctrain.training.module import ContrastiveModule
 from ctrain.training.pretrain import (
     IGNORE_INDEX,
     MaskedLMCollator,
+    MaskedLMModule,
     mask_tokens,
     word_start_positions,
 )
@@ -143,6 +148,41 @@ def test_saved_model_is_a_contrastive_start_that_trains_with_dropout(pretrained_
     assert module.encoder.training and module.encoder.backbone.training
     first, second = module(**batch), module(**batch)
     assert not torch.allclose(first, second), "two dropout views are identical: dropout is off"
+
+
+def test_continued_pretraining_is_the_control_arm_from_the_same_start(pretrained_run, tmp_path):
+    """`model.init_from` goes on training a saved masked LM (the vanilla start) under the MLM objective, with the
+    control config: step 0 measures exactly the encoder `ctrain fit` loads from that start (STS-B dev, probes), the
+    run trains, and the start's directory is left as it was."""
+    root, export = pretrained_run
+    weights = sorted(export.glob("*.safetensors"))
+    before = {path.name: path.read_bytes() for path in weights}
+    main([
+        "pretrain", "--config", str(ROOT / "configs" / "pretrain_bert_cpu.yaml"),
+        "--config", str(ROOT / "configs" / "pretrain_continued_cpu.yaml"), "--config", str(ROOT / "tests" / "tiny_probes.yaml"),
+        "--model.init_from", str(export), "--model.learning_rate", "5e-3", "--data.train", str(root / "tiny.txt"),
+        "--data.val_size", "16", "--data.batch_size", "16", "--trainer.max_steps", "4", "--trainer.val_check_interval", "4",
+        "--trainer.log_every_n_steps", "1", "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
+        "--trainer.logger.init_args.save_dir", str(tmp_path),
+    ])  # fmt: skip
+    run_dir = tmp_path / "mlm_continued_cpu" / "version_0"
+    with (run_dir / "metrics.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    sts = {int(row["step"]): float(row[STS_DEV]) for row in rows if row.get(STS_DEV)}
+    vanilla = load_encoder(str(export), pooling="cls")
+    assert set(sts) == {0, 4}
+    assert sts[0] == pytest.approx(encoder_sts(vanilla, read_sts_b("dev"))[0], abs=1e-5)  # logged as float32
+    probed = {json.loads(line)["step"] for line in (run_dir / "probes" / "weighting.jsonl").read_text().splitlines()}
+    assert {0, 4} <= probed and any(row.get("geometry/anisotropy/layer_1") for row in rows)
+    assert sum(1 for row in rows if row.get("train/mlm_loss")) == 4
+    assert {path.name: path.read_bytes() for path in weights} == before  # the start is not overwritten
+    trained = load_encoder(str(run_dir / "model_final"), pooling="cls")
+    assert not torch.equal(trained.backbone.embeddings.word_embeddings.weight, vanilla.backbone.embeddings.word_embeddings.weight)
+
+
+def test_init_from_a_directory_without_a_model_is_a_one_line_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="has no config.json: give a `ctrain pretrain` export"):
+        MaskedLMModule(init_from=str(tmp_path))
 
 
 def test_pretrain_configs_parse(capsys):

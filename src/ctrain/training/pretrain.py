@@ -1,9 +1,12 @@
-"""Masked-language-model pre-training from scratch (`ctrain pretrain`), a vanilla start for contrastive training.
+"""Masked-language-model pre-training (`ctrain pretrain`): a vanilla start for contrastive training, and its control.
 
 Run by the same LightningCLI as `ctrain fit` (ctrain.cli.pretrain) (config files, checkpoints/{last,best}.ckpt, metrics.csv,
 `--resume RUN_DIR`), over MaskedLMModule and PretrainDataModule. The run ends by saving a Hugging Face
 directory (model with its MLM head, and tokenizer) that `model.encoder.name` of `ctrain fit` loads; the
-loader keeps the encoder and drops the head.
+loader keeps the encoder and drops the head. `model.init_from` continues such a model under the same
+objective: the control arm beside contrastive training from the same start (configs/mlm_continued_cpu.yaml).
+Validation logs STS-B dev of the backbone as a sentence encoder (`val/stsb_spearman`, as `ctrain fit` does), and
+the probe callbacks measure that encoder, so the three arms' curves share their keys.
 
 Masking happens in the training step, not in the data loader, from a generator seeded by
 (seed, step, rank): a resumed run draws the same masks as an uninterrupted one.
@@ -12,6 +15,7 @@ Masking happens in the training step, not in the data loader, from a generator s
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
 import pytorch_lightning as pl
@@ -22,8 +26,10 @@ from transformers import AutoModelForMaskedLM, PreTrainedTokenizerBase
 
 from ctrain.data import sources
 from ctrain.data.datamodule import EpochSampler, resumable_sampler
-from ctrain.models.encoder import tiny_backbone, word_special_ids
+from ctrain.keys import STS_DEV
+from ctrain.models.encoder import SentenceEncoder, tiny_backbone, word_special_ids
 from ctrain.models.tokenizers import load_tokenizer
+from ctrain.probes.sts import encoder_sts
 from ctrain.runtime import Stream, global_seed, seed_dropout, step_seed
 from ctrain.training.optim import build_optimizer
 
@@ -95,7 +101,7 @@ class MaskedLMCollator:
 
 
 class MaskedLMModule(pl.LightningModule):
-    """A BERT- or RoBERTa-shaped encoder with its MLM head, trained from random initialisation.
+    """A BERT- or RoBERTa-shaped encoder with its MLM head, trained from random initialisation or from a saved masked LM.
 
     The shape is `tiny_backbone`'s (4 heads, feed-forward 4 x hidden), so `tiny-bert` with the
     same hidden size and layers is the random-initialisation twin of the pre-trained model.
@@ -109,6 +115,11 @@ class MaskedLMModule(pl.LightningModule):
         whole_word_masking: choose whole words (all their word pieces) instead of single tokens.
         learning_rate, weight_decay, warmup: AdamW with linear warm-up and decay, as in contrastive training.
         max_length: tokens per sentence, [CLS]/[SEP] included (at most 128).
+        init_from: a saved masked LM (a `ctrain pretrain` export: model with its MLM head, and tokenizer) to go on
+            training; its architecture, size and tokenizer replace `architecture`, `tokenizer`, `hidden_size`, `num_layers`.
+        sentence_pooling: how the backbone's token states become the sentence embedding that STS-B dev and the probes
+            measure (`encoder`); the contrastive arm's inference pooling (`cls` for SimCSE's `cls_mlp` with
+            `mlp_only_train`), so that the arms' step 0 is the same measurement.
     """
 
     def __init__(
@@ -123,6 +134,8 @@ class MaskedLMModule(pl.LightningModule):
         weight_decay: float = 0.01,
         warmup: float = 0.05,
         max_length: int = 64,
+        init_from: str | None = None,
+        sentence_pooling: Literal["mean", "cls", "max"] = "mean",
     ) -> None:
         super().__init__()
         if not 0 < mlm_probability < 1:
@@ -130,13 +143,25 @@ class MaskedLMModule(pl.LightningModule):
         if not 3 <= max_length <= MAX_POSITIONS:
             raise ValueError(f"model.max_length must be between 3 and {MAX_POSITIONS}, got {max_length}")
         self.save_hyperparameters()
-        self.tokenizer = load_tokenizer(tokenizer)
-        seed = global_seed()
-        config = tiny_backbone(architecture, self.tokenizer, hidden_size, num_layers, seed).config
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            self.model = AutoModelForMaskedLM.from_config(config)
+        if init_from is None:
+            self.tokenizer = load_tokenizer(tokenizer)
+            seed = global_seed()
+            config = tiny_backbone(architecture, self.tokenizer, hidden_size, num_layers, seed).config
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed)
+                self.model = AutoModelForMaskedLM.from_config(config)
+        else:
+            self.tokenizer, self.model = _saved_masked_lm(init_from)
         self._held_out = torch.zeros(3, dtype=torch.float64)  # loss sum, correct, masked tokens
+        self._sts_dev: list[tuple[str, str, float]] = []
+
+    @property
+    def encoder(self) -> SentenceEncoder:
+        """The backbone (no head) pooled by `sentence_pooling`, in the backbone's current mode: the encoder that
+        `ctrain fit` would load from this model's export, measured by STS-B dev and the probe callbacks."""
+        backbone = self.model.base_model
+        training = backbone.training
+        return SentenceEncoder(backbone, self.tokenizer, self.hparams.sentence_pooling).to(self.device).train(training)
 
     @property
     def collator(self) -> MaskedLMCollator:
@@ -193,11 +218,25 @@ class MaskedLMModule(pl.LightningModule):
         self._held_out.zero_()
         self.log("val/mlm_loss", loss_sum / max(count, 1), prog_bar=True, sync_dist=True)
         self.log("val/mlm_accuracy", correct / max(count, 1), sync_dist=True)
+        self._sts_dev = self._sts_dev or sources.read_sts_b("dev")
+        spearman, _ = encoder_sts(self.encoder, self._sts_dev)
+        self.log(STS_DEV, spearman, sync_dist=True)  # every process scores all pairs: the mean is the value
 
     def configure_optimizers(self) -> dict:
         """AdamW without decay on biases and LayerNorm, linear warm-up then linear decay to 0 (as contrastive training)."""
         hp = self.hparams
         return build_optimizer(self, self.trainer.estimated_stepping_batches, hp.learning_rate, hp.weight_decay, hp.warmup)
+
+
+def _saved_masked_lm(path: str) -> tuple[PreTrainedTokenizerBase, torch.nn.Module]:
+    """Tokenizer and masked LM (with its head) of a saved directory, with an error that says what is missing."""
+    directory = Path(path)
+    if not (directory / "config.json").is_file():
+        raise FileNotFoundError(f"model.init_from '{path}' has no config.json: give a `ctrain pretrain` export (its outputs.export_dir)")
+    model = AutoModelForMaskedLM.from_pretrained(directory)
+    if model.config.model_type not in ("bert", "roberta"):
+        raise ValueError(f"model.init_from '{path}' is a {model.config.model_type} model: ctrain pretrain continues bert or roberta")
+    return load_tokenizer(str(directory)), model.train()  # from_pretrained hands it back in eval mode
 
 
 class PretrainDataModule(pl.LightningDataModule):

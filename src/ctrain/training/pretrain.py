@@ -4,7 +4,7 @@ Run by the same LightningCLI as `ctrain fit` (ctrain.cli.pretrain) (config files
 `--resume RUN_DIR`), over MaskedLMModule and PretrainDataModule. The run ends by saving a Hugging Face
 directory (model with its MLM head, and tokenizer) that `model.encoder.name` of `ctrain fit` loads; the
 loader keeps the encoder and drops the head. `model.init_from` continues such a model under the same
-objective: the control arm beside contrastive training from the same start (configs/mlm_continued_cpu.yaml).
+objective: the control arm beside contrastive training from the same start (configs/pretrain_continued_cpu.yaml).
 Validation logs STS-B dev of the backbone as a sentence encoder (`val/stsb_spearman`, as `ctrain fit` does), and
 the probe callbacks measure that encoder, so the three arms' curves share their keys.
 

@@ -54,6 +54,7 @@ def test_setups_are_defaults_that_later_flags_override():
     config = values["weighting"]
     assert isinstance(config, WeightingConfig) and config.steps == 7
     assert config.methods == ("ig", "shap") and config.shap_mode == "partition_native" and config.include_self
+    assert parser.instantiate_classes(parser.parse_args(["m"])).weighting.steps == 16  # the setup's own quadrature
     assert probe_parser().parse_args(["m"]).weighting.steps == WeightingConfig().steps  # one home for the defaults
 
 

@@ -8,8 +8,9 @@ exact computation also gives ``d / r`` sketches of each size ``r`` (8, 16, 32, 6
 compare with it.
 
 To make exact IG affordable on a CPU it uses ``--ref-steps`` Gauss-Legendre nodes instead of
-the setup's 50; the quadrature's own effect is measured separately with sketch directions
-drawn as ``weighting_probe`` draws them (seed ``seed + batch start``), at 50 steps and at fewer.
+the setup's 16; the quadrature's own effect is measured separately with sketch directions
+drawn as ``weighting_probe`` draws them (seed ``seed + batch start``), at 50 steps (``FINE_STEPS``,
+WeightingConfig's default) and at fewer.
 
 Sentences: the first N of ``--num_sentences N``'s draw, in the probe's order (by token length)
 and batches of 8; statistics (KL, dKL, -log P) over all 3000 STS-B dev sentences, min_count 5,
@@ -33,11 +34,13 @@ from ctrain.models.encoder import load_encoder
 from ctrain.reporting.model_probe import KURITA2023_WEIGHTING as SETUP
 from ctrain.probes.attribution import attribution_mode, output_directions, pad_baseline, quadrature_rule, unit_weights
 from ctrain.probes.sentences import sample_sentences, sts_b_sentences
+from ctrain.probes.weighting import WeightingConfig
 from ctrain.probes.information import segment, token_statistics
 from ctrain.probes.regression import ols
 
 MODEL = "all-MiniLM-L6-v2"
 SIZES = (8, 16, 32, 64)
+FINE_STEPS = WeightingConfig().steps  # the quadrature the setup's 16 steps are measured against
 
 
 def direction_squares(encoder, input_ids, attention_mask, directions, steps, vjp_batch=16) -> torch.Tensor:
@@ -92,7 +95,7 @@ def collect(args) -> None:
         setup_directions, _ = output_directions("sketch", dim, SETUP.sketch_size, SETUP.sketch_kind, generator)
         setup_squares = {
             steps: direction_squares(encoder, seg.input_ids, seg.attention_mask, setup_directions, steps).mean(0)
-            for steps in sorted({SETUP.steps, args.ref_steps, *args.steps})
+            for steps in sorted({FINE_STEPS, SETUP.steps, args.ref_steps, *args.steps})
         }
         estimates = {"exact": exact_squares.mean(0)}
         for size in SIZES:
@@ -147,14 +150,14 @@ def report(args) -> None:
             line.append(f"{q} dR2 {dr.mean():+.2f} ({dr.std():.2f}, {np.abs(dr).max():.2f}) dbeta {db.mean():+.2f} ({db.std():.2f})")
         print("  " + "; ".join(line) + f"; c' error {np.median(rel):.3f} / {np.quantile(rel, 0.95):.3f}")
     setup_keys = sorted((k for k in data if k.startswith("setup_")), key=lambda k: int(k.split("_")[1]))
-    print("\nthe setup's own sketch (its seeds), by quadrature steps; minus exact, and c' relative to its 50-step value:")
-    ref = data[f"setup_{SETUP.steps}"]
+    print(f"\nthe setup's own sketch (its seeds), by quadrature steps; minus exact, and c' relative to its {FINE_STEPS}-step value:")
+    ref = data[f"setup_{FINE_STEPS}"]
     for k in setup_keys:
         f = fits(data[k])
         rel = np.abs(data[k] / ref - 1)
         print(f"  {k.split('_')[1]:>3s} steps: " + ", ".join(
             f"{q} R^2 {f[q][0]:.2f} (dR2 {f[q][0] - exact[q][0]:+.2f}) beta {f[q][1]:.2f}" for q in quantities)
-            + f"; c' vs 50 steps: max {rel.max():.2e}, median {np.median(rel):.2e}")  # fmt: skip
+            + f"; c' vs {FINE_STEPS} steps: max {rel.max():.2e}, median {np.median(rel):.2e}")  # fmt: skip
 
 
 def main() -> None:

@@ -7,8 +7,8 @@ import pytest
 from ctrain.cli import main
 from ctrain.cli.probe import probe_parser
 from ctrain.probes.sentences import sample_sentences, sts_b_sentences
-from ctrain.probes.weighting import WeightingConfig
-from ctrain.reporting.model_probe import SETUPS, ProgressLine, output_directory
+from ctrain.probes.weighting import BatchProgress, WeightingConfig
+from ctrain.reporting.model_probe import SETUPS, ProgressLine, output_directory, projected_seconds
 
 
 def test_probe_writes_results_and_prints_tables(tmp_path, capsys):
@@ -79,6 +79,26 @@ def test_progress_projects_from_the_batches_after_the_first():
     progress = ProgressLine("weighting", interval=1e9)
     progress.first, progress.done, progress.started, progress.last = (10, 30.0), 30, 0.0, 50.0
     assert progress.seconds_for(110) == pytest.approx(30.0 + 20.0 / 20 * 100)
+
+
+def test_time_left_is_projected_from_the_token_lengths_to_come():
+    def cost(length: int) -> float:
+        return 0.1 * length + 0.04 * length**2
+
+    timed = [(length, cost(length)) for length in (7, 9, 12, 15)]
+    rest = [20, 26, 38, 53]
+    assert projected_seconds(timed, rest) == pytest.approx(sum(map(cost, rest)), rel=1e-6)
+    assert projected_seconds([(10, 5.0), (10, 7.0)], [20]) == pytest.approx(12.0)  # one length timed: cost per token
+
+
+def test_progress_line_times_neither_reused_batches_nor_the_first_weighed_one(capsys):
+    ticks = iter([0.0, 1.0, 50.0, 54.0, 62.0])  # start; a reused batch; warm-up; 4 s at length 10; 8 s at 20
+    progress = ProgressLine("weighting", interval=0.0, clock=lambda: next(ticks))
+    lengths = (5, 5, 10, 20, 40)
+    for batch, reused in enumerate([True, False, False, False]):
+        progress(BatchProgress(8 * (batch + 1), 40, batch, lengths, reused))
+    assert progress.timed == [(10, 4.0), (20, 8.0)]
+    assert capsys.readouterr().out.splitlines()[-1] == "  weighting: 32/40 sentences, 1m02s elapsed, about 16s left"
 
 
 def test_probe_resolves_a_run_directory(tmp_path):

@@ -16,6 +16,7 @@ from ctrain.probes.theorem import theorem_regressions, vectors_per_unit
 from ctrain.probes.weighting import (
     FIT_KEYS,
     THEOREM_KEYS,
+    BatchProgress,
     WeightingConfig,
     weighting_probe,
 )
@@ -72,10 +73,12 @@ def test_kl_choice_follows_the_config(tiny_bert, result):
     np.testing.assert_array_equal([r.kl for r in without_self.records], statistics.kl[statistics.index([r.token for r in without_self.records])])
 
 
-def test_progress_reports_every_batch(tiny_bert):
+def test_progress_reports_every_batch_and_the_token_lengths_to_come(tiny_bert):
     calls = []
-    weighting_probe(tiny_bert, SENTENCES[:7], WeightingConfig(**FAST, theorem=False), progress=lambda done, total: calls.append((done, total)))
-    assert calls == [(4, 7), (7, 7)]
+    weighting_probe(tiny_bert, SENTENCES[:7], WeightingConfig(**FAST, theorem=False), progress=calls.append)
+    assert [(c.done, c.total, c.batch, c.reused) for c in calls] == [(4, 7, 0, False), (7, 7, 1, False)]
+    lengths = sorted(len(ids) for ids in tiny_bert.tokenizer(SENTENCES[:7])["input_ids"])
+    assert calls[0].lengths == calls[1].lengths == (lengths[3], lengths[6])  # shortest first: each batch's longest
 
 
 def test_records_cover_every_sentence_with_normalised_weights(result):
@@ -263,7 +266,7 @@ def test_an_interrupted_probe_resumes_from_its_kept_batches(tiny_bert, tmp_path,
     config, kept = WeightingConfig(**FAST), tmp_path / "batches"
     uninterrupted = weighting_probe(model, SENTENCES, config)
 
-    def stop_after_first_batch(done: int, total: int) -> None:
+    def stop_after_first_batch(batch: BatchProgress) -> None:
         raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
@@ -274,8 +277,10 @@ def test_an_interrupted_probe_resumes_from_its_kept_batches(tiny_bert, tmp_path,
     weighed = []
     original = weighting._method_weights
     monkeypatch.setattr(weighting, "_method_weights", lambda *args: weighed.append(args[1]) or original(*args))
-    resumed = weighting_probe(model, SENTENCES, config, resume_dir=kept)
+    calls = []
+    resumed = weighting_probe(model, SENTENCES, config, progress=calls.append, resume_dir=kept)
     assert weighed == ["ig"] * 2  # batches 2 and 3 of 3; the first came from disk
+    assert [c.reused for c in calls] == [True, False, False]
     assert resumed.metrics == uninterrupted.metrics
     assert [r.weights for r in resumed.records] == [r.weights for r in uninterrupted.records]
 

@@ -309,6 +309,21 @@ def _theorem_vectors(encoder: SentenceEncoder, seg: Segmentation, config: Weight
         return tuple(vectors_per_unit(s, unit_of_position, seg.num_units, config.word_vector).cpu() for s in (inputs, last))
 
 
+@dataclass(frozen=True)
+class BatchProgress:
+    """What the weighting probe tells its progress callback after each batch.
+
+    Batches go in order of token length, so later ones cost more: ``lengths`` (every batch's padded
+    length, in the order they are weighed) lets a callback project the time left from the cost so far.
+    """
+
+    done: int  # sentences weighed (or reused) so far
+    total: int
+    batch: int  # index of the batch just finished
+    lengths: tuple[int, ...]
+    reused: bool  # kept on disk by an interrupted run: no model time was spent on it
+
+
 class BatchStore:
     """Each weighed batch of a long probe, kept on disk so that an interrupted probe resumes where it stopped.
 
@@ -346,12 +361,12 @@ def weighting_probe(
     sentences: list[str],
     config: WeightingConfig | None = None,
     statistics: TokenStatistics | None = None,
-    progress: Callable[[int, int], None] | None = None,
+    progress: Callable[[BatchProgress], None] | None = None,
     resume_dir: str | Path | None = None,
 ) -> WeightingResult:
     """Weigh the probe sentences' units and regress the weights on information (statistics default: the sentences).
 
-    ``progress(done, total)`` is called after every batch with the number of sentences weighed so far.
+    ``progress(BatchProgress)`` is called after every batch (sentences done, every batch's token length, reused or not).
     With ``resume_dir``, every batch's weights are kept there (`BatchStore`) and a rerun of the same probe
     weighs only the batches not yet kept: the result equals an uninterrupted run's.
     """
@@ -368,15 +383,18 @@ def weighting_probe(
         )
     lengths = [len(ids) for ids in tokenizer(list(sentences), truncation=config.max_length is not None, max_length=config.max_length)["input_ids"]]
     order = np.argsort(lengths, kind="stable")
+    starts = range(0, len(sentences), config.batch_size)
+    batch_lengths = tuple(max(lengths[i] for i in order[start : start + config.batch_size]) for start in starts)
     records: list[TokenRecord] = []
     errors: list[torch.Tensor] = []
     input_vectors, last_vectors, unit_types = [], [], []
     store = BatchStore(resume_dir, encoder, list(sentences), config) if resume_dir is not None else None
-    for start in range(0, len(sentences), config.batch_size):
+    for start in starts:
         indices = order[start : start + config.batch_size]
         batch = [sentences[i] for i in indices]
         seg = segment(tokenizer, batch, config.units, config.max_length)
         kept = store.load(start) if store is not None else None
+        reused = kept is not None
         if kept is None:
             kept = {"weights": {}, "completeness": None}
             for method in config.methods:
@@ -409,7 +427,7 @@ def weighting_probe(
             last_vectors.append(kept["vectors"][1])
             unit_types.append(types)
         if progress is not None:
-            progress(start + len(indices), len(sentences))
+            progress(BatchProgress(start + len(indices), len(sentences), start // config.batch_size, batch_lengths, reused))
     result = WeightingResult(metrics={}, records=records, config=config)
     metrics: dict[str, float] = {
         NUM_SENTENCES: float(len(sentences)),

@@ -34,7 +34,7 @@ browser:
 demo: setup
 	$(BIN)/ctrain fit --config configs/demo.yaml --config callbacks/probes.yaml
 
-# Corpus -> MLM pre-training (1,500 steps; 69 min measured on 2 shared cores) -> unsupervised SimCSE from the vanilla start and,
+# Corpus -> MLM pre-training (1,500 steps; 12 min on one thread beside one other job) -> unsupervised SimCSE from the vanilla start and,
 # for comparison, from random initialisation; probes at log-spaced steps from step 0.
 vanilla: setup
 	$(BIN)/ctrain corpus --output data/corpus

@@ -11,9 +11,9 @@ from __future__ import annotations
 import re
 import shutil
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import fields
 from pathlib import Path
-from collections.abc import Callable, Sequence
 from typing import Literal
 
 import numpy as np
@@ -50,7 +50,7 @@ KURITA2023_WEIGHTING = WeightingConfig(
     sketch_size=16,
     sketch_kind="orthogonal",
     # 16 Gauss-Legendre steps give the 50-step IG-on-KL R^2 to 0.01 points (100 sentences: 47.99 vs 48.00;
-    # 24 sentences: 43.38 vs 43.37, c' within 0.9%) at a third of IG's cost (docs/kurita_setup.md).
+    # 24: 43.38 vs 43.37; 64: 52.19 vs 52.20, c' within 1.5%) at a third of IG's cost (docs/kurita_setup.md).
     steps=16,
 )
 """The word-weighting paper's IG and SHAP; everything else is WeightingConfig's default."""

@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from ctrain.cli import main
-from ctrain.cli.sweep import fit_command, plan_runs, read_sweep
+from ctrain.cli.sweep import fit_command, plan_runs, read_sweep, threads_per_run
 from helpers import covering_runs
 from ctrain.reporting.report import config_value
 
@@ -187,3 +187,12 @@ def test_weighting_figures_shade_the_interval_where_its_columns_exist():
     assert len(r2_axes.collections) == 1 and not beta_axes.collections  # a band only where _ci_low/_ci_high exist
     low, high = r2_axes.collections[0].get_paths()[0].vertices[:, 1].min(), r2_axes.collections[0].get_paths()[0].vertices[:, 1].max()
     assert (low, high) == (0.05, 0.35)
+
+
+def test_parallel_runs_share_the_cores_the_process_may_use(monkeypatch):
+    # `taskset -c 1 ctrain sweep ...` beside another job: one core usable, so one thread a run, not cpu_count()'s share.
+    monkeypatch.setattr(os, "cpu_count", lambda: 16)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {1}, raising=False)
+    assert threads_per_run(1) == 1
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(8)), raising=False)
+    assert (threads_per_run(1), threads_per_run(2), threads_per_run(3), threads_per_run(16)) == (8, 4, 2, 1)

@@ -181,6 +181,13 @@ def _write_summary(path: Path, rows: list[dict]) -> None:
         writer.writerows(rows)
 
 
+def threads_per_run(parallel: int) -> int:
+    """Torch threads for each of `parallel` concurrent runs: the cores this process may use (its CPU affinity, so
+    `taskset` or a cluster's cgroup pinning is respected), shared equally."""
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, usable // parallel)
+
+
 def _run_one(command: list[str], run_dir: Path, log_file: Path, threads: int) -> tuple[int, float, str]:
     """Start, resume or skip one run; (exit code, seconds, what was done)."""
     if "sts_test_final" in run_summary(run_dir):  # logged last, after both models are exported
@@ -244,7 +251,7 @@ def sweep(
         return sweep_dir
     atomic_write_text(sweep_dir / "sweep.yaml", path.read_text())
     atomic_write_text(plan_file, json.dumps(plan, indent=1))
-    threads = max(1, (os.cpu_count() or 1) // parallel)
+    threads = threads_per_run(parallel)
     rows = {label: {"run": label, **{name: settings[name] for name in swept}, "status": "pending"} for label, settings in runs}
     summary_file = sweep_dir / "summary.csv"
     earlier_seconds = {}

@@ -9,13 +9,15 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import pytest
 import yaml
 
 from ctrain.cli import main
 from ctrain.cli.sweep import fit_command, plan_runs, read_sweep, threads_per_run
 from helpers import covering_runs
-from ctrain.reporting.report import config_value
+from ctrain.reporting.report import config_value, read_run, seed_band, seed_groups
 
 ROOT = Path(__file__).resolve().parent.parent
 SWEEP_FILES = sorted((ROOT / "sweeps").glob("*.yaml"))
@@ -133,6 +135,37 @@ def test_report_compares_runs_a_curve_each(tiny_sweep, tmp_path):
     assert figure.exists() and (tmp_path / "geometry_anisotropy_4.png").exists()
     page = (tmp_path / "report.html").read_text()
     assert "2 runs compared" in page and "runs/temperature=0.05)" in page and "runs/temperature=0.5)" in page
+
+
+def test_report_compare_draws_seeds_of_one_arm_as_a_band(tiny_sweep, tmp_path):
+    # A second seed of temperature=0.05: its config differs in seed_everything and the logger version only.
+    runs = tiny_sweep[0] / "runs"
+    seed_2 = tmp_path / "runs" / "seed_2"
+    shutil.copytree(runs / "temperature=0.05", seed_2, ignore=shutil.ignore_patterns("checkpoints", "model_*", "probes"))
+    config = yaml.safe_load((seed_2 / "config.yaml").read_text())
+    config["seed_everything"] = 2
+    config["trainer"]["logger"]["init_args"]["version"] = "seed_2"
+    (seed_2 / "config.yaml").write_text(yaml.safe_dump(config))
+    metrics = pd.read_csv(seed_2 / "metrics.csv")
+    metrics["val/stsb_spearman"] += 10.0
+    metrics.to_csv(seed_2 / "metrics.csv", index=False)
+
+    groups = seed_groups([runs / "temperature=0.05", runs / "temperature=0.5", seed_2])
+    assert sorted(map(len, groups.values())) == [1, 2]
+    frames = [read_run(runs / "temperature=0.05"), read_run(seed_2)]
+    band = seed_band(frames).set_index("step")
+    sts = pd.concat([frame.set_index("step")["val/stsb_spearman"] for frame in frames], axis=1).dropna()
+    assert len(sts) >= 3
+    assert np.allclose(band.loc[sts.index, "val/stsb_spearman"], sts.mean(axis=1))
+    assert np.allclose(band.loc[sts.index, "val/stsb_spearman_ci_low"], sts.min(axis=1))
+    assert np.allclose(band.loc[sts.index, "val/stsb_spearman_ci_high"] - band.loc[sts.index, "val/stsb_spearman_ci_low"], 10.0)
+
+    result = _ctrain("report", str(runs / "temperature=0.05"), "--compare", f"[{runs / 'temperature=0.5'}, {seed_2}]", "--out", str(tmp_path / "page"), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    page = (tmp_path / "page" / "report.html").read_text()
+    assert "3 runs compared, 2 curves" in page and "(runs, 2 seeds)" in page and "runs/temperature=0.5)" in page
+    separate = _ctrain("report", str(runs / "temperature=0.05"), "--compare", f"[{seed_2}]", "--seed_bands", "false", "--out", str(tmp_path / "apart"), cwd=tmp_path)
+    assert separate.returncode == 0 and "2 runs compared</" in (tmp_path / "apart" / "report.html").read_text()
 
 
 def test_bad_sweep_file_is_one_line(tmp_path, capsys):

@@ -109,6 +109,42 @@ def examples_per_step(run_dir: Path) -> int:
     return int(batch) * int(processes) * int(config_value(config, "trainer.accumulate_grad_batches") or 1)
 
 
+# Where a run is written, not what it trained: runs equal but for these and seed_everything are seeds of one arm.
+PLACEMENT_KEYS = ("trainer.logger.init_args.version", "trainer.default_root_dir", "ckpt_path")
+
+
+def seed_groups(run_dirs: list[Path]) -> dict[str, list[Path]]:
+    """Curve label -> the run directories whose configs differ only in seed_everything and PLACEMENT_KEYS, in the
+    order given (so a comparison of arms with several seeds each draws one band per arm)."""
+    groups: dict[str, list[Path]] = {}
+    for run_dir in run_dirs:
+        config = run_config(run_dir)
+        config.pop("seed_everything", None)
+        for dotted in PLACEMENT_KEYS:
+            *parents, leaf = dotted.split(".")
+            if isinstance(holder := config_value(config, ".".join(parents)) if parents else config, dict):
+                holder.pop(leaf, None)
+        groups.setdefault(json.dumps(config, sort_keys=True, default=str), []).append(run_dir)
+    return {_compare_label(dirs): dirs for dirs in groups.values()}
+
+
+def _compare_label(run_dirs: list[Path]) -> str:
+    config = run_config(run_dirs[0])
+    model = config_value(config, "model.encoder.name") or config_value(config, "model.init_from") or "masked LM"
+    if len(run_dirs) == 1:
+        return f"{model} ({run_dirs[0].parent.name}/{run_dirs[0].name})"
+    return f"{model} ({run_dirs[0].parent.name}, {len(run_dirs)} seeds)"
+
+
+def seed_band(frames: list[pd.DataFrame]) -> pd.DataFrame:
+    """The seeds' mean of every metric at each step, with `_ci_low` / `_ci_high` the lowest and highest seed (replacing
+    a single run's bootstrap interval: the band is the spread over seeds)."""
+    stacked = pd.concat(frames, ignore_index=True)
+    metrics = [column for column in stacked.select_dtypes("number").columns if column != "step" and not column.endswith(("_ci_low", "_ci_high"))]
+    by_step = stacked.groupby("step")[metrics]
+    return pd.concat([by_step.mean(), by_step.min().add_suffix("_ci_low"), by_step.max().add_suffix("_ci_high")], axis=1).reset_index()
+
+
 def run_title(run_dir: Path) -> str:
     model = config_value(run_config(run_dir), "model.encoder.name") or "unknown model"
     return f"{model}, run {run_dir.parent.name}/{run_dir.name}"
@@ -274,6 +310,7 @@ def report(
     probe_sentences: int = 48,
     compare: list[str] | None = None,
     reference: list[str] | None = None,
+    seed_bands: bool = True,
 ) -> Path:
     """Draw the run or sweep in DIRECTORY; returns the HTML page.
 
@@ -288,15 +325,17 @@ def report(
         reference: CSV files of a peer's curves drawn in black in a Theorem-1 lab sweep's figures: a `run` column
             (the curve's label), `step`, and columns named as ctrain's metrics (`benchmarks/lab_peer.py plot` writes one
             for gensim's word2vec).
+        seed_bands: with --compare, runs whose configs differ only in seed_everything (and where they are written) are
+            one curve: their mean at each step, shaded from the lowest to the highest seed; false draws each run.
     """
     path = Path(directory)
     target = Path(out) if out else path / ("comparison" if compare else "report")
     if compare:
-        run_dirs = [path, *map(Path, compare)]
-        runs = {f"{config_value(run_config(d), 'model.encoder.name')} ({d.parent.name}/{d.name})": read_run(d) for d in run_dirs}
-        title = f"{len(runs)} runs compared"
-        rows = [{"run": label, "last step": int(frame["step"].max()), **final_values(frame)} for label, frame in runs.items()]
-        return _write(sweep_figures(runs, title, x or "step", legend_title="run"), target, title, [_table(rows, "Final values of each run")])
+        groups = seed_groups([path, *map(Path, compare)]) if seed_bands else {_compare_label([d]): [d] for d in [path, *map(Path, compare)]}
+        runs = {label: seed_band([read_run(d) for d in dirs]) if len(dirs) > 1 else read_run(dirs[0]) for label, dirs in groups.items()}
+        title = f"{sum(map(len, groups.values()))} runs compared" + (f", {len(groups)} curves (mean over seeds, shaded lowest to highest seed)" if len(groups) < sum(map(len, groups.values())) else "")
+        rows = [{"run": label, "seeds": len(groups[label]), "last step": int(frame["step"].max()), **final_values(frame)} for label, frame in runs.items()]
+        return _write(sweep_figures(runs, title, x or "step", legend_title="run"), target, title, [_table(rows, "Final values of each run (the mean over seeds where it has several)")])
     if (path / "sweep.yaml").exists():
         runs = {label: read_run(run_dir) for label, run_dir in sweep_runs(path).items()}
         if not runs:

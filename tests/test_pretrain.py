@@ -17,7 +17,7 @@ from ctrain.data.corpus import (
     wikitext_paragraphs,
 )
 from ctrain.data.sources import read_sts_b
-from ctrain.keys import STS_DEV
+from ctrain.keys import STS_DEV, STS_TEST
 from ctrain.models.encoder import EncoderConfig, load_encoder
 from ctrain.probes.sts import encoder_sts
 from ctrain.models.tokenizers import load_tokenizer
@@ -178,6 +178,8 @@ def test_continued_pretraining_is_the_control_arm_from_the_same_start(pretrained
     assert {path.name: path.read_bytes() for path in weights} == before  # the start is not overwritten
     trained = load_encoder(str(run_dir / "model_final"), pooling="cls")
     assert not torch.equal(trained.backbone.embeddings.word_embeddings.weight, vanilla.backbone.embeddings.word_embeddings.weight)
+    final_test = [float(row[STS_TEST]) for row in rows if row.get(STS_TEST)]  # the end point, as a fit run logs it
+    assert final_test == [pytest.approx(encoder_sts(trained, read_sts_b("test"))[0], abs=1e-5)]
 
 
 def test_init_from_a_directory_without_a_model_is_a_one_line_error(tmp_path):

@@ -15,9 +15,9 @@ import pytest
 import yaml
 
 from ctrain.cli import main
-from ctrain.cli.sweep import fit_command, plan_runs, read_sweep, threads_per_run
+from ctrain.cli.sweep import CTRAIN_SUBCOMMANDS, _run_one, fit_command, plan_runs, read_sweep, threads_per_run
 from helpers import covering_runs
-from ctrain.reporting.report import config_value, read_run, seed_band, seed_groups
+from ctrain.reporting.report import compare_labels, config_value, read_run, seed_band, seed_groups
 
 ROOT = Path(__file__).resolve().parent.parent
 SWEEP_FILES = sorted((ROOT / "sweeps").glob("*.yaml"))
@@ -30,8 +30,9 @@ def test_every_swept_parameter_is_a_config_key(sweep_file, capsys, monkeypatch):
     planned = plan_runs(spec)
     for settings in (planned[index] for index in covering_runs(planned)):
         command = fit_command(spec, settings)
+        subcommand = next(index for index, part in enumerate(command) if part in CTRAIN_SUBCOMMANDS)  # fit or pretrain
         with pytest.raises(SystemExit) as exit_code:
-            main([*command[command.index("fit") :], "--print_config"])
+            main([*command[subcommand:], "--print_config"])
         assert exit_code.value.code in (0, None), capsys.readouterr().err
         printed = yaml.safe_load(capsys.readouterr().out)
         for key, value in settings.items():
@@ -150,8 +151,17 @@ def test_report_compare_draws_seeds_of_one_arm_as_a_band(tiny_sweep, tmp_path):
     metrics["val/stsb_spearman"] += 10.0
     metrics.to_csv(seed_2 / "metrics.csv", index=False)
 
-    groups = seed_groups([runs / "temperature=0.05", runs / "temperature=0.5", seed_2])
+    groups = seed_groups(compare_labels([runs / "temperature=0.05", runs / "temperature=0.5", seed_2]))
     assert sorted(map(len, groups.values())) == [1, 2]
+    # The same two seeds as a sweep over seed_everything: a sweep directory stands for its runs, one band, named by the sweep.
+    seeds_sweep = tmp_path / "seeds_sweep"
+    (seeds_sweep / "runs").mkdir(parents=True)
+    (seeds_sweep / "sweep.yaml").write_text(yaml.safe_dump({"method": "grid", "parameters": {"seed_everything": {"values": [1, 2]}}}))
+    shutil.copytree(seed_2, seeds_sweep / "runs" / "seed_everything=2")
+    shutil.copytree(runs / "temperature=0.05", seeds_sweep / "runs" / "seed_everything=1", ignore=shutil.ignore_patterns("checkpoints", "model_*"))
+    labels = compare_labels([seeds_sweep, runs / "temperature=0.5"])
+    assert sorted(labels.values())[:2] == ["seeds_sweep: seed_everything=2", "seeds_sweep: seed_everything=42"]  # the configs' seeds
+    assert list(seed_groups(labels)) == ["seeds_sweep (2 seeds)", "tiny-bert (runs/temperature=0.5)"]
     frames = [read_run(runs / "temperature=0.05"), read_run(seed_2)]
     band = seed_band(frames).set_index("step")
     sts = pd.concat([frame.set_index("step")["val/stsb_spearman"] for frame in frames], axis=1).dropna()
@@ -229,3 +239,15 @@ def test_parallel_runs_share_the_cores_the_process_may_use(monkeypatch):
     assert threads_per_run(1) == 1
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(8)), raising=False)
     assert (threads_per_run(1), threads_per_run(2), threads_per_run(3), threads_per_run(16)) == (8, 4, 2, 1)
+
+
+@pytest.mark.parametrize("subcommand", ["fit", "pretrain"])
+def test_an_interrupted_run_resumes_with_its_own_subcommand(subcommand, tmp_path, monkeypatch):
+    run_dir = tmp_path / "runs" / "seed_everything=1"
+    (run_dir / "checkpoints").mkdir(parents=True)
+    (run_dir / "checkpoints" / "last.ckpt").write_bytes(b"")
+    started = []
+    monkeypatch.setattr(subprocess, "run", lambda command, **kwargs: started.append(command) or subprocess.CompletedProcess(command, 0))
+    command = [sys.executable, "-m", "ctrain.cli", subcommand, "--config", "configs/x.yaml", "--seed_everything=1"]
+    assert _run_one(command, run_dir, tmp_path / "log.txt", threads=1)[2] == "resumed"
+    assert started == [[sys.executable, "-m", "ctrain.cli", subcommand, "--resume", str(run_dir)]]

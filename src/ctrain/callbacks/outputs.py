@@ -9,6 +9,7 @@ from pathlib import Path
 import pytorch_lightning as pl
 import torch
 
+from ctrain.data.sources import read_sts_b
 from ctrain.keys import STS_DEV, STS_TEST, STS_TEST_BEST
 from ctrain.models.export import (
     RunFacts,
@@ -151,6 +152,8 @@ class PretrainOutputs(RunOutputs):
     """
 
     written = "model_final/ (Hugging Face: model with MLM head + tokenizer)"
+    # Like a fit run, it ends by scoring its final encoder (the backbone pooled by model.sentence_pooling) on STS-B
+    # test: the control arm's end point, and what `ctrain sweep` reads as "finished".
 
     def __init__(self, export_dir: str | None = None) -> None:
         super().__init__()
@@ -162,3 +165,6 @@ class PretrainOutputs(RunOutputs):
         target = Path(self.export_dir) if self.export_dir else self.run_dir / "model_final"
         save_hf_model(pl_module.model, pl_module.tokenizer, target)
         print(f"ctrain pretrain: model saved to {target} (use it as model.encoder.name of ctrain fit)")
+        final_test, _ = encoder_sts(pl_module.encoder, read_sts_b("test"))
+        for logger in trainer.loggers:
+            logger.log_metrics({STS_TEST: final_test}, step=trainer.global_step)

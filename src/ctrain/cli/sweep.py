@@ -193,7 +193,8 @@ def _run_one(command: list[str], run_dir: Path, log_file: Path, threads: int) ->
     if "sts_test_final" in run_summary(run_dir):  # logged last, after both models are exported
         return 0, 0.0, "already finished"
     if (run_dir / "checkpoints" / "last.ckpt").exists():
-        command, action = [*command[: command.index("fit")], "fit", "--resume", str(run_dir)], "resumed"
+        subcommand = next(index for index, part in enumerate(command) if part in CTRAIN_SUBCOMMANDS)
+        command, action = [*command[: subcommand + 1], "--resume", str(run_dir)], "resumed"
     else:
         shutil.rmtree(run_dir, ignore_errors=True)  # started but no checkpoint: nothing to resume
         action = "ran"

@@ -113,11 +113,24 @@ def examples_per_step(run_dir: Path) -> int:
 PLACEMENT_KEYS = ("trainer.logger.init_args.version", "trainer.default_root_dir", "ckpt_path")
 
 
-def seed_groups(run_dirs: list[Path]) -> dict[str, list[Path]]:
+def compare_labels(paths: list[Path]) -> dict[Path, str]:
+    """Run directory -> its label in a comparison; a sweep directory stands for its runs, each labelled by the
+    sweep's name and its swept values."""
+    labels: dict[Path, str] = {}
+    for path in paths:
+        if (path / "sweep.yaml").exists():
+            labels |= {run_dir: f"{path.name}: {label}" for label, run_dir in sweep_runs(path).items()}
+        else:
+            model = config_value(config := run_config(path), "model.encoder.name") or config_value(config, "model.init_from") or "masked LM"
+            labels[path] = f"{model} ({path.parent.name}/{path.name})"
+    return labels
+
+
+def seed_groups(labels: dict[Path, str]) -> dict[str, list[Path]]:
     """Curve label -> the run directories whose configs differ only in seed_everything and PLACEMENT_KEYS, in the
     order given (so a comparison of arms with several seeds each draws one band per arm)."""
     groups: dict[str, list[Path]] = {}
-    for run_dir in run_dirs:
+    for run_dir in labels:
         config = run_config(run_dir)
         config.pop("seed_everything", None)
         for dotted in PLACEMENT_KEYS:
@@ -125,15 +138,15 @@ def seed_groups(run_dirs: list[Path]) -> dict[str, list[Path]]:
             if isinstance(holder := config_value(config, ".".join(parents)) if parents else config, dict):
                 holder.pop(leaf, None)
         groups.setdefault(json.dumps(config, sort_keys=True, default=str), []).append(run_dir)
-    return {_compare_label(dirs): dirs for dirs in groups.values()}
+    return {_group_label(dirs, labels[dirs[0]]) if len(dirs) > 1 else labels[dirs[0]]: dirs for dirs in groups.values()}
 
 
-def _compare_label(run_dirs: list[Path]) -> str:
-    config = run_config(run_dirs[0])
-    model = config_value(config, "model.encoder.name") or config_value(config, "model.init_from") or "masked LM"
-    if len(run_dirs) == 1:
-        return f"{model} ({run_dirs[0].parent.name}/{run_dirs[0].name})"
-    return f"{model} ({run_dirs[0].parent.name}, {len(run_dirs)} seeds)"
+def _group_label(run_dirs: list[Path], first_label: str) -> str:
+    """A sweep run's label without its seed, else the run's model and logger name; with the number of seeds."""
+    if "seed_everything=" in first_label:
+        unseeded = re.sub(r"(, )?seed_everything=[^,]*", "", first_label).replace(": , ", ": ").rstrip(": ")
+        return f"{unseeded} ({len(run_dirs)} seeds)"
+    return f"{first_label.split(' (')[0]} ({run_dirs[0].parent.name}, {len(run_dirs)} seeds)"
 
 
 def seed_band(frames: list[pd.DataFrame]) -> pd.DataFrame:
@@ -317,8 +330,8 @@ def report(
     Args:
         directory: a run directory (has metrics.csv) or a sweep directory (has sweep.yaml and runs/).
         out: where the PNGs and report.html go (default DIRECTORY/report, DIRECTORY/comparison with --compare).
-        compare: other run directories drawn beside the run in DIRECTORY, a curve per run, as a sweep's
-            runs are (e.g. the same training from two starting points).
+        compare: other run or sweep directories drawn beside the run (or sweep) in DIRECTORY, a curve per run, as a
+            sweep's runs are (e.g. the same training from two starting points, or a sweep's arms beside a control's).
         x: x-axis, step or examples (training examples seen); a sweep over the batch size defaults to examples.
         final_probe: for a run, also probe its exported model for the weight-vs-KL scatter and sentence weight bars.
         probe_sentences: STS-B dev sentences of that final probe.
@@ -331,7 +344,8 @@ def report(
     path = Path(directory)
     target = Path(out) if out else path / ("comparison" if compare else "report")
     if compare:
-        groups = seed_groups([path, *map(Path, compare)]) if seed_bands else {_compare_label([d]): [d] for d in [path, *map(Path, compare)]}
+        labels = compare_labels([path, *map(Path, compare)])
+        groups = seed_groups(labels) if seed_bands else {label: [run_dir] for run_dir, label in labels.items()}
         runs = {label: seed_band([read_run(d) for d in dirs]) if len(dirs) > 1 else read_run(dirs[0]) for label, dirs in groups.items()}
         title = f"{sum(map(len, groups.values()))} runs compared" + (f", {len(groups)} curves (mean over seeds, shaded lowest to highest seed)" if len(groups) < sum(map(len, groups.values())) else "")
         rows = [{"run": label, "seeds": len(groups[label]), "last step": int(frame["step"].max()), **final_values(frame)} for label, frame in runs.items()]

@@ -39,7 +39,7 @@ vanilla: setup
 	$(BIN)/ctrain pretrain --config configs/pretrain_bert_cpu.yaml
 	$(BIN)/ctrain sweep sweeps/vanilla_emergence_cpu.yaml --parallel 2
 	$(BIN)/ctrain sweep sweeps/vanilla_control_cpu.yaml --parallel 2
-	$(BIN)/ctrain report runs/sweeps/vanilla_emergence_cpu --compare [runs/sweeps/vanilla_control_cpu]
+	$(BIN)/ctrain report runs/sweeps/vanilla_emergence_cpu --compare '[runs/sweeps/vanilla_control_cpu]'
 
 # One pytest worker a core (the tests run torch single-threaded), a test file per worker so that a file's module fixtures
 # (the sweep run, the fresh interpreters) are built once.

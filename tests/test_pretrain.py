@@ -169,14 +169,14 @@ def test_continued_pretraining_is_the_control_arm_from_the_same_start(pretrained
     with (run_dir / "metrics.csv").open() as handle:
         rows = list(csv.DictReader(handle))
     sts = {int(row["step"]): float(row[STS_DEV]) for row in rows if row.get(STS_DEV)}
-    vanilla = load_encoder(str(export), pooling="cls")
+    vanilla = load_encoder(str(export), pooling="mean")
     assert set(sts) == {0, 4}
     assert sts[0] == pytest.approx(encoder_sts(vanilla, read_sts_b("dev"))[0], abs=1e-5)  # logged as float32
     probed = {json.loads(line)["step"] for line in (run_dir / "probes" / "weighting.jsonl").read_text().splitlines()}
     assert {0, 4} <= probed and any(row.get("geometry/anisotropy/layer_1") for row in rows)
     assert sum(1 for row in rows if row.get("train/mlm_loss")) == 4
     assert {path.name: path.read_bytes() for path in weights} == before  # the start is not overwritten
-    trained = load_encoder(str(run_dir / "model_final"), pooling="cls")
+    trained = load_encoder(str(run_dir / "model_final"), pooling="mean")
     assert not torch.equal(trained.backbone.embeddings.word_embeddings.weight, vanilla.backbone.embeddings.word_embeddings.weight)
     final_test = [float(row[STS_TEST]) for row in rows if row.get(STS_TEST)]  # the end point, as a fit run logs it
     assert final_test == [pytest.approx(encoder_sts(trained, read_sts_b("test"))[0], abs=1e-5)]

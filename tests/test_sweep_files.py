@@ -54,7 +54,7 @@ def test_every_sweep_file_puts_each_run_in_its_directory(sweep_file, tmp_path, c
     assert len({directory for _, directory, _ in runs}) == len(runs)  # a directory per run
     for label, directory, command in (runs[index] for index in covering_runs(planned)):
         assert directory == out / "runs" / label
-        assert command[:4] == [sys.executable, "-m", "ctrain.cli", "fit"]
+        assert command[:3] == [sys.executable, "-m", "ctrain.cli"] and command[3] == ("pretrain" if "pretrain" in read_sweep(sweep_file)["command"] else "fit")
         with pytest.raises(SystemExit) as exit_code:
             main([*command[3:], "--print_config"])
         assert exit_code.value.code in (0, None), capsys.readouterr().err

@@ -1,5 +1,6 @@
 """The probe runner end to end on tiny models: metrics, records, side effects, theorem fits, plots."""
 
+import copy
 import json
 from dataclasses import asdict
 import math
@@ -17,6 +18,7 @@ from ctrain.probes.weighting import (
     FIT_KEYS,
     THEOREM_KEYS,
     BatchProgress,
+    BatchStore,
     WeightingConfig,
     weighting_probe,
 )
@@ -254,6 +256,23 @@ def test_demo_preset_measures_the_last_step_on_the_same_inputs_as_step_0(tmp_pat
     assert first["statistics_sha256"] == statistics_hash(statistics)
     assert first["metrics"]["weighting/num_sentences"] == last["metrics"]["weighting/num_sentences"] == 4
     assert "weighting/ig_kl_r2_ci_low" in last["metrics"]
+
+
+def test_kept_batches_survive_resuming_with_another_thread_count(tiny_bert, tmp_path):
+    """The batches' fingerprint is the weights' bytes: a float sum of them (the old fingerprint) differs between one
+    and two threads, which cleared a long probe's batches when it was resumed with another OMP_NUM_THREADS."""
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        BatchStore(tmp_path, tiny_bert, SENTENCES, WeightingConfig(**FAST)).save(0, {"weights": {}, "completeness": None})
+        torch.set_num_threads(2)
+        assert BatchStore(tmp_path, tiny_bert, SENTENCES, WeightingConfig(**FAST)).load(0) is not None
+        changed = copy.deepcopy(tiny_bert)
+        with torch.no_grad():
+            changed.backbone.embeddings.word_embeddings.weight[5, 3] += 1e-3  # one weight of 2 million
+        assert BatchStore(tmp_path, changed, SENTENCES, WeightingConfig(**FAST)).load(0) is None
+    finally:
+        torch.set_num_threads(threads)
 
 
 def test_an_interrupted_probe_resumes_from_its_kept_batches(tiny_bert, tmp_path, monkeypatch):

@@ -328,7 +328,9 @@ class BatchStore:
     """Each weighed batch of a long probe, kept on disk so that an interrupted probe resumes where it stopped.
 
     A batch is one file, written atomically. ``key.json`` fingerprints what the batches depend on (the
-    sentences, the config, the model's weights); a directory left by a different probe is cleared.
+    sentences, the config, the model's weights, byte for byte: a float sum would change with the number of
+    threads and clear the batches of the same probe resumed with another); a directory left by a different probe
+    is cleared.
     """
 
     def __init__(self, directory: Path, encoder: SentenceEncoder, sentences: list[str], config: WeightingConfig) -> None:
@@ -336,8 +338,8 @@ class BatchStore:
         digest = hashlib.sha256(json.dumps([sentences, asdict(config)], sort_keys=True, default=str).encode())
         with torch.no_grad():
             for name, tensor in encoder.state_dict().items():
-                if tensor.is_floating_point():
-                    digest.update(f"{name}:{float(tensor.double().sum()):.17g}:{float(tensor.double().abs().sum()):.17g}".encode())
+                digest.update(name.encode())
+                digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
         key = digest.hexdigest()
         key_file = self.directory / "key.json"
         if key_file.exists() and json.loads(key_file.read_text()).get("key") != key:

@@ -24,9 +24,12 @@ from ctrain.models.tokenizers import load_tokenizer
 from ctrain.training.module import ContrastiveModule
 from ctrain.training.pretrain import (
     IGNORE_INDEX,
+    WALL_SECONDS,
     MaskedLMCollator,
     MaskedLMModule,
+    PackedRowsCollator,
     mask_tokens,
+    pack_sentences,
     word_start_positions,
 )
 
@@ -102,6 +105,56 @@ def test_collator_marks_specials_pad_and_word_pieces():
     assert tokens == ["[CLS]", "token", "##ization", "is", "fun", "[SEP]"]
     assert batch["word_start"][0].tolist() == [0, 1, 1, 3, 4, 5]
     assert batch["maskable"].tolist() == [[False, True, True, True, True, False], [False, True, False, False, False, False]]
+
+
+def test_packed_rows_by_hand():
+    tokenizer = load_tokenizer("bert-uncased")
+    rows = pack_sentences(tokenizer, ["tokenization is fun", "hi there", "unbelievable tokenization again"], 6)
+    assert [tokenizer.convert_ids_to_tokens(ids) for ids, _ in rows] == [
+        ["[CLS]", "token", "##ization", "is", "fun", "[SEP]"],
+        ["[CLS]", "hi", "there", "[SEP]", "unbelievable", "token"],
+        ["[CLS]", "##ization", "again", "[SEP]"],  # the word split between rows is a word in each
+    ]
+    assert [starts for _, starts in rows] == [[0, 1, 1, 3, 4, 5], [0, 1, 2, 3, 4, 5], [0, 1, 2, 3]]
+    batch = PackedRowsCollator(tokenizer, whole_word_masking=True)(rows)
+    assert batch["attention_mask"].tolist()[2] == [1, 1, 1, 1, 0, 0] and batch["input_ids"][2, 4:].tolist() == [0, 0]
+    assert batch["maskable"].tolist()[1] == [False, True, True, False, True, True]
+
+
+@pytest.mark.parametrize("tokenizer_name", ["bert-uncased", "byte-level-bpe"])
+def test_packing_keeps_every_token_once_in_order_in_full_rows(tokenizer_name):
+    """Brute force on 300 STS-B train sentences: the rows, their [CLS] dropped, are the sentences' tokens each followed
+    by [SEP]; every row but the last is full; each token's word start is the first position in its row of its word."""
+    tokenizer = load_tokenizer(tokenizer_name)
+    sentences = [row[0] for row in read_sts_b("train")[:300]]
+    rows = pack_sentences(tokenizer, sentences, 32)
+    encoded = tokenizer(sentences, add_special_tokens=False)
+    expected_ids, expected_words = [], []
+    for index, ids in enumerate(encoded["input_ids"]):
+        expected_ids += ids + [tokenizer.sep_token_id]
+        expected_words += [None if word is None else (index, word) for word in encoded.word_ids(index)] + [None]
+    assert [token for ids, _ in rows for token in ids[1:]] == expected_ids
+    assert all(ids[0] == tokenizer.cls_token_id for ids, _ in rows)
+    assert {len(ids) for ids, _ in rows[:-1]} == {32} and 1 < len(rows[-1][0]) <= 32
+    flat = iter(expected_words)
+    for _, starts in rows:
+        words = [None] + [next(flat) for _ in starts[1:]]
+        for position, word in enumerate(words):
+            first = position if word is None else words.index(word)
+            assert starts[position] == first
+    batch = PackedRowsCollator(tokenizer, whole_word_masking=True)(rows[:8])
+    assert batch["attention_mask"].all() and not batch["maskable"][:, 0].any()
+    assert int(batch["maskable"].sum()) == sum(1 for ids, _ in rows[:8] for token in ids[1:] if token != tokenizer.sep_token_id)
+
+
+def test_wall_seconds_go_on_across_a_resume():
+    module = MaskedLMModule(hidden_size=16, num_layers=1)
+    module.on_load_checkpoint({WALL_SECONDS: 100.0})
+    module.on_fit_start()
+    assert 100.0 <= module.wall_seconds() < 101.0
+    checkpoint = {}
+    module.on_save_checkpoint(checkpoint)
+    assert checkpoint[WALL_SECONDS] >= 100.0
 
 
 def tiny_corpus(path: Path) -> Path:
@@ -235,7 +288,10 @@ def test_corpus_excludes_every_sts_b_dev_and_test_sentence(corpus_dirs):
     assert train & held_out
 
 
-def test_killed_pretraining_resumes_to_the_same_metrics(tmp_path):
+@pytest.mark.parametrize("pack", ["false", "true"])
+def test_killed_pretraining_resumes_to_the_same_metrics(tmp_path, pack):
+    """Killed at step 6 and resumed: the same metrics as the run that was not killed, one sentence a row or packed
+    rows; the wall time is logged at every validation and grows."""
     import os
     import subprocess
     import sys
@@ -246,14 +302,19 @@ def test_killed_pretraining_resumes_to_the_same_metrics(tmp_path):
         return [
             "pretrain", "--config", str(ROOT / "configs" / "pretrain_bert_cpu.yaml"),
             "--model.hidden_size", "16", "--model.num_layers", "1", "--data.train", str(corpus),
-            "--data.val_size", "8", "--data.batch_size", "8", "--trainer.max_steps", "8", "--trainer.val_check_interval", "4",
+            "--data.val_size", "8", "--data.batch_size", "8", "--data.pack", pack, "--trainer.max_steps", "8",
+            "--trainer.val_check_interval", "4",
             "--trainer.log_every_n_steps", "1", "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
             "--trainer.logger.init_args.save_dir", str(save_dir), "--outputs.export_dir", str(save_dir / "model"),
         ]  # fmt: skip
 
     def metrics(save_dir: Path) -> list[dict]:
         with (save_dir / "pretrain_bert_cpu" / "version_0" / "metrics.csv").open() as handle:
-            return list(csv.DictReader(handle))
+            return [{key: value for key, value in row.items() if key != WALL_SECONDS} for row in csv.DictReader(handle)]
+
+    def wall_seconds(save_dir: Path) -> list[float]:
+        with (save_dir / "pretrain_bert_cpu" / "version_0" / "metrics.csv").open() as handle:
+            return [float(row[WALL_SECONDS]) for row in csv.DictReader(handle) if row[WALL_SECONDS]]
 
     main(run_args(tmp_path / "whole"))
     environment = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(ROOT / "tests"), os.environ.get("PYTHONPATH", "")])}
@@ -266,6 +327,9 @@ def test_killed_pretraining_resumes_to_the_same_metrics(tmp_path):
     main(["pretrain", "--resume", str(run_dir), "--trainer.callbacks=[]", "--trainer.enable_progress_bar", "false"])
     assert metrics(tmp_path / "crash") == metrics(tmp_path / "whole")
     assert sum(1 for row in metrics(tmp_path / "whole") if row["train/mlm_loss"]) == 8
+    for save_dir in ("whole", "crash"):
+        seconds = wall_seconds(tmp_path / save_dir)
+        assert len(seconds) == 3 and seconds == sorted(seconds) and seconds[0] < seconds[-1], seconds
 
 
 def test_missing_corpus_and_unknown_key_are_one_line_errors(tmp_path, capsys):

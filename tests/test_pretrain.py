@@ -235,6 +235,26 @@ def test_continued_pretraining_is_the_control_arm_from_the_same_start(pretrained
     assert final_test == [pytest.approx(encoder_sts(trained, read_sts_b("test"))[0], abs=1e-5)]
 
 
+def test_gpu_config_packs_rows_of_its_length_and_trains_on_a_cpu(tmp_path):
+    """configs/pretrain_bert_gpu.yaml with its device, precision and size turned down: packed rows of 128 tokens
+    train, and the held-out loss is measured on single sentences."""
+    corpus = tiny_corpus(tmp_path / "tiny.txt")
+    main([
+        "pretrain", "--config", str(ROOT / "configs" / "pretrain_bert_gpu.yaml"), "--trainer.accelerator", "cpu",
+        "--trainer.precision", "32-true", "--model.hidden_size", "32", "--model.num_layers", "1", "--data.train", str(corpus),
+        "--data.val_size", "16", "--data.batch_size", "2", "--trainer.max_steps", "2", "--trainer.val_check_interval", "2",
+        "--trainer.log_every_n_steps", "1",
+        "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
+        "--trainer.logger.init_args.save_dir", str(tmp_path / "runs"), "--outputs.export_dir", str(tmp_path / "start"),
+    ])  # fmt: skip
+    module = MaskedLMModule(init_from=str(tmp_path / "start"), max_length=128)
+    rows = module.pack(tiny_corpus(tmp_path / "again.txt").read_text().splitlines())
+    assert {len(ids) for ids, _ in rows[:-1]} == {128}
+    with (tmp_path / "runs" / "pretrain_bert_gpu" / "version_0" / "metrics.csv").open() as handle:
+        logged = list(csv.DictReader(handle))
+    assert sum(1 for row in logged if row["train/mlm_loss"]) == 2 and sum(1 for row in logged if row["val/mlm_loss"]) == 2
+
+
 def test_init_from_a_directory_without_a_model_is_a_one_line_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="has no config.json: give a `ctrain pretrain` export"):
         MaskedLMModule(init_from=str(tmp_path))

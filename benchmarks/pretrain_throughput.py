@@ -4,12 +4,13 @@ The peer is the machine itself. A dense fp32 matmul of the same threads gives th
 The pre-training step (`MaskedLMModule.masked_lm`, backward, AdamW, as `ctrain pretrain` runs it,
 without the Lightning loop) gives tokens per second. The model's FLOPs per token, counted from
 its shape, turn those into achieved FLOP/s. Printed: both, and their ratio (the share of the
-ceiling a step uses), for the model of `configs/pretrain_bert_cpu.yaml` and any `--tokenizer`
-or `--hidden-size` / `--num-layers` variant.
+ceiling a step uses), for the model of `configs/pretrain_bert_cpu.yaml` and any `--tokenizer`,
+`--hidden-size` / `--num-layers` or `--pack` variant. Tokens are real tokens (padding not counted), so the
+padding of one sentence a row shows as lost throughput, and `--pack` (`data.pack`: full rows) as won back.
 
 Sentences are the STS-B train sentences (offline), batched as the config batches them.
 
-    python benchmarks/pretrain_throughput.py [--config configs/pretrain_bert_cpu.yaml] [--tokenizer bpe:data/corpus/all.txt]
+    python benchmarks/pretrain_throughput.py [--config configs/pretrain_bert_cpu.yaml] [--tokenizer bpe:data/corpus/all.txt] [--pack]
 """
 
 from __future__ import annotations
@@ -49,6 +50,7 @@ def main() -> None:
     parser.add_argument("--tokenizer", help="override the config's model.tokenizer")
     parser.add_argument("--hidden-size", type=int)
     parser.add_argument("--num-layers", type=int)
+    parser.add_argument("--pack", action="store_true", help="packed rows of max_length tokens (data.pack)")
     parser.add_argument("--steps", type=int, default=30)
     args = parser.parse_args()
     settings = yaml.safe_load(Path(args.config).read_text())
@@ -60,9 +62,9 @@ def main() -> None:
     module = MaskedLMModule(**model_settings)
     module.model.train()
     optimizer = torch.optim.AdamW(module.parameters(), lr=model_settings.get("learning_rate", 5e-4))
-    collate = module.collator
     sentences = [example[0] for example in sts_b_examples(supervised=False)]
-    batches = [collate(sentences[i : i + batch_size]) for i in range(0, batch_size * (args.steps + 5), batch_size)]
+    examples, collate = (module.pack(sentences), module.packed_collator) if args.pack else (sentences, module.collator)
+    batches = [collate(examples[i : i + batch_size]) for i in range(0, batch_size * (args.steps + 5), batch_size)]
     generator = torch.Generator().manual_seed(0)
     tokens = 0
     for step, batch in enumerate(batches):
@@ -86,7 +88,8 @@ def main() -> None:
     achieved, ceiling = per_token * tokens / seconds, matmul_flops()
     print(f"model: hidden {module.model.config.hidden_size}, {module.model.config.num_hidden_layers} layers, vocabulary "
           f"{len(module.tokenizer)}, {sum(p.numel() for p in module.parameters()) / 1e6:.2f}M parameters; batch {batch_size}, "
-          f"{length:.1f} tokens a sentence on average; torch threads {torch.get_num_threads()}")  # fmt: skip
+          f"{length:.1f} tokens a row on average ({'packed' if args.pack else 'one sentence a row'}); "
+          f"torch threads {torch.get_num_threads()}")  # fmt: skip
     print(f"pre-training: {tokens / seconds:,.0f} tokens/s ({args.steps / seconds:.2f} steps/s), "
           f"{per_token / 1e6:.2f} MFLOP a token ({head_share:.0%} of them in the MLM head) -> {achieved / 1e9:.2f} GFLOP/s")
     print(f"matmul ceiling (fp32 1024^3): {ceiling / 1e9:.2f} GFLOP/s; the step uses {achieved / ceiling:.1%} of it")

@@ -16,11 +16,10 @@ measured on single sentences, so packed and unpacked runs share the measurement.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
-
-import time
 
 import pytorch_lightning as pl
 import torch

@@ -166,14 +166,16 @@ def tiny_corpus(path: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def pretrained_run(tmp_path_factory):
-    """A 40-step pre-training of a one-layer BERT on 64 sentences, through the `ctrain pretrain` CLI."""
+    """A 40-step pre-training of a one-layer BERT on 64 sentences, through the `ctrain pretrain` CLI with the config's
+    corpus BPE and packed rows (16 sentences held out leave 11 rows of 32 tokens: batches of 8)."""
     root = tmp_path_factory.mktemp("pretrain")
     corpus = tiny_corpus(root / "tiny.txt")
     export = root / "vanilla"
     main([
         "pretrain", "--config", str(ROOT / "configs" / "pretrain_bert_cpu.yaml"),
-        "--model.hidden_size", "32", "--model.num_layers", "1", "--model.learning_rate", "5e-3",
-        "--model.mlm_probability", "0.3", "--data.train", str(corpus), "--data.val_size", "16", "--data.batch_size", "16",
+        "--model.tokenizer", f"bpe:{corpus}", "--model.hidden_size", "32", "--model.num_layers", "1",
+        "--model.learning_rate", "5e-3", "--model.mlm_probability", "0.3", "--data.train", str(corpus),
+        "--data.val_size", "16", "--data.batch_size", "8",
         "--trainer.max_steps", "40", "--trainer.val_check_interval", "40", "--trainer.log_every_n_steps", "5",
         "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
         "--trainer.logger.init_args.save_dir", str(root / "runs"), "--outputs.export_dir", str(export),
@@ -321,7 +323,7 @@ def test_killed_pretraining_resumes_to_the_same_metrics(tmp_path, pack):
     def run_args(save_dir: Path) -> list[str]:
         return [
             "pretrain", "--config", str(ROOT / "configs" / "pretrain_bert_cpu.yaml"),
-            "--model.hidden_size", "16", "--model.num_layers", "1", "--data.train", str(corpus),
+            "--model.tokenizer", f"bpe:{corpus}", "--model.hidden_size", "16", "--model.num_layers", "1", "--data.train", str(corpus),
             "--data.val_size", "8", "--data.batch_size", "8", "--data.pack", pack, "--trainer.max_steps", "8",
             "--trainer.val_check_interval", "4",
             "--trainer.log_every_n_steps", "1", "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
@@ -356,7 +358,8 @@ def test_missing_corpus_and_unknown_key_are_one_line_errors(tmp_path, capsys):
     config = str(ROOT / "configs" / "pretrain_bert_cpu.yaml")
     save = ["--trainer.logger.init_args.save_dir", str(tmp_path)]
     for extra, expected in (
-        (["--data.train", str(tmp_path / "missing.txt")], "missing.txt' does not exist: fix the path in data.train"),
+        (["--model.tokenizer", "bert-uncased", "--data.train", str(tmp_path / "missing.txt")], "missing.txt' does not exist: fix the path in data.train"),
+        (["--model.tokenizer", f"bpe:{tmp_path / 'no_corpus.txt'}"], "no_corpus.txt' to train a BPE on; build it with ctrain corpus"),
         (["--model.not_a_key", "8"], "ctrain pretrain --help lists the keys"),
     ):
         with pytest.raises(SystemExit) as exit_code:
@@ -376,7 +379,7 @@ def test_roberta_shaped_pretraining_saves_a_start_that_trains(tmp_path):
         "--model.architecture", "roberta", "--model.tokenizer", f"bpe:{corpus}",
         "--model.hidden_size", "32", "--model.num_layers", "1", "--model.learning_rate", "5e-3",
         "--model.mlm_probability", "0.3", "--model.whole_word_masking", "false",
-        "--data.train", str(corpus), "--data.val_size", "16", "--data.batch_size", "16",
+        "--data.train", str(corpus), "--data.val_size", "16", "--data.batch_size", "8",
         "--trainer.max_steps", "40", "--trainer.val_check_interval", "40", "--trainer.log_every_n_steps", "5",
         "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
         "--trainer.logger.init_args.save_dir", str(tmp_path / "runs"), "--outputs.export_dir", str(export),

@@ -107,6 +107,17 @@ def test_collator_marks_specials_pad_and_word_pieces():
     assert batch["maskable"].tolist() == [[False, True, True, True, True, False], [False, True, False, False, False, False]]
 
 
+def test_token_masking_makes_every_token_its_own_word():
+    """`whole_word_masking: false`, one sentence a row or packed: word starts are the positions themselves."""
+    tokenizer = load_tokenizer("bert-uncased")
+    sentences = ["tokenization is fun", "hi"]
+    one_a_row = MaskedLMCollator(tokenizer, 32, whole_word_masking=False)(sentences)
+    packed = PackedRowsCollator(tokenizer, whole_word_masking=False)(pack_sentences(tokenizer, sentences, 6))
+    for batch in (one_a_row, packed):
+        assert batch["word_start"].tolist() == [list(range(batch["input_ids"].shape[1]))] * len(batch["input_ids"])
+    assert one_a_row["maskable"].tolist() == MaskedLMCollator(tokenizer, 32, whole_word_masking=True)(sentences)["maskable"].tolist()
+
+
 def test_packed_rows_by_hand():
     tokenizer = load_tokenizer("bert-uncased")
     rows = pack_sentences(tokenizer, ["tokenization is fun", "hi there", "unbelievable tokenization again"], 6)

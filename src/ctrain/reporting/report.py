@@ -155,7 +155,8 @@ def seed_band(frames: list[pd.DataFrame]) -> pd.DataFrame:
     stacked = pd.concat(frames, ignore_index=True)
     metrics = [column for column in stacked.select_dtypes("number").columns if column != "step" and not column.endswith(("_ci_low", "_ci_high"))]
     by_step = stacked.groupby("step")[metrics]
-    return pd.concat([by_step.mean(), by_step.min().add_suffix("_ci_low"), by_step.max().add_suffix("_ci_high")], axis=1).reset_index()
+    band = pd.concat([by_step.mean(), by_step.min().add_suffix("_ci_low"), by_step.max().add_suffix("_ci_high")], axis=1)
+    return band.copy().reset_index()  # copy: one block, not one per column (pandas warns on every later insert)
 
 
 def run_title(run_dir: Path) -> str:

@@ -81,11 +81,11 @@ def word_start_positions(word_ids: list[int | None]) -> list[int]:
 
 
 def masking_batch(
-    input_ids: Tensor, attention_mask: Tensor, word_start: Tensor, tokenizer: PreTrainedTokenizerBase, whole_word_masking: bool
+    input_ids: Tensor, attention_mask: Tensor, word_start: Tensor | None, tokenizer: PreTrainedTokenizerBase
 ) -> dict[str, Tensor]:
     """A training batch: ids, attention, the positions masking may choose (real tokens, not specials) and the word
-    starts (token masking: every token is its own word)."""
-    if not whole_word_masking:
+    starts (None for token masking: every token is its own word)."""
+    if word_start is None:
         word_start = torch.arange(input_ids.shape[1]).expand_as(input_ids).clone()
     special = torch.isin(input_ids, torch.tensor(word_special_ids(tokenizer)))
     return {
@@ -106,8 +106,10 @@ class MaskedLMCollator:
 
     def __call__(self, sentences: list[str]) -> dict[str, Tensor]:
         encoded = self.tokenizer(sentences, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt")
-        word_start = torch.tensor([word_start_positions(encoded.word_ids(row)) for row in range(len(sentences))])
-        return masking_batch(encoded["input_ids"], encoded["attention_mask"], word_start, self.tokenizer, self.whole_word_masking)
+        word_start = None  # token masking needs no word boundaries
+        if self.whole_word_masking:
+            word_start = torch.tensor([word_start_positions(encoded.word_ids(row)) for row in range(len(sentences))])
+        return masking_batch(encoded["input_ids"], encoded["attention_mask"], word_start, self.tokenizer)
 
 
 def pack_sentences(tokenizer: PreTrainedTokenizerBase, sentences: list[str], max_length: int) -> list[tuple[list[int], list[int]]]:
@@ -149,7 +151,7 @@ class PackedRowsCollator:
         for row, (ids, starts) in enumerate(rows):
             input_ids[row, : len(ids)], attention_mask[row, : len(ids)] = torch.tensor(ids), 1
             word_start[row, : len(ids)] = torch.tensor(starts)
-        return masking_batch(input_ids, attention_mask, word_start, self.tokenizer, self.whole_word_masking)
+        return masking_batch(input_ids, attention_mask, word_start if self.whole_word_masking else None, self.tokenizer)
 
 
 class MaskedLMModule(pl.LightningModule):

@@ -16,6 +16,7 @@ TINY = [
     "--config", str(ROOT / "tests" / "tiny_probes.yaml"),
     "--data.batch_size", "8",
     "--data.max_examples", "96",
+    "--data.max_eval_pairs", "200",
     "--trainer.max_steps", "4",
     "--trainer.val_check_interval", "2",
     "--trainer.log_every_n_steps", "1",

@@ -63,7 +63,7 @@ TINY_COMMAND = [
     "ctrain", "fit",
     "--config", str(ROOT / "configs" / "demo.yaml"),
     "--config", str(ROOT / "tests" / "tiny_probes.yaml"),
-    "--data.batch_size=8", "--data.max_examples=96", "--trainer.max_steps=6", "--trainer.val_check_interval=2",
+    "--data.batch_size=8", "--data.max_examples=96", "--data.max_eval_pairs=200", "--trainer.max_steps=6", "--trainer.val_check_interval=2",
     "--trainer.log_every_n_steps=1", "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false",
     "${args}",
 ]  # fmt: skip

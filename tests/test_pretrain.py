@@ -408,3 +408,26 @@ def test_roberta_shaped_pretraining_saves_a_start_that_trains(tmp_path):
     assert positions[1][batch["attention_mask"][1].bool()].tolist() == list(range(padding_idx + 1, padding_idx + 1 + int(batch["attention_mask"][1].sum())))
     module.on_train_batch_start(batch, 0)
     assert not torch.allclose(module(**batch), module(**batch)), "two dropout views are identical: dropout is off"
+
+
+@pytest.mark.parametrize(("tolerance", "stopped_at"), [("10", 2), ("1e-9", 10)])
+def test_pretraining_stops_when_the_held_out_loss_converges(tmp_path, tolerance, stopped_at):
+    """The convergence preset: with a tolerance every window meets, the run ends at its second validation (steps 0
+    and 2 of 10); with one none meets, it runs its budget."""
+    corpus = tiny_corpus(tmp_path / "tiny.txt")
+    main([
+        "pretrain", "--config", str(ROOT / "configs" / "pretrain_bert_cpu.yaml"),
+        "--config", str(ROOT / "callbacks" / "pretrain_convergence.yaml"),
+        "--model.tokenizer", f"bpe:{corpus}", "--model.hidden_size", "16", "--model.num_layers", "1", "--model.warmup", "2",
+        "--data.train", str(corpus), "--data.val_size", "8", "--data.batch_size", "8",
+        "--trainer.max_steps", "10", "--trainer.val_check_interval", "2", "--trainer.log_every_n_steps", "1",
+        "--trainer.callbacks.init_args.window", "2", "--trainer.callbacks.init_args.tolerance", tolerance,
+        "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
+        "--trainer.logger.init_args.save_dir", str(tmp_path / "runs"), "--outputs.export_dir", str(tmp_path / "model"),
+    ])  # fmt: skip
+    with (tmp_path / "runs" / "pretrain_bert_cpu" / "version_0" / "metrics.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    trained = [int(row["step"]) for row in rows if row["train/mlm_loss"]]
+    assert max(trained) == stopped_at - 1  # Lightning's step column counts from 0: step k is the (k+1)-th update
+    converged = [row["convergence/converged_step"] for row in rows if row.get("convergence/converged_step")]
+    assert converged == ([str(stopped_at)] if stopped_at < 10 else [])

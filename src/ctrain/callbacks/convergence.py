@@ -1,4 +1,4 @@
-"""Stop a run when its training objective has converged, and log the objective on fixed batches to show it.
+"""Stop a run when its training objective, or a held-out metric, has converged.
 
 The loss logged every step is a different batch each step: its noise hides whether training still moves.
 `ObjectiveConvergence` takes `num_batches` training batches once, before the first step, and every
@@ -86,3 +86,46 @@ class ObjectiveConvergence(pl.Callback):
         self.history = [tuple(pair) for pair in state_dict["history"]]
         self.converged_step = state_dict["converged_step"]
         self.batches = state_dict["batches"]
+
+
+class MetricConvergence(pl.Callback):
+    """Stop when a metric logged at each validation (default: the held-out MLM loss of `ctrain pretrain`) has plateaued.
+
+    The held-out loss is already a function of the weights alone (fixed sentences, fixed masks), so no fixed batches
+    are needed as in `ObjectiveConvergence`: the same plateau test (`ctrain.convergence.has_converged`) runs on the
+    metric's values at the last `window` validations. Logs `convergence/metric_relative_range` at each validation and
+    `convergence/converged_step` once; with `stop: true` the run ends there. Validations come every
+    `trainer.val_check_interval` steps, so the window spans `window x val_check_interval` steps.
+    """
+
+    def __init__(self, monitor: str = "val/mlm_loss", window: int = 5, tolerance: float = 0.01, stop: bool = True) -> None:
+        if window < 2 or tolerance <= 0:
+            raise ValueError(f"window must be >= 2 and tolerance > 0, got {window} and {tolerance}")
+        self.monitor, self.window, self.tolerance, self.stop = monitor, window, tolerance, stop
+        self.history: list[tuple[int, float]] = []
+        self.converged_step: int | None = None
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.sanity_checking or self.monitor not in trainer.callback_metrics:
+            return
+        step = trainer.global_step
+        if any(done == step for done, _ in self.history):
+            return  # a resumed run validates its restored step again
+        self.history.append((step, float(trainer.callback_metrics[self.monitor])))
+        values = [value for _, value in self.history]
+        metrics = {"convergence/metric_relative_range": relative_range(values, self.window)}
+        if self.converged_step is None and has_converged(values, self.window, self.tolerance):
+            self.converged_step = step
+            metrics["convergence/converged_step"] = step
+            if self.stop:
+                trainer.should_stop = True
+        if trainer.is_global_zero:
+            for logger in trainer.loggers:
+                logger.log_metrics(metrics, step=step)
+
+    def state_dict(self) -> dict:
+        return {"history": self.history, "converged_step": self.converged_step}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.history = [tuple(pair) for pair in state_dict["history"]]
+        self.converged_step = state_dict["converged_step"]

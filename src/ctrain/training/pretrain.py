@@ -34,7 +34,7 @@ from ctrain.models.encoder import SentenceEncoder, tiny_backbone, word_special_i
 from ctrain.models.tokenizers import load_tokenizer
 from ctrain.probes.sts import encoder_sts
 from ctrain.runtime import Stream, global_seed, seed_dropout, step_seed
-from ctrain.training.optim import build_optimizer
+from ctrain.training.optim import ScheduleName, build_optimizer
 
 IGNORE_INDEX = -100  # the label of every position the loss skips (PyTorch's cross-entropy default)
 VALIDATION_SEED = 12345  # held-out masks are the same at every evaluation, so the curve compares like with like
@@ -167,7 +167,10 @@ class MaskedLMModule(pl.LightningModule):
         hidden_size, num_layers: model size.
         mlm_probability: share of (whole-word or token) units chosen for prediction.
         whole_word_masking: choose whole words (all their word pieces) instead of single tokens.
-        learning_rate, weight_decay, warmup: AdamW with linear warm-up and decay, as in contrastive training.
+        learning_rate, weight_decay, warmup: AdamW with linear warm-up, as in contrastive training.
+        schedule: after warm-up, linear decay to 0 at `trainer.max_steps` (linear), or a constant rate (constant: for
+            training until the held-out loss converges, `callbacks/pretrain_convergence.yaml`, where max_steps is only
+            a budget and a decay to it would make the plateau an artefact of the schedule).
         max_length: tokens per sentence, [CLS]/[SEP] included (at most 128).
         init_from: a saved masked LM (a `ctrain pretrain` export: model with its MLM head, and tokenizer) to go on
             training; its architecture, size and tokenizer replace `architecture`, `tokenizer`, `hidden_size`, `num_layers`.
@@ -190,6 +193,7 @@ class MaskedLMModule(pl.LightningModule):
         max_length: int = 64,
         init_from: str | None = None,
         sentence_pooling: Literal["mean", "cls", "max"] = "mean",
+        schedule: ScheduleName = "linear",
     ) -> None:
         super().__init__()
         if not 0 < mlm_probability < 1:
@@ -302,9 +306,11 @@ class MaskedLMModule(pl.LightningModule):
         self.log(WALL_SECONDS, self.wall_seconds(), sync_dist=True)
 
     def configure_optimizers(self) -> dict:
-        """AdamW without decay on biases and LayerNorm, linear warm-up then linear decay to 0 (as contrastive training)."""
+        """AdamW without decay on biases and LayerNorm, linear warm-up then `schedule` (as contrastive training)."""
         hp = self.hparams
-        return build_optimizer(self, self.trainer.estimated_stepping_batches, hp.learning_rate, hp.weight_decay, hp.warmup)
+        return build_optimizer(
+            self, self.trainer.estimated_stepping_batches, hp.learning_rate, hp.weight_decay, hp.warmup, schedule=hp.schedule
+        )
 
 
 def _saved_masked_lm(path: str) -> tuple[PreTrainedTokenizerBase, torch.nn.Module]:

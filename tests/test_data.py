@@ -10,6 +10,7 @@ from ctrain.data.datamodule import Collator, ContrastiveDataModule, EpochSampler
 from ctrain.data.sources import (
     load_examples,
     load_nli_pairs,
+    normalise,
     read_sts_b,
     sts_b_examples,
 )
@@ -32,6 +33,23 @@ def test_sts_b_training_defaults():
     assert pairs and all(len(p) == 2 for p in pairs)
     sentences = sts_b_examples(supervised=False)
     assert len(sentences) == len({s for s, in sentences})
+
+
+@pytest.mark.parametrize("supervised, total, overlapping", [(False, 10566, 471), (True, 1406, 139)])
+def test_sts_b_training_leaves_out_dev_and_test_sentences(supervised, total, overlapping):
+    """The figures of the issue (and the docstring): STS-B train repeats that many dev/test sentences after
+    normalisation; the default leaves out exactly those examples, data.keep_eval_overlap keeps everything."""
+    evaluated = {normalise(s) for split in ("dev", "test") for row in read_sts_b(split) for s in row[:2]}
+    everything = sts_b_examples(supervised, keep_eval_overlap=True)
+    overlap = [example for example in everything if evaluated & {normalise(text) for text in example}]
+    assert (len(everything), len(overlap)) == (total, overlapping)
+    module = ContrastiveDataModule(train="sts-b", supervised=supervised)
+    module.load_training_examples(world_size=1)
+    assert module.examples == [example for example in everything if example not in overlap]
+    assert not evaluated & {normalise(text) for example in module.examples for text in example}
+    keeping = ContrastiveDataModule(train="sts-b", supervised=supervised, keep_eval_overlap=True)
+    keeping.load_training_examples(world_size=1)
+    assert keeping.examples == everything
 
 
 def test_file_sources(tmp_path):

@@ -101,11 +101,11 @@ class LabProbe:
 
 
 def lab_training_tokens(tokenizer) -> tuple[list[str], list[list[str]]]:
-    """The lab's training sentences (unique STS-B train, data.train: sts-b) and their tokens as the lab trains on them."""
+    """The lab's training sentences (unique STS-B train: data.train sts-b, keep_eval_overlap) and their tokens as the lab trains on them."""
     from ctrain.data.sources import sts_b_examples
     from ctrain.probes.information import segment
 
-    sentences = [example[0] for example in sts_b_examples(supervised=False)]
+    sentences = [example[0] for example in sts_b_examples(supervised=False, keep_eval_overlap=True)]
     seg = segment(tokenizer, sentences, "tokens", MAX_LENGTH)
     tokens: list[list[str]] = [[] for _ in sentences]
     for sentence, token in zip(seg.unit_sentence.tolist(), seg.unit_types):
@@ -410,7 +410,7 @@ def cmd_cost(args: argparse.Namespace) -> None:
 
     def lightning(log_every: int) -> tuple[float, float]:
         module = ContrastiveModule(**hp)
-        data = ContrastiveDataModule(train="sts-b", batch_size=BATCH, max_length=MAX_LENGTH)
+        data = ContrastiveDataModule(train="sts-b", keep_eval_overlap=True, batch_size=BATCH, max_length=MAX_LENGTH)
         clock = Clock()
         trainer = pl.Trainer(accelerator="cpu", devices=1, max_steps=args.steps, logger=pl.loggers.CSVLogger("/tmp/lab_peer_cost"),
                              log_every_n_steps=log_every, enable_checkpointing=False, enable_progress_bar=False,
@@ -424,7 +424,7 @@ def cmd_cost(args: argparse.Namespace) -> None:
         results[log_every] = lightning(log_every)
 
     module = ContrastiveModule(**hp)
-    data = ContrastiveDataModule(train="sts-b", batch_size=BATCH, max_length=MAX_LENGTH)
+    data = ContrastiveDataModule(train="sts-b", keep_eval_overlap=True, batch_size=BATCH, max_length=MAX_LENGTH)
     data.load_training_examples(1)
     sentences = [e[0] for e in data.examples]
     encoder = module.encoder

@@ -211,7 +211,7 @@ def replica_steps(config: Replica, encoder=None):
     ids = ids[~encoder.special_mask(ids)]
     counts = torch.bincount(ids, minlength=words_table.num_embeddings).double()
     noise = (counts**config.alpha * (counts > 0)).float()
-    collate = Collator(tokenizer, MAX_LENGTH)
+    collate = Collator(tokenizer, MAX_LENGTH, cache_size=len(examples))  # many epochs: each sentence tokenised once
     sampler = EpochSampler(len(examples), BATCH, SEED)
     per_epoch = sampler.batches_per_epoch()
     optimizer = torch.optim.SGD([words_table.weight, contexts_table.weight], lr=config.lr)
@@ -431,7 +431,7 @@ def cmd_cost(args: argparse.Namespace) -> None:
     encoded = encoder.tokenizer(sentences, truncation=True, max_length=MAX_LENGTH)["input_ids"]
     ids = torch.tensor([t for s in encoded for t in s])
     noise = torch.bincount(ids[~encoder.special_mask(ids)], minlength=encoder.word_embeddings.num_embeddings).float()
-    collate = Collator(encoder.tokenizer, MAX_LENGTH)
+    collate = Collator(encoder.tokenizer, MAX_LENGTH, cache_size=len(sentences))  # as a multi-epoch ctrain run
     optimizer = torch.optim.SGD(module.parameters(), lr=100.0)
     names = ("collate", "pairs", "noise.cpu()", "multinomial", "lookup+loss", "backward", "sgd step", "zero_grad")
     parts = np.zeros((len(names), 2))

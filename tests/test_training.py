@@ -37,15 +37,26 @@ def _metrics(run_dir: Path) -> list[dict]:
         return list(csv.DictReader(handle))
 
 
-def test_fit_writes_the_run_directory(tmp_path):
-    main(_run_args(tmp_path))
+def test_fit_writes_the_run_directory(tmp_path, capsys):
+    """6 steps, validation every 4: the run also validates at step 6, and the final model's card and the closing
+    summary give the final model's STS-B dev with its step, the best model's with the best checkpoint's."""
+    main(_run_args(tmp_path, "--trainer.max_steps", "6"))
     run_dir = tmp_path / "demo" / "version_0"
     for name in ("config.yaml", "metrics.csv", "checkpoints/last.ckpt", "checkpoints/best.ckpt", "model_final", "model_best"):
         assert (run_dir / name).exists(), name
     rows = _metrics(run_dir)
-    sts = [float(r["val/stsb_spearman"]) for r in rows if r["val/stsb_spearman"]]
-    assert len(sts) == 3  # step 0, 4 and 8
-    assert sum(1 for r in rows if r["train/loss"]) == 8
+    sts = {int(r["step"]): float(r["val/stsb_spearman"]) for r in rows if r["val/stsb_spearman"]}
+    assert list(sts) == [0, 4, 6]
+    assert sum(1 for r in rows if r["train/loss"]) == 6
+    best_step = max((4, 6), key=lambda step: (sts[step], -step))  # the checkpoint keeps the first of equal scores
+    final_card, best_card = ((run_dir / name / "README.md").read_text() for name in ("model_final", "model_best"))
+    assert f"| STS-B dev Spearman x100 | {sts[6]:.2f} (model at step 6) |" in final_card
+    assert f"| STS-B dev Spearman x100 | {sts[best_step]:.2f} (model at step {best_step}) |" in best_card
+    assert f"(model at step {best_step}) |" in best_card.split("STS-B test")[1]
+    printed = capsys.readouterr().out
+    assert f"at start: {sts[0]:.2f} (step 0)" in printed
+    assert f"at end:   {sts[6]:.2f} (step 6)" in printed
+    assert f"best:     {sts[best_step]:.2f} (step {best_step})" in printed
 
     from sentence_transformers import SentenceTransformer
 

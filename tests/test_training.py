@@ -73,12 +73,19 @@ def test_same_seed_same_metrics(tmp_path):
     assert _metrics(tmp_path / "a" / "demo" / "version_0") == _metrics(tmp_path / "b" / "demo" / "version_0")
 
 
-def test_killed_run_resumes_to_the_same_metrics(tmp_path):
-    main(_run_args(tmp_path / "whole"))
+ACCUMULATE_2 = (
+    "--trainer.accumulate_grad_batches", "2", "--trainer.max_steps", "4", "--trainer.val_check_interval", "2",
+    "--data.max_eval_pairs", "32",
+)  # fmt: skip
+
+
+@pytest.mark.parametrize("extra, kill_at", [((), 6), (ACCUMULATE_2, 3)], ids=["one_batch_a_step", "accumulate_2"])
+def test_killed_run_resumes_to_the_same_metrics(tmp_path, extra, kill_at):
+    main(_run_args(tmp_path / "whole", *extra))
     environment = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(ROOT / "tests"), os.environ.get("PYTHONPATH", "")])}
     killed = subprocess.run(
-        [sys.executable, "-m", "ctrain.cli", *_run_args(tmp_path / "crash"),
-         "--trainer.callbacks", "helpers.KillAtStep", "--trainer.callbacks.step", "6"],
+        [sys.executable, "-m", "ctrain.cli", *_run_args(tmp_path / "crash", *extra),
+         "--trainer.callbacks", "helpers.KillAtStep", "--trainer.callbacks.step", str(kill_at)],
         env=environment, capture_output=True, text=True,
     )  # fmt: skip
     assert killed.returncode == -9, killed.stderr[-2000:]
@@ -86,6 +93,42 @@ def test_killed_run_resumes_to_the_same_metrics(tmp_path):
     assert not (run_dir / "model_final").exists()
     main(["fit", "--resume", str(run_dir), "--trainer.callbacks=[]", "--trainer.enable_progress_bar", "false"])
     assert _metrics(run_dir) == _metrics(tmp_path / "whole" / "demo" / "version_0")
+
+
+def test_micro_batches_of_an_accumulated_step_draw_their_own_seeds(tmp_path):
+    """accumulate_grad_batches 2: the two micro-batches of a step seed dropout, the positives and the objective apart;
+    the first keeps the seeds of a run without accumulation (dropout: seed + STEP_STRIDE x step + rank)."""
+    from helpers import RecordSeeds
+
+    from ctrain.cli.fit import run_cli
+    from ctrain.runtime import STEP_STRIDE, step_seed
+
+    cli = run_cli(_run_args(
+        tmp_path, "--trainer.accumulate_grad_batches", "2", "--trainer.max_steps", "2", "--trainer.val_check_interval", "2",
+        "--model.positives", "token_dropout", "--data.max_eval_pairs", "16", "--trainer.callbacks+=helpers.RecordSeeds",
+    ))  # fmt: skip
+    seeds = next(c for c in cli.trainer.callbacks if isinstance(c, RecordSeeds)).seeds
+    assert [step for step, *_ in seeds] == [0, 0, 1, 1]
+    for first, second in zip(seeds[::2], seeds[1::2]):
+        step = first[0]
+        assert all(a != b for a, b in zip(first[1:], second[1:])), (first, second)
+        assert first[1:] == (42 + STEP_STRIDE * step, step_seed(step, 0, "positives"), step_seed(step, 0, "objective"))
+    assert len({seed for _, *draws in seeds for seed in draws}) == 12  # no seed used twice
+
+
+def test_micro_batch_0_keeps_the_seeds_of_runs_without_accumulation(monkeypatch):
+    """Results measured before micro-batches were told apart stay reproducible: the same seeds as then."""
+    import numpy as np
+
+    from ctrain.runtime import STEP_STRIDE, STREAMS, step_seed
+
+    monkeypatch.setenv("PL_GLOBAL_SEED", "5")  # what seed_everything exports
+    for step, rank in ((0, 0), (7, 1), (12345, 3)):
+        assert step_seed(step, rank) == step_seed(step, rank, "dropout", 0) == 5 + STEP_STRIDE * step + rank
+        for index, stream in enumerate(STREAMS[1:], 1):
+            entropy = np.random.SeedSequence([5, step, rank, index]).generate_state(1, dtype=np.uint64)[0]
+            assert step_seed(step, rank, stream, 0) == int(entropy >> 1)
+            assert step_seed(step, rank, stream, 1) != step_seed(step, rank, stream, 0)
 
 
 def test_non_finite_loss_stops_with_step_and_cause(tmp_path, capsys):

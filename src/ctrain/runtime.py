@@ -43,8 +43,9 @@ def step_seed(step: int, rank: int = 0, stream: Stream = "dropout", micro_batch:
 
 def micro_batch_index(batch_idx: int, trainer) -> int:
     """Which micro-batch of its optimizer step a training batch is: Lightning accumulates `accumulate_grad_batches`
-    batches counted from each epoch's start (an epoch's last, partial group steps early)."""
-    return batch_idx % trainer.accumulate_grad_batches
+    batches counted from each epoch's start (an epoch's last, partial group steps early). A module used without
+    a trainer (`trainer` None) takes one batch a step."""
+    return 0 if trainer is None else batch_idx % trainer.accumulate_grad_batches
 
 
 def seed_dropout(seed: int, device: torch.device) -> None:

@@ -94,7 +94,7 @@ class ContrastiveModule(pl.LightningModule):
         resumed run and an interrupted one draw the same masks, whatever else used the RNG between steps
         (validation, probes, dataloader start-up), and the micro-batches of an accumulated step differ."""
         self.encoder.train()
-        self._micro_batch = micro_batch_index(batch_idx, self.trainer)
+        self._micro_batch = micro_batch_index(batch_idx, self._trainer)
         seed_dropout(self._step_seed(), self.device)
 
     def setup(self, stage: str) -> None:

@@ -272,7 +272,7 @@ class MaskedLMModule(pl.LightningModule):
     def on_train_batch_start(self, batch: dict, batch_idx: int) -> None:
         """Train mode (dropout on) and dropout seeded per step and micro-batch, as in ContrastiveModule."""
         self.model.train()
-        self._micro_batch = micro_batch_index(batch_idx, self.trainer)
+        self._micro_batch = micro_batch_index(batch_idx, self._trainer)
         seed_dropout(self._step_seed(), self.device)
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:

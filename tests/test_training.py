@@ -117,7 +117,7 @@ def test_micro_batches_of_an_accumulated_step_draw_their_own_seeds(tmp_path):
 
 
 def test_micro_batch_0_keeps_the_seeds_of_runs_without_accumulation(monkeypatch):
-    """Results measured before micro-batches were told apart stay reproducible: the same seeds as then."""
+    """Micro-batch 0 is seeded from (seed, step, rank) alone: runs without accumulation keep their recorded results."""
     import numpy as np
 
     from ctrain.runtime import STEP_STRIDE, STREAMS, step_seed

@@ -29,9 +29,9 @@ def step_seed(step: int, rank: int = 0, stream: Stream = "dropout", micro_batch:
     """The seed of one random use (`stream`) of micro-batch `micro_batch` of optimizer step `step` on process `rank`.
 
     A resumed run draws what an uninterrupted one did. Under gradient accumulation each micro-batch of a step
-    draws its own masks; micro-batch 0 (the only one without accumulation) keeps the seeds runs had before
-    micro-batches were told apart. Its dropout stream keeps the plain (seed, step, rank) formula; everything
-    else is an independent stream of numpy's SeedSequence (the micro-batch a fifth word of entropy).
+    draws its own masks. Micro-batch 0, the only one without accumulation, is seeded from (seed, step, rank)
+    alone, so runs without accumulation keep their recorded results: its dropout stream by the plain formula,
+    the others as independent streams of numpy's SeedSequence; later micro-batches add a fifth word of entropy.
     """
     if stream not in STREAMS:
         raise ValueError(f"unknown random stream '{stream}': choose one of {', '.join(STREAMS)}")

@@ -101,11 +101,11 @@ class LabProbe:
 
 
 def lab_training_tokens(tokenizer) -> tuple[list[str], list[list[str]]]:
-    """The lab's training sentences (unique STS-B train, data.train: sts-b) and their tokens as the lab trains on them."""
+    """The lab's training sentences (unique STS-B train: data.train sts-b, keep_eval_overlap) and their tokens as the lab trains on them."""
     from ctrain.data.sources import sts_b_examples
     from ctrain.probes.information import segment
 
-    sentences = [example[0] for example in sts_b_examples(supervised=False)]
+    sentences = [example[0] for example in sts_b_examples(supervised=False, keep_eval_overlap=True)]
     seg = segment(tokenizer, sentences, "tokens", MAX_LENGTH)
     tokens: list[list[str]] = [[] for _ in sentences]
     for sentence, token in zip(seg.unit_sentence.tolist(), seg.unit_types):
@@ -211,7 +211,7 @@ def replica_steps(config: Replica, encoder=None):
     ids = ids[~encoder.special_mask(ids)]
     counts = torch.bincount(ids, minlength=words_table.num_embeddings).double()
     noise = (counts**config.alpha * (counts > 0)).float()
-    collate = Collator(tokenizer, MAX_LENGTH)
+    collate = Collator(tokenizer, MAX_LENGTH, cache_size=len(examples))  # many epochs: each sentence tokenised once
     sampler = EpochSampler(len(examples), BATCH, SEED)
     per_epoch = sampler.batches_per_epoch()
     optimizer = torch.optim.SGD([words_table.weight, contexts_table.weight], lr=config.lr)
@@ -410,7 +410,7 @@ def cmd_cost(args: argparse.Namespace) -> None:
 
     def lightning(log_every: int) -> tuple[float, float]:
         module = ContrastiveModule(**hp)
-        data = ContrastiveDataModule(train="sts-b", batch_size=BATCH, max_length=MAX_LENGTH)
+        data = ContrastiveDataModule(train="sts-b", keep_eval_overlap=True, batch_size=BATCH, max_length=MAX_LENGTH)
         clock = Clock()
         trainer = pl.Trainer(accelerator="cpu", devices=1, max_steps=args.steps, logger=pl.loggers.CSVLogger("/tmp/lab_peer_cost"),
                              log_every_n_steps=log_every, enable_checkpointing=False, enable_progress_bar=False,
@@ -424,14 +424,14 @@ def cmd_cost(args: argparse.Namespace) -> None:
         results[log_every] = lightning(log_every)
 
     module = ContrastiveModule(**hp)
-    data = ContrastiveDataModule(train="sts-b", batch_size=BATCH, max_length=MAX_LENGTH)
+    data = ContrastiveDataModule(train="sts-b", keep_eval_overlap=True, batch_size=BATCH, max_length=MAX_LENGTH)
     data.load_training_examples(1)
     sentences = [e[0] for e in data.examples]
     encoder = module.encoder
     encoded = encoder.tokenizer(sentences, truncation=True, max_length=MAX_LENGTH)["input_ids"]
     ids = torch.tensor([t for s in encoded for t in s])
     noise = torch.bincount(ids[~encoder.special_mask(ids)], minlength=encoder.word_embeddings.num_embeddings).float()
-    collate = Collator(encoder.tokenizer, MAX_LENGTH)
+    collate = Collator(encoder.tokenizer, MAX_LENGTH, cache_size=len(sentences))  # as a multi-epoch ctrain run
     optimizer = torch.optim.SGD(module.parameters(), lr=100.0)
     names = ("collate", "pairs", "noise.cpu()", "multinomial", "lookup+loss", "backward", "sgd step", "zero_grad")
     parts = np.zeros((len(names), 2))

@@ -4,6 +4,7 @@ import os
 import signal
 
 import pytorch_lightning as pl
+import torch
 
 
 class KillAtStep(pl.Callback):
@@ -25,6 +26,18 @@ class RecordTrainMode(pl.Callback):
 
     def on_before_backward(self, trainer, pl_module, loss) -> None:
         self.all_training.append(all(module.training for module in pl_module.encoder.modules()))
+
+
+class RecordSeeds(pl.Callback):
+    """Records, inside every training batch (after the forward): (optimizer step, the seed dropout drew from,
+    the seed of the positives' draws, the seed of the objective's draws)."""
+
+    def __init__(self) -> None:
+        self.seeds: list[tuple[int, int, int, int]] = []
+
+    def on_before_backward(self, trainer, pl_module, loss) -> None:
+        streams = (pl_module._step_seed(stream) for stream in ("positives", "objective"))
+        self.seeds.append((trainer.global_step, torch.initial_seed(), *streams))
 
 
 # Eight short sentences with repeated words: a corpus a bag trains on in a few steps (multiply it for more batches).

@@ -1,6 +1,7 @@
 """Data sources, the resumable sampler and the collator."""
 
 import copy
+import math
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,7 @@ from ctrain.data.datamodule import Collator, ContrastiveDataModule, EpochSampler
 from ctrain.data.sources import (
     load_examples,
     load_nli_pairs,
+    normalise,
     read_sts_b,
     sts_b_examples,
 )
@@ -32,6 +34,23 @@ def test_sts_b_training_defaults():
     assert pairs and all(len(p) == 2 for p in pairs)
     sentences = sts_b_examples(supervised=False)
     assert len(sentences) == len({s for s, in sentences})
+
+
+@pytest.mark.parametrize("supervised, total, overlapping", [(False, 10566, 471), (True, 1406, 139)])
+def test_sts_b_training_leaves_out_dev_and_test_sentences(supervised, total, overlapping):
+    """The figures of the issue (and the docstring): STS-B train repeats that many dev/test sentences after
+    normalisation; the default leaves out exactly those examples, data.keep_eval_overlap keeps everything."""
+    evaluated = {normalise(s) for split in ("dev", "test") for row in read_sts_b(split) for s in row[:2]}
+    everything = sts_b_examples(supervised, keep_eval_overlap=True)
+    overlap = [example for example in everything if evaluated & {normalise(text) for text in example}]
+    assert (len(everything), len(overlap)) == (total, overlapping)
+    module = ContrastiveDataModule(train="sts-b", supervised=supervised)
+    module.load_training_examples(world_size=1)
+    assert module.examples == [example for example in everything if example not in overlap]
+    assert not evaluated & {normalise(text) for example in module.examples for text in example}
+    keeping = ContrastiveDataModule(train="sts-b", supervised=supervised, keep_eval_overlap=True)
+    keeping.load_training_examples(world_size=1)
+    assert keeping.examples == everything
 
 
 def test_file_sources(tmp_path):
@@ -113,19 +132,52 @@ def test_collator_truncates_and_counts(tiny_bert):
 
 
 @pytest.mark.parametrize("side", ["right", "left"])
-def test_collator_remembers_tokenisation_and_equals_the_tokenizer(tiny_bert, side):
-    """A batch built from remembered token ids equals the tokenizer's own padded batch, on either padding side."""
+@pytest.mark.parametrize("cache_size, remembered", [(10, 3), (2, 2), (0, 0)])
+def test_collator_remembers_at_most_cache_size_texts_and_equals_the_tokenizer(tiny_bert, side, cache_size, remembered):
+    """A batch built from remembered token ids equals the tokenizer's own padded batch, on either padding side,
+    and the collator keeps no more distinct texts than `cache_size`."""
     tokenizer = copy.deepcopy(tiny_bert.tokenizer)
     tokenizer.padding_side = side
-    collate = Collator(tokenizer, max_length=6)
+    collate = Collator(tokenizer, max_length=6, cache_size=cache_size)
     texts = ["a b", "one two three four five six seven", "c", "a b"]
     expected = tokenizer(texts, padding=True, truncation=True, max_length=6, return_tensors="pt")
-    for _ in range(2):  # the second call reads every text from memory
+    for _ in range(2):  # the second call reads the remembered texts from memory
         batch = collate([(text,) for text in texts])
         assert torch.equal(batch["input_ids"], expected["input_ids"])
         assert torch.equal(batch["attention_mask"], expected["attention_mask"])
         assert int(batch["truncated"]) == 1
-    assert len(collate._tokenised) == 3
+    assert len(collate._tokenised) == remembered
+
+
+@pytest.mark.parametrize(
+    "limits, epochs",
+    [({"max_steps": 12}, 1), ({"max_steps": 13}, 2), ({"max_steps": 6, "accumulate_grad_batches": 3}, 2),
+     ({"max_epochs": 1}, 1), ({"max_epochs": 3, "max_steps": 12}, 1), ({"max_epochs": 3}, 3), ({}, math.inf)],
+)  # fmt: skip
+def test_training_loader_caches_tokens_only_when_a_text_comes_back(tmp_path, limits, epochs):
+    """12 batches an epoch: the epochs a run's loader starts, whichever of max_steps and max_epochs stops it first
+    (neither: until stopped); the loader keeps tokens only for a run of more than one."""
+    import pytorch_lightning as pl
+
+    from ctrain.data.datamodule import _epochs_to_train
+
+    trainer = pl.Trainer(default_root_dir=tmp_path, logger=False, **limits)
+    assert _epochs_to_train(trainer, batches_per_epoch=12) == epochs
+
+
+@pytest.mark.parametrize("max_steps, cache_size", [(12, 0), (13, 7)])
+def test_training_loader_of_one_epoch_keeps_no_tokens(tiny_bert, tmp_path, max_steps, cache_size):
+    from types import SimpleNamespace
+
+    (tmp_path / "twelve.txt").write_text("".join(f"sentence number {i}\n" for i in range(12)))
+    data = ContrastiveDataModule(train=str(tmp_path / "twelve.txt"), batch_size=1, cache_texts=7)
+    data.trainer = SimpleNamespace(
+        lightning_module=SimpleNamespace(encoder=tiny_bert), world_size=1, global_step=0,
+        accumulate_grad_batches=1, max_epochs=None, max_steps=max_steps,
+    )  # fmt: skip
+    data.load_training_examples(world_size=1)
+    assert data.train_dataloader().collate_fn.cache_size == cache_size
+
 
 NLI_FILE = Path(__file__).parent / "data" / "nli_synthetic.csv"
 
@@ -178,3 +230,8 @@ def test_collator_carries_nli_labels(tiny_bert):
     batch = collate([(("a", "b"), 2), (("c", "d"), 0)])
     assert batch["labels"].tolist() == [2, 0] and batch["input_ids"].shape[0] == 4
     assert "labels" not in Collator(tiny_bert.tokenizer, max_length=8)([("a", "b")])
+
+
+def test_negative_cache_texts_is_a_one_line_error():
+    with pytest.raises(ValueError, match="data.cache_texts must be >= 0"):
+        ContrastiveDataModule(cache_texts=-1)

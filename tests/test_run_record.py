@@ -70,7 +70,7 @@ def test_offline_wandb_run_holds_metrics_both_axes_config_and_figures_and_resume
                  "| Pooling | mean |", "| Similarity | cos |", "| Objective | infonce |", "| Training data | sts-b"):
         assert fact in card, fact
     test_score = next(row["test/stsb_spearman"] for row in _rows(run_dir) if row["test/stsb_spearman"])
-    assert f"| STS-B test Spearman x100 | {float(test_score):.2f} |" in card
+    assert f"| STS-B test Spearman x100 | {float(test_score):.2f} (model at step 4) |" in card
     assert "STS-B dev Spearman x100 | not measured" not in card
 
     capsys.readouterr()

@@ -37,15 +37,26 @@ def _metrics(run_dir: Path) -> list[dict]:
         return list(csv.DictReader(handle))
 
 
-def test_fit_writes_the_run_directory(tmp_path):
-    main(_run_args(tmp_path))
+def test_fit_writes_the_run_directory(tmp_path, capsys):
+    """6 steps, validation every 4: the run also validates at step 6, and the final model's card and the closing
+    summary give the final model's STS-B dev with its step, the best model's with the best checkpoint's."""
+    main(_run_args(tmp_path, "--trainer.max_steps", "6"))
     run_dir = tmp_path / "demo" / "version_0"
     for name in ("config.yaml", "metrics.csv", "checkpoints/last.ckpt", "checkpoints/best.ckpt", "model_final", "model_best"):
         assert (run_dir / name).exists(), name
     rows = _metrics(run_dir)
-    sts = [float(r["val/stsb_spearman"]) for r in rows if r["val/stsb_spearman"]]
-    assert len(sts) == 3  # step 0, 4 and 8
-    assert sum(1 for r in rows if r["train/loss"]) == 8
+    sts = {int(r["step"]): float(r["val/stsb_spearman"]) for r in rows if r["val/stsb_spearman"]}
+    assert list(sts) == [0, 4, 6]
+    assert sum(1 for r in rows if r["train/loss"]) == 6
+    best_step = max((4, 6), key=lambda step: (sts[step], -step))  # the checkpoint keeps the first of equal scores
+    final_card, best_card = ((run_dir / name / "README.md").read_text() for name in ("model_final", "model_best"))
+    assert f"| STS-B dev Spearman x100 | {sts[6]:.2f} (model at step 6) |" in final_card
+    assert f"| STS-B dev Spearman x100 | {sts[best_step]:.2f} (model at step {best_step}) |" in best_card
+    assert f"(model at step {best_step}) |" in best_card.split("STS-B test")[1]
+    printed = capsys.readouterr().out
+    assert f"at start: {sts[0]:.2f} (step 0)" in printed
+    assert f"at end:   {sts[6]:.2f} (step 6)" in printed
+    assert f"best:     {sts[best_step]:.2f} (step {best_step})" in printed
 
     from sentence_transformers import SentenceTransformer
 
@@ -62,12 +73,19 @@ def test_same_seed_same_metrics(tmp_path):
     assert _metrics(tmp_path / "a" / "demo" / "version_0") == _metrics(tmp_path / "b" / "demo" / "version_0")
 
 
-def test_killed_run_resumes_to_the_same_metrics(tmp_path):
-    main(_run_args(tmp_path / "whole"))
+ACCUMULATE_2 = (
+    "--trainer.accumulate_grad_batches", "2", "--trainer.max_steps", "4", "--trainer.val_check_interval", "2",
+    "--data.max_eval_pairs", "32",
+)  # fmt: skip
+
+
+@pytest.mark.parametrize("extra, kill_at", [((), 6), (ACCUMULATE_2, 3)], ids=["one_batch_a_step", "accumulate_2"])
+def test_killed_run_resumes_to_the_same_metrics(tmp_path, extra, kill_at):
+    main(_run_args(tmp_path / "whole", *extra))
     environment = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(ROOT / "tests"), os.environ.get("PYTHONPATH", "")])}
     killed = subprocess.run(
-        [sys.executable, "-m", "ctrain.cli", *_run_args(tmp_path / "crash"),
-         "--trainer.callbacks", "helpers.KillAtStep", "--trainer.callbacks.step", "6"],
+        [sys.executable, "-m", "ctrain.cli", *_run_args(tmp_path / "crash", *extra),
+         "--trainer.callbacks", "helpers.KillAtStep", "--trainer.callbacks.step", str(kill_at)],
         env=environment, capture_output=True, text=True,
     )  # fmt: skip
     assert killed.returncode == -9, killed.stderr[-2000:]
@@ -75,6 +93,42 @@ def test_killed_run_resumes_to_the_same_metrics(tmp_path):
     assert not (run_dir / "model_final").exists()
     main(["fit", "--resume", str(run_dir), "--trainer.callbacks=[]", "--trainer.enable_progress_bar", "false"])
     assert _metrics(run_dir) == _metrics(tmp_path / "whole" / "demo" / "version_0")
+
+
+def test_micro_batches_of_an_accumulated_step_draw_their_own_seeds(tmp_path):
+    """accumulate_grad_batches 2: the two micro-batches of a step seed dropout, the positives and the objective apart;
+    the first keeps the seeds of a run without accumulation (dropout: seed + STEP_STRIDE x step + rank)."""
+    from helpers import RecordSeeds
+
+    from ctrain.cli.fit import run_cli
+    from ctrain.runtime import STEP_STRIDE, step_seed
+
+    cli = run_cli(_run_args(
+        tmp_path, "--trainer.accumulate_grad_batches", "2", "--trainer.max_steps", "2", "--trainer.val_check_interval", "2",
+        "--model.positives", "token_dropout", "--data.max_eval_pairs", "16", "--trainer.callbacks+=helpers.RecordSeeds",
+    ))  # fmt: skip
+    seeds = next(c for c in cli.trainer.callbacks if isinstance(c, RecordSeeds)).seeds
+    assert [step for step, *_ in seeds] == [0, 0, 1, 1]
+    for first, second in zip(seeds[::2], seeds[1::2]):
+        step = first[0]
+        assert all(a != b for a, b in zip(first[1:], second[1:])), (first, second)
+        assert first[1:] == (42 + STEP_STRIDE * step, step_seed(step, 0, "positives"), step_seed(step, 0, "objective"))
+    assert len({seed for _, *draws in seeds for seed in draws}) == 12  # no seed used twice
+
+
+def test_micro_batch_0_keeps_the_seeds_of_runs_without_accumulation(monkeypatch):
+    """Micro-batch 0 is seeded from (seed, step, rank) alone: runs without accumulation keep their recorded results."""
+    import numpy as np
+
+    from ctrain.runtime import STEP_STRIDE, STREAMS, step_seed
+
+    monkeypatch.setenv("PL_GLOBAL_SEED", "5")  # what seed_everything exports
+    for step, rank in ((0, 0), (7, 1), (12345, 3)):
+        assert step_seed(step, rank) == step_seed(step, rank, "dropout", 0) == 5 + STEP_STRIDE * step + rank
+        for index, stream in enumerate(STREAMS[1:], 1):
+            entropy = np.random.SeedSequence([5, step, rank, index]).generate_state(1, dtype=np.uint64)[0]
+            assert step_seed(step, rank, stream, 0) == int(entropy >> 1)
+            assert step_seed(step, rank, stream, 1) != step_seed(step, rank, stream, 0)
 
 
 def test_non_finite_loss_stops_with_step_and_cause(tmp_path, capsys):

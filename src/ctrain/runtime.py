@@ -25,18 +25,27 @@ def global_seed() -> int:
     return int(os.environ.get("PL_GLOBAL_SEED", 0))
 
 
-def step_seed(step: int, rank: int = 0, stream: Stream = "dropout") -> int:
-    """The seed of one random use (`stream`) of optimizer step `step` on process `rank`.
+def step_seed(step: int, rank: int = 0, stream: Stream = "dropout", micro_batch: int = 0) -> int:
+    """The seed of one random use (`stream`) of micro-batch `micro_batch` of optimizer step `step` on process `rank`.
 
-    A resumed run draws what an uninterrupted one did. The dropout stream keeps the plain
-    (seed, step, rank) formula; the others are independent streams of numpy's SeedSequence.
+    A resumed run draws what an uninterrupted one did. Under gradient accumulation each micro-batch of a step
+    draws its own masks. Micro-batch 0, the only one without accumulation, is seeded from (seed, step, rank)
+    alone, so runs without accumulation keep their recorded results: its dropout stream by the plain formula,
+    the others as independent streams of numpy's SeedSequence; later micro-batches add a fifth word of entropy.
     """
-    if stream == "dropout":
-        return global_seed() + STEP_STRIDE * step + rank
     if stream not in STREAMS:
         raise ValueError(f"unknown random stream '{stream}': choose one of {', '.join(STREAMS)}")
-    entropy = [global_seed(), step, rank, STREAMS.index(stream)]
+    if stream == "dropout" and micro_batch == 0:
+        return global_seed() + STEP_STRIDE * step + rank
+    entropy = [global_seed(), step, rank, STREAMS.index(stream)] + ([micro_batch] if micro_batch else [])
     return int(np.random.SeedSequence(entropy).generate_state(1, dtype=np.uint64)[0] >> 1)
+
+
+def micro_batch_index(batch_idx: int, trainer) -> int:
+    """Which micro-batch of its optimizer step a training batch is: Lightning accumulates `accumulate_grad_batches`
+    batches counted from each epoch's start (an epoch's last, partial group steps early). A module used without
+    a trainer (`trainer` None) takes one batch a step."""
+    return 0 if trainer is None else batch_idx % trainer.accumulate_grad_batches
 
 
 def seed_dropout(seed: int, device: torch.device) -> None:

@@ -13,12 +13,18 @@ from ctrain.data.sources import read_sts_b
 from ctrain.keys import STS_DEV, STS_TEST, STS_TEST_BEST
 from ctrain.models.export import (
     RunFacts,
+    Score,
     save_hf_model,
     save_sentence_transformer,
     write_model_card,
 )
 from ctrain.probes.sts import encoder_sts
 from ctrain.runtime import global_batch_size
+
+
+def checkpoint_step(path: str | Path) -> int:
+    """The optimizer step a checkpoint was taken at (mmap: without reading its weights into memory)."""
+    return int(torch.load(path, map_location="cpu", weights_only=False, mmap=True)["global_step"])
 
 
 def run_facts(trainer: pl.Trainer, pl_module: pl.LightningModule, run_dir: Path) -> RunFacts:
@@ -48,8 +54,11 @@ class RunOutputs(pl.Callback):
     Validation during fit is logged at the global step (the number of optimizer steps the
     measured model has taken), the step the probes use: Lightning's own counter is one behind
     there, which put STS-B dev at steps 99, 199, ... beside probes at 100, 200, ...
+    A run also validates at its last step (max_steps) where val_check_interval does not divide it,
+    so that the final model's STS-B dev is the final model's.
     At the end, both exported models are scored on STS-B test (logged as `test/stsb_spearman`
-    and `test/stsb_spearman_best`) and their README.md cards state the run's settings and scores.
+    and `test/stsb_spearman_best`) and their README.md cards state the run's settings and scores,
+    each with the step of the model it was measured on.
     """
 
     written = "model_final/, model_best/"  # what on_fit_end adds to the run directory, for the closing summary
@@ -58,6 +67,7 @@ class RunOutputs(pl.Callback):
         self.max_seq_length = max_seq_length
         self.run_dir: Path | None = None
         self._lightning_step: int | None = None
+        self.validated_step: int | None = None  # the optimizer step of the last validation during fit
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         # trainer.log_dir is a collective under DDP: read it on every rank, not on rank 0 alone.
@@ -73,6 +83,13 @@ class RunOutputs(pl.Callback):
         # Runs before ModelCheckpoint's hook (Lightning calls it last), so checkpoints keep Lightning's count.
         if self._lightning_step is not None:
             trainer.fit_loop.epoch_loop._batches_that_stepped, self._lightning_step = self._lightning_step, None
+            self.validated_step = trainer.global_step
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs, batch, batch_idx: int) -> None:
+        # Lightning validates after a batch that asks the run to stop (as early stopping does); at max_steps the
+        # run stops anyway, so the request only adds the last step's validation where the interval skips it.
+        if 0 < trainer.max_steps <= trainer.global_step:
+            trainer.should_stop = True
 
     def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict) -> None:
         for logger in trainer.loggers:
@@ -88,18 +105,21 @@ class RunOutputs(pl.Callback):
         scores = {STS_TEST: final_test}
         save_sentence_transformer(pl_module.encoder, run_dir / "model_final", similarity, self.max_seq_length)
         dev = trainer.callback_metrics.get(STS_DEV)
-        write_model_card(run_dir / "model_final", facts, "final", None if dev is None else float(dev), final_test)
+        final_dev = None if dev is None or self.validated_step is None else Score(float(dev), self.validated_step)
+        write_model_card(run_dir / "model_final", facts, "final", final_dev, Score(final_test, trainer.global_step))
         best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
         if best:
-            state = torch.load(best, map_location="cpu", weights_only=False)["state_dict"]
+            checkpoint = torch.load(best, map_location="cpu", weights_only=False)
+            state, best_step = checkpoint["state_dict"], int(checkpoint["global_step"])
             encoder = copy.deepcopy(pl_module.encoder)
             encoder.load_state_dict({k.removeprefix("encoder."): v for k, v in state.items() if k.startswith("encoder.")})
             scores[STS_TEST_BEST], _ = encoder_sts(encoder, test_rows)
             save_sentence_transformer(encoder, run_dir / "model_best", similarity, self.max_seq_length)
             best_dev = trainer.checkpoint_callback.best_model_score
             write_model_card(
-                run_dir / "model_best", facts, "best", None if best_dev is None else float(best_dev), scores[STS_TEST_BEST]
-            )
+                run_dir / "model_best", facts, "best",
+                None if best_dev is None else Score(float(best_dev), best_step), Score(scores[STS_TEST_BEST], best_step),
+            )  # fmt: skip
         for logger in trainer.loggers:
             logger.log_metrics(scores, step=trainer.global_step)
 

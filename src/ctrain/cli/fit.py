@@ -22,7 +22,7 @@ from pytorch_lightning.cli import (
 )
 from pytorch_lightning.loggers import CSVLogger, WandbLogger
 
-from ctrain.callbacks.outputs import RunOutputs, WandbProbeFigures
+from ctrain.callbacks.outputs import RunOutputs, WandbProbeFigures, checkpoint_step
 from ctrain.callbacks.probes import WordWeightingProbe
 from ctrain.data.datamodule import ContrastiveDataModule
 from ctrain.keys import IG_KL_R2, STS_DEV
@@ -110,16 +110,17 @@ class CtrainCLI(LightningCLI):
         if self.trainer.state.status != "finished" or not self.trainer.is_global_zero:
             return
         end = self.trainer.callback_metrics.get(self.monitor)
-        best = self.trainer.checkpoint_callback.best_model_score
+        end_step = next((c.validated_step for c in self.trainer.callbacks if isinstance(c, RunOutputs)), None)
+        best, best_path = self.trainer.checkpoint_callback.best_model_score, self.trainer.checkpoint_callback.best_model_path
         print(f"\nctrain: run directory {run_dir}")
         print(f"  config.yaml, metrics.csv, checkpoints/{{last,best}}.ckpt, {self.outputs_class.written}")
         label = self.monitor_label
         if self.monitored_at_start is not None:
-            print(f"  {label} at start: {self.monitored_at_start:.2f}")
-        if end is not None:
-            print(f"  {label} at end:   {float(end):.2f}")
-        if best is not None:
-            print(f"  {label} best:     {float(best):.2f}")
+            print(f"  {label} at start: {self.monitored_at_start:.2f} (step 0)")
+        if end is not None and end_step is not None:
+            print(f"  {label} at end:   {float(end):.2f} (step {end_step})")
+        if best is not None and best_path:
+            print(f"  {label} best:     {float(best):.2f} (step {checkpoint_step(best_path)})")
         for probe in (c for c in self.trainer.callbacks if isinstance(c, WordWeightingProbe) and c.measured):
             print(f"  IG-on-KL R^2 [{probe.config.confidence:.0%} interval] ({IG_KL_R2}, docs/metrics.md):")
             for step, metrics in sorted(probe.measured.items()):

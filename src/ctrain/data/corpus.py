@@ -16,14 +16,13 @@ import hashlib
 import html
 import json
 import re
-import unicodedata
 import xml.etree.ElementTree as ElementTree
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from ctrain import assets
-from ctrain.data.sources import read_sts_b
+from ctrain.data.sources import held_out_sentences, normalise, read_sts_b
 from ctrain.fileio import atomic_write_text
 
 GENSIM_WIKIPEDIA = "enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2"
@@ -39,11 +38,6 @@ class Source:
     origin: str
     licence: str
     sentences: Callable[[], Iterable[str]]
-
-
-def normalise(sentence: str) -> str:
-    """Case-, accent-width- and punctuation-blind form: two sentences that differ only there are the same."""
-    return " ".join(re.findall(r"\w+", unicodedata.normalize("NFKC", sentence).casefold()))
 
 
 def split_sentences(paragraph: str) -> list[str]:
@@ -148,11 +142,6 @@ def default_sources() -> list[Source]:
             lambda: (sentence for row in read_sts_b("train") for sentence in row[:2]),
         ),
     ]
-
-
-def held_out_sentences() -> set[str]:
-    """Normalised STS-B dev and test sentences: what no pre-training sentence may be."""
-    return {normalise(sentence) for split in ("dev", "test") for row in read_sts_b(split) for sentence in row[:2]}
 
 
 def assemble(sources: dict[str, Iterable[str]], excluded: set[str]) -> dict[str, list[str]]:

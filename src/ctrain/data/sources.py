@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import csv
+import re
+import unicodedata
 from pathlib import Path
 from typing import Literal
 
@@ -33,6 +35,17 @@ def read_sts_b(split: StsSplit, directory: Path | None = None) -> list[tuple[str
                 raise ValueError(f"{path}:{line_number}: expected at least 7 tab-separated fields, got {len(fields)}")
             rows.append((fields[5], fields[6], float(fields[4])))
     return rows
+
+
+def normalise(sentence: str) -> str:
+    """Case-, accent-width- and punctuation-blind form: two sentences that differ only there are the same."""
+    return " ".join(re.findall(r"\w+", unicodedata.normalize("NFKC", sentence).casefold()))
+
+
+def held_out_sentences() -> set[str]:
+    """Normalised STS-B dev and test sentences: what no training sentence may be, so that STS-B dev picks
+    the checkpoint and STS-B test scores it on sentences the model never trained on."""
+    return {normalise(sentence) for split in ("dev", "test") for row in read_sts_b(split) for sentence in row[:2]}
 
 
 def _check_text_file(path: Path) -> None:
@@ -121,12 +134,21 @@ def load_nli_pairs(
     return pairs, ids
 
 
-def sts_b_examples(supervised: bool, min_positive_score: float = 4.0) -> list[tuple[str, ...]]:
-    """Offline default training data from STS-B train: unique sentences, or pairs scored >= a threshold."""
+def sts_b_examples(supervised: bool, min_positive_score: float = 4.0, keep_eval_overlap: bool = False) -> list[tuple[str, ...]]:
+    """Offline default training data from STS-B train: unique sentences, or pairs scored >= a threshold.
+
+    STS-B train repeats some dev and test sentences (after `normalise`): they are left out (a pair if
+    either of its sentences is one) unless `keep_eval_overlap`.
+    """
     rows = read_sts_b("train")
     if supervised:
-        return [(first, second) for first, second, score in rows if score >= min_positive_score]
-    return [(sentence,) for sentence in dict.fromkeys(s for row in rows for s in row[:2])]
+        examples = [(first, second) for first, second, score in rows if score >= min_positive_score]
+    else:
+        examples = [(sentence,) for sentence in dict.fromkeys(s for row in rows for s in row[:2])]
+    if keep_eval_overlap:
+        return examples
+    held_out = held_out_sentences()
+    return [example for example in examples if not any(normalise(text) in held_out for text in example)]
 
 
 def sts_b_hub(split: StsSplit) -> list[tuple[str, str, float]]:

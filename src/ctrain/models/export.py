@@ -12,6 +12,7 @@ import copy
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 from transformers import PreTrainedTokenizerBase
@@ -79,11 +80,18 @@ class RunFacts:
     run_dir: str
 
 
-def _score(value: float | None) -> str:
-    return "not measured" if value is None else f"{value:.2f}"
+class Score(NamedTuple):
+    """A score and the optimizer step of the model it was measured on: a run's last validation can be older than its model."""
+
+    value: float
+    step: int
 
 
-def write_model_card(path: str | Path, facts: RunFacts, which: str, sts_dev: float | None, sts_test: float | None) -> Path:
+def _score(score: Score | None) -> str:
+    return "not measured" if score is None else f"{score.value:.2f} (model at step {score.step})"
+
+
+def write_model_card(path: str | Path, facts: RunFacts, which: str, sts_dev: Score | None, sts_test: Score | None) -> Path:
     """Replace sentence-transformers' placeholder README.md in `path` with the run's settings and scores."""
     rows = [
         ("Base model", facts.base_model),

@@ -12,7 +12,7 @@ from torch import Tensor
 from ctrain.keys import STS_DEV, STS_TEST, TRAIN_LOSS
 from ctrain.models.encoder import EncoderConfig
 from ctrain.probes.sts import sts_spearman
-from ctrain.runtime import Stream, global_seed, seed_dropout, step_seed
+from ctrain.runtime import Stream, global_seed, micro_batch_index, seed_dropout, step_seed
 from ctrain.training.losses import Similarity
 from ctrain.training.objectives import (
     Objective,
@@ -75,21 +75,26 @@ class ContrastiveModule(pl.LightningModule):
         self.objective = make_objective(objective)
         self.objective.attach(self.encoder, global_seed())
         self._sts_outputs: list[tuple[Tensor, Tensor]] = []
+        self._micro_batch = 0  # of the training batch in progress: its seeds differ from its step's other micro-batches'
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
         return self.encoder(input_ids=input_ids, attention_mask=attention_mask)
 
     def _step_seed(self, stream: Stream = "dropout", step: int | None = None) -> int:
-        return step_seed(self.global_step if step is None else step, self.global_rank, stream)
+        """The seed of the training batch in progress, or of micro-batch 0 of a given `step`."""
+        if step is None:
+            return step_seed(self.global_step, self.global_rank, stream, self._micro_batch)
+        return step_seed(step, self.global_rank, stream)
 
     def on_train_batch_start(self, batch: dict, batch_idx: int) -> None:
         """Train mode and seeded dropout for every step.
 
         The encoder is put in train mode whatever a loader, probe or user left it in: unsupervised
-        positives exist only through dropout. Dropout is seeded from (seed, step, rank): a resumed
-        run and an interrupted one draw the same masks, whatever else used the RNG between steps
-        (validation, probes, dataloader start-up)."""
+        positives exist only through dropout. Dropout is seeded from (seed, step, micro-batch, rank): a
+        resumed run and an interrupted one draw the same masks, whatever else used the RNG between steps
+        (validation, probes, dataloader start-up), and the micro-batches of an accumulated step differ."""
         self.encoder.train()
+        self._micro_batch = micro_batch_index(batch_idx, self._trainer)
         seed_dropout(self._step_seed(), self.device)
 
     def setup(self, stage: str) -> None:

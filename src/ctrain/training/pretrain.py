@@ -9,7 +9,7 @@ Validation logs STS-B dev of the backbone as a sentence encoder (`val/stsb_spear
 the probe callbacks measure that encoder, so the three arms' curves share their keys.
 
 Masking happens in the training step, not in the data loader, from a generator seeded by
-(seed, step, rank): a resumed run draws the same masks as an uninterrupted one. `data.pack` packs the
+(seed, step, micro-batch, rank): a resumed run draws the same masks as an uninterrupted one. `data.pack` packs the
 training sentences end to end into full rows (no padding, nothing truncated); the held-out loss is always
 measured on single sentences, so packed and unpacked runs share the measurement.
 """
@@ -33,7 +33,7 @@ from ctrain.keys import STS_DEV
 from ctrain.models.encoder import SentenceEncoder, tiny_backbone, word_special_ids
 from ctrain.models.tokenizers import load_tokenizer
 from ctrain.probes.sts import encoder_sts
-from ctrain.runtime import Stream, global_seed, seed_dropout, step_seed
+from ctrain.runtime import Stream, global_seed, micro_batch_index, seed_dropout, step_seed
 from ctrain.training.optim import ScheduleName, build_optimizer
 
 IGNORE_INDEX = -100  # the label of every position the loss skips (PyTorch's cross-entropy default)
@@ -211,6 +211,7 @@ class MaskedLMModule(pl.LightningModule):
         else:
             self.tokenizer, self.model = _saved_masked_lm(init_from)
         self._held_out = torch.zeros(3, dtype=torch.float64)  # loss sum, correct, masked tokens
+        self._micro_batch = 0  # of the training batch in progress (gradient accumulation)
         self._sts_dev: list[tuple[str, str, float]] = []
         self._wall_seconds_before = 0.0  # wall time of the run before this process resumed it
         self._started: float | None = None
@@ -270,11 +271,12 @@ class MaskedLMModule(pl.LightningModule):
         return loss_sum, (logits.argmax(-1) == targets).sum(), selected.sum()
 
     def _step_seed(self, stream: Stream = "dropout") -> int:
-        return step_seed(self.global_step, self.global_rank, stream)
+        return step_seed(self.global_step, self.global_rank, stream, self._micro_batch)
 
     def on_train_batch_start(self, batch: dict, batch_idx: int) -> None:
-        """Train mode (dropout on) and dropout seeded per step, as in ContrastiveModule."""
+        """Train mode (dropout on) and dropout seeded per step and micro-batch, as in ContrastiveModule."""
         self.model.train()
+        self._micro_batch = micro_batch_index(batch_idx, self._trainer)
         seed_dropout(self._step_seed(), self.device)
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:

@@ -30,7 +30,7 @@ from ctrain.runtime import global_batch_size
 from ctrain.training.loggers import (
     WandbOptions,
     git_revision,
-    offline_sync_commands,
+    offline_sync_command,
     wandb_logger,
     write_csv_atomic,
 )
@@ -128,8 +128,9 @@ class CtrainCLI(LightningCLI):
         for logger in self.trainer.loggers:
             if isinstance(logger, WandbLogger) and logger._experiment is not None:
                 print(f"  W&B run {logger.experiment.id}: files in {logger.experiment.dir}")
-                for command in offline_sync_commands(Path(run_dir)) if logger._offline else []:
-                    print(f"  upload: {command}")
+                upload = offline_sync_command(Path(run_dir)) if logger._offline else None
+                if upload:
+                    print(f"  upload: {upload}")
                 logger.experiment.finish()  # a second run in this process starts a new W&B run
 
 

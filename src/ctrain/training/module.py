@@ -37,7 +37,8 @@ class ContrastiveModule(pl.LightningModule):
     """Fine-tunes an encoder with InfoNCE or another objective on dropout or given positives.
 
     Args:
-        encoder: the encoder and its head (EncoderConfig: name, pooling, normalize, dropout, tiny sizes, ...).
+        encoder: the encoder and its head (EncoderConfig: name, pooling, normalize, dropout, tiny sizes, ...), or
+            its name alone for the rest at their defaults.
         objective: a ctrain.training.objectives class (`class_path` in YAML) or its short name
             (infonce, symmetric_infonce, logistic, nli_classifier, diffcse, sgns) for its defaults.
         similarity: cos, or dot (inner product, no normalisation: the theorem's setting).

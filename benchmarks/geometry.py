@@ -323,7 +323,8 @@ def main(argv: list[str] | None = None) -> None:
     ours, theirs = reports[f"ctrain ({default_cap:g} MB cap)"], reports["straightforward"]
     print(f"geometry benchmark: {args.model}, {len(sentences)} STS-B test first sentences, isotropy2023, {args.threads} threads")
     print(f"load average (1 min) before {load_before:.2f}, after {os.getloadavg()[0]:.2f}")
-    print(f"end to end: live model, fastest of {args.repeats} runs in a fresh process per row; memory = peak RSS of")
+    where = "this process" if args.in_process else "a fresh process per row"
+    print(f"end to end: live model, fastest of {args.repeats} runs in {where}; memory = peak RSS of")
     print("those runs (VmHWM reset via /proc/self/clear_refs) minus RSS before each")
     for name, report in reports.items():
         print(f"  {name:<24} {report['seconds']:8.2f} s   peak {report['peak_mb']:+8.1f} MB")

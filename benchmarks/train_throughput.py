@@ -17,7 +17,6 @@ import argparse
 import os
 import tempfile
 import time
-
 from pathlib import Path
 
 import torch
@@ -66,7 +65,7 @@ def sentence_transformers_directory(name: str, scratch: Path) -> Path:
     return save_sentence_transformer(load_encoder(name), scratch / "model", max_seq_length=MAX_LENGTH)
 
 
-def run_ctrain(model: Path, pairs: list[tuple[str, str]], batch: int, steps: int, warmup: int, device: str) -> _StepTimer:
+def run_ctrain(directory: Path, pairs: list[tuple[str, str]], batch: int, steps: int, warmup: int, device: str) -> _StepTimer:
     import pytorch_lightning as pl
 
     from ctrain import ContrastiveDataModule, ContrastiveModule
@@ -84,7 +83,7 @@ def run_ctrain(model: Path, pairs: list[tuple[str, str]], batch: int, steps: int
             timer.step_end(trainer.global_step - 1)
 
     pl.seed_everything(0, verbose=False)
-    module = ContrastiveModule(encoder=str(model), similarity="cos", temperature=0.05, learning_rate=LR)
+    module = ContrastiveModule(encoder=str(directory), similarity="cos", temperature=0.05, learning_rate=LR)
     data = ContrastiveDataModule(supervised=True, batch_size=batch, max_length=MAX_LENGTH)
     data.examples = list(pairs)
     data.dev = data.test = [("a", "b", 1.0)]
@@ -96,7 +95,7 @@ def run_ctrain(model: Path, pairs: list[tuple[str, str]], batch: int, steps: int
     return timer
 
 
-def run_sentence_transformers(model: Path, pairs: list[tuple[str, str]], batch: int, steps: int, warmup: int, device: str) -> _StepTimer:
+def run_sentence_transformers(directory: Path, pairs: list[tuple[str, str]], batch: int, steps: int, warmup: int, device: str) -> _StepTimer:
     from datasets import Dataset
     from sentence_transformers import (
         SentenceTransformer,
@@ -116,7 +115,7 @@ def run_sentence_transformers(model: Path, pairs: list[tuple[str, str]], batch: 
             timer.states.add(_training_state(model[0].auto_model))  # the transformer, as on ctrain's side
             timer.step_end(state.global_step - 1)
 
-    model = SentenceTransformer(str(model), device=device)
+    model = SentenceTransformer(str(directory), device=device)
     model.max_seq_length = MAX_LENGTH
     dataset = Dataset.from_dict({"anchor": [a for a, _ in pairs], "positive": [p for _, p in pairs]})
     with tempfile.TemporaryDirectory() as output_dir:
@@ -149,10 +148,10 @@ def main(argv: list[str] | None = None) -> None:
     print(f"{options.model}, {len(pairs)} STS-B pairs, batch {options.batch}, max length {MAX_LENGTH}, "
           f"{options.steps} steps ({options.warmup} untimed), {options.device}, torch threads {torch.get_num_threads()}")  # fmt: skip
     with tempfile.TemporaryDirectory() as scratch:
-        model = sentence_transformers_directory(options.model, Path(scratch))
+        directory = sentence_transformers_directory(options.model, Path(scratch))
         setting = (pairs, options.batch, options.steps, options.warmup, options.device)
-        st = run_sentence_transformers(model, *setting)
-        ours = run_ctrain(model, *setting)
+        st = run_sentence_transformers(directory, *setting)
+        ours = run_ctrain(directory, *setting)
     for name, timer in (("sentence-transformers", st), ("ctrain", ours)):
         if len(timer.states) != 1 or not next(iter(timer.states))[0]:
             raise SystemExit(f"{name} did not train with every module in train mode in every step: {timer.states}")

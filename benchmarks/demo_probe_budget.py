@@ -34,8 +34,11 @@ from ctrain.probes.regression import ols
 from ctrain.probes.sentences import sample_sentences, sts_b_sentences
 from ctrain.probes.weighting import WeightingConfig, weighting_probe
 from ctrain.runtime import global_seed
+from _toy import parse_args
 
-PRESET = Path(__file__).resolve().parents[1] / "callbacks" / "probes.yaml"
+ROOT = Path(__file__).resolve().parents[1]
+PRESET = ROOT / "callbacks" / "probes.yaml"
+TOY = {"demo_seconds": 60.0, "max_sentences": 6, "exact_steps": 2}
 # (sentences, WeightingConfig fields) besides the preset itself: the preset before issue 26, and cheaper or costlier sketches
 ALTERNATIVES = (
     (48, {"sketch_size": 8, "steps": 16, "completeness": "path", "batch_size": 8}),
@@ -88,18 +91,23 @@ def stacked(by_sentence, sentences):
     return np.concatenate([r[0] for r in rows]), np.concatenate([r[1] for r in rows])
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("run", type=Path, help="a finished demo run directory (holds model_final/)")
-    parser.add_argument("--config", default="configs/demo.yaml")
-    parser.add_argument("--demo-seconds", type=float, required=True, help="the demo's measured wall time with its probes")
+    parser.add_argument("run", type=Path, nargs="?", help="a finished demo run directory (holds model_final/); without it, step 0 only")
+    parser.add_argument("--config", default=str(ROOT / "configs" / "demo.yaml"))
+    parser.add_argument("--demo-seconds", type=float, help="the demo's measured wall time with its probes (required)")
     parser.add_argument("--exact-steps", type=int, default=4, help="the preset's own completeness error says whether few suffice")
-    args = parser.parse_args()
+    parser.add_argument("--max-sentences", type=int, help="at most this many sentences a candidate")
+    args = parse_args(parser, TOY, argv)
+    if args.demo_seconds is None:
+        parser.error("--demo-seconds is required: the demo's measured wall time with its probes")
     torch.manual_seed(0)
     preset = preset_candidate()
-    candidates = (preset, *ALTERNATIVES)
+    candidates = tuple((min(count, args.max_sentences or count), fields) for count, fields in (preset, *ALTERNATIVES))
     base = WeightingConfig(**preset[1])
-    models = {"step 0": step0_encoder(args.config), "last step": load_encoder(str(args.run / "model_final"))}
+    models = {"step 0": step0_encoder(args.config)}
+    if args.run is not None:
+        models["last step"] = load_encoder(str(args.run / "model_final"))
     split = sts_b_sentences("dev")
     for label, encoder in models.items():
         encoder.eval()

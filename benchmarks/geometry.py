@@ -54,8 +54,10 @@ from ctrain.probes.geometry import (
     probe_sentences,
 )
 from ctrain.probes.geometry.runner import build_plan
+from _toy import TOY_MODEL, parse_args
 
 MODEL = "all-MiniLM-L6-v2"
+TOY = {"model": TOY_MODEL, "sentences": 24, "threads": 1, "repeats": 1, "own_repeats": 1, "own_rounds": 1, "in_process": True}
 
 
 def _rss_kb(field: str) -> int:
@@ -241,18 +243,18 @@ def _runner(implementation: str, encoder: SentenceEncoder, sentences: list[str],
     return lambda model, corpus: straightforward(model, corpus, config, draws[len(corpus)])
 
 
-def live_child(implementation: str, sentences: list[str], repeats: int, max_memory_mb: float) -> dict:
+def live_child(model: str, implementation: str, sentences: list[str], repeats: int, max_memory_mb: float) -> dict:
     """End-to-end runs on the live model, after a 16-sentence warm-up: fastest time, largest peak memory."""
-    encoder = load_encoder(MODEL).eval()
+    encoder = load_encoder(model).eval()
     config = GeometryConfig(convention="isotropy2023", max_memory_mb=max_memory_mb)
     run = _runner(implementation, encoder, sentences, config)
     run(encoder, sentences[:16])
     return _measure(lambda: run(encoder, sentences), repeats)
 
 
-def own_work_child(implementation: str, sentences: list[str], repeats: int) -> dict:
+def own_work_child(model: str, implementation: str, sentences: list[str], repeats: int) -> dict:
     """Record the implementation's tokenizer/model calls once, then time `repeats` replays of the record."""
-    encoder = load_encoder(MODEL).eval()
+    encoder = load_encoder(model).eval()
     config = GeometryConfig(convention="isotropy2023")
     run = _runner(implementation, encoder, sentences, config)
     run(encoder, sentences[:16])
@@ -268,8 +270,9 @@ def own_work_child(implementation: str, sentences: list[str], repeats: int) -> d
     return {"own_s": fastest, "model_s": recording.model_seconds}
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default=MODEL)
     parser.add_argument("--sentences", type=int, default=None, help="first N probe sentences (default: all)")
     parser.add_argument("--threads", type=int, default=2, help="torch threads in each run")
     parser.add_argument("--repeats", type=int, default=3, help="end-to-end runs of each; the fastest is kept")
@@ -279,24 +282,29 @@ def main() -> None:
     parser.add_argument("--child", choices=["ctrain", "straightforward"], help=argparse.SUPPRESS)
     parser.add_argument("--own-work", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--max-memory-mb", type=float, default=GeometryConfig.max_memory_mb, help=argparse.SUPPRESS)
-    args = parser.parse_args()
+    parser.add_argument("--in-process", action="store_true", help="every run in this process (quick; figures not comparable)")
+    args = parse_args(parser, TOY, argv)
     torch.set_num_threads(args.threads)
     sentences = probe_sentences()[: args.sentences]
+
+    def child_report(child: argparse.Namespace) -> dict:
+        if child.own_work:
+            return own_work_child(child.model, child.child, sentences, child.own_repeats)
+        return live_child(child.model, child.child, sentences, child.repeats, child.max_memory_mb)
+
     if args.child:
-        own = args.own_work
-        report = own_work_child(args.child, sentences, args.own_repeats) if own else live_child(
-            args.child, sentences, args.repeats, args.max_memory_mb
-        )
-        print(json.dumps(report))
+        print(json.dumps(child_report(args)))
         return
 
     load_before = os.getloadavg()[0]
     default_cap = GeometryConfig.max_memory_mb
     def child(implementation: str, *options: str) -> dict:
-        command = [sys.executable, __file__, "--child", implementation, "--threads", str(args.threads), *options]
-        command += ["--repeats", str(args.repeats), "--own-repeats", str(args.own_repeats)]
-        command += ["--sentences", str(args.sentences)] if args.sentences else []
-        completed = subprocess.run(command, capture_output=True, text=True)
+        arguments = ["--child", implementation, "--model", args.model, "--threads", str(args.threads), *options]
+        arguments += ["--repeats", str(args.repeats), "--own-repeats", str(args.own_repeats)]
+        arguments += ["--sentences", str(args.sentences)] if args.sentences else []
+        if args.in_process:
+            return child_report(parser.parse_args(arguments))
+        completed = subprocess.run([sys.executable, __file__, *arguments], capture_output=True, text=True)
         if completed.returncode:
             sys.exit(f"{implementation} {' '.join(options)} failed:\n{completed.stderr[-3000:]}")
         return json.loads(completed.stdout.strip().splitlines()[-1])
@@ -313,9 +321,10 @@ def main() -> None:
             if implementation not in own or report["own_s"] < own[implementation]["own_s"]:
                 own[implementation] = report
     ours, theirs = reports[f"ctrain ({default_cap:g} MB cap)"], reports["straightforward"]
-    print(f"geometry benchmark: {MODEL}, {len(sentences)} STS-B test first sentences, isotropy2023, {args.threads} threads")
+    print(f"geometry benchmark: {args.model}, {len(sentences)} STS-B test first sentences, isotropy2023, {args.threads} threads")
     print(f"load average (1 min) before {load_before:.2f}, after {os.getloadavg()[0]:.2f}")
-    print(f"end to end: live model, fastest of {args.repeats} runs in a fresh process per row; memory = peak RSS of")
+    where = "this process" if args.in_process else "a fresh process per row"
+    print(f"end to end: live model, fastest of {args.repeats} runs in {where}; memory = peak RSS of")
     print("those runs (VmHWM reset via /proc/self/clear_refs) minus RSS before each")
     for name, report in reports.items():
         print(f"  {name:<24} {report['seconds']:8.2f} s   peak {report['peak_mb']:+8.1f} MB")

@@ -20,15 +20,19 @@ import torch
 from ctrain.data.sources import read_sts_b
 from ctrain.models.encoder import load_encoder
 from ctrain.probes.attribution import integrated_gradients
+from _toy import TOY_MODEL, parse_args
 
 
-def main() -> None:
+TOY = {"model": TOY_MODEL, "sentences": 2, "steps": [2, 4]}
+
+
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="all-MiniLM-L6-v2")
     parser.add_argument("--sentences", type=int, default=8)
     parser.add_argument("--steps", type=int, nargs="+", default=[16, 64])
     parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args()
+    args = parse_args(parser, TOY, argv)
     sentences = [sentence for row in read_sts_b("dev") for sentence in row[:2]]
     chosen = random.Random(args.seed).sample(sentences, args.sentences)
     encoder = load_encoder(args.model)

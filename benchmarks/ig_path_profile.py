@@ -24,16 +24,20 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from ctrain.data.sources import read_sts_b
 from ctrain.models.encoder import load_encoder
 from ctrain.probes.attribution import attribution_mode, pad_baseline
+from _toy import TOY_MODEL, parse_args
 
 
-def main() -> None:
+TOY = {"model": TOY_MODEL, "sentences": 1, "points": 11, "zoom": 1}
+
+
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="all-MiniLM-L6-v2")
     parser.add_argument("--sentences", type=int, default=3)
     parser.add_argument("--points", type=int, default=201)
     parser.add_argument("--zoom", type=int, default=4, help="rounds of ten-fold refinement of the steepest interval")
     parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args()
+    args = parse_args(parser, TOY, argv)
     sentences = [sentence for row in read_sts_b("dev") for sentence in row[:2]]
     encoder = load_encoder(args.model)
     encoder.backbone.set_attn_implementation("eager")  # the only one that returns attention probabilities

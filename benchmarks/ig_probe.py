@@ -23,23 +23,30 @@ for any mode, via a JVP in sketch mode), and the regression R^2 of sketch vs exa
 from __future__ import annotations
 
 import argparse
-import sys
+import importlib.util
 import time
 from pathlib import Path
 
 import torch
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the peer: captum looped, kept with the tests
-from reference import captum_loop_weights  # noqa: E402
 
 from ctrain.data.sources import read_sts_b
 from ctrain.models.encoder import load_encoder
 from ctrain.probes.attribution import integrated_gradients
 from ctrain.probes.information import token_statistics
 from ctrain.probes.weighting import FIT_KEYS, WeightingConfig, weighting_probe
+from _toy import TOY_MODEL, parse_args
 
 MODEL = "all-MiniLM-L6-v2"
 STEPS = 50
+TOY = {"model": TOY_MODEL, "loop_sentences": 1, "r2_sentences": 4, "r2_steps": 2, "sketch_size": 4}
+
+
+def captum_loop_weights(*args, **kwargs):
+    """The peer, captum looped over the output dims: kept with the tests (tests/reference.py), loaded from there."""
+    spec = importlib.util.spec_from_file_location("reference", Path(__file__).resolve().parents[1] / "tests" / "reference.py")
+    reference = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(reference)
+    return reference.captum_loop_weights(*args, **kwargs)
 
 
 def timed(function, *args, **kwargs):
@@ -49,17 +56,18 @@ def timed(function, *args, **kwargs):
     return value, torch.tensor([time.perf_counter() - wall, time.process_time() - cpu], dtype=torch.float64)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default=MODEL)
     parser.add_argument("--loop-sentences", type=int, default=2, help="short sentences timed against the captum loop")
     parser.add_argument("--r2-sentences", type=int, default=12, help="sentences of the R^2 comparison")
     parser.add_argument("--r2-steps", type=int, default=32, help="quadrature steps of the R^2 comparison")
     parser.add_argument("--sketch-size", type=int, default=32, help="sketch directions r")
-    args = parser.parse_args()
+    args = parse_args(parser, TOY, argv)
 
-    encoder = load_encoder(MODEL).eval()
+    encoder = load_encoder(args.model).eval()
     dev = [row[0] for row in read_sts_b("dev")]
-    print(f"model {MODEL}: d = {encoder.hidden_size}, torch threads = {torch.get_num_threads()}")
+    print(f"model {args.model}: d = {encoder.hidden_size}, torch threads = {torch.get_num_threads()}")
 
     # 1. speed and agreement against the loop, on short sentences, one at a time
     lengths = [len(encoder.tokenizer.tokenize(s)) for s in dev[:200]]

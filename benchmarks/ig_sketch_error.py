@@ -37,6 +37,7 @@ from ctrain.probes.sentences import sample_sentences, sts_b_sentences
 from ctrain.probes.weighting import WeightingConfig
 from ctrain.probes.information import segment, token_statistics
 from ctrain.probes.regression import ols
+from _toy import TOY_MODEL, parse_args
 
 MODEL = "all-MiniLM-L6-v2"
 SIZES = (8, 16, 32, 64)
@@ -160,7 +161,10 @@ def report(args) -> None:
             + f"; c' vs {FINE_STEPS} steps: max {rel.max():.2e}, median {np.median(rel):.2e}")  # fmt: skip
 
 
-def main() -> None:
+TOY = {"model": TOY_MODEL, "sentences": 8, "draw": 40, "ref_steps": 2, "steps": [2]}
+
+
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default=MODEL)
     parser.add_argument("--sentences", type=int, default=96)
@@ -170,7 +174,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="ig_sketch_error.npz")
     parser.add_argument("--report", action="store_true", help="only print the comparison of a saved --out")
-    args = parser.parse_args()
+    args = parse_args(parser, TOY, argv)
     if not args.report:
         collect(args)
     report(args)

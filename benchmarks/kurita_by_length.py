@@ -24,6 +24,7 @@ from ctrain.models.encoder import load_encoder
 from ctrain.probes.information import segment
 from ctrain.probes.sentences import sts_b_sentences
 from ctrain.reporting.model_probe import KURITA2023_WEIGHTING as SETUP
+from _toy import TOY_MODEL, parse_args
 
 VARIANTS = {
     "IG (the setup)": {},
@@ -39,12 +40,15 @@ def seconds(call) -> float:
     return time.perf_counter() - started
 
 
-def main() -> None:
+TOY = {"model": TOY_MODEL, "threads": 1, "quantiles": [0.5]}
+
+
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="all-MiniLM-L6-v2")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--quantiles", type=float, nargs="*", default=[0.2, 0.6, 0.9, 0.99])
-    args = parser.parse_args()
+    args = parse_args(parser, TOY, argv)
     torch.set_num_threads(args.threads)
     encoder = load_encoder(args.model).eval()
     sentences = sts_b_sentences("dev", "both")

@@ -37,6 +37,7 @@ from ctrain.probes.attribution import attribution_mode, output_directions, owen_
 from ctrain.probes.sentences import sample_sentences, sts_b_sentences
 from ctrain.probes.information import token_statistics
 from ctrain.probes.partition_shap import TextGame, text_masker
+from _toy import TOY_MODEL, parse_args
 
 MODEL = "all-MiniLM-L6-v2"
 TOTAL = 3000
@@ -118,13 +119,16 @@ def records_by_method(result, method):
     return np.array([r.weights[method] for r in result.records])
 
 
-def main() -> None:
+TOY = {"model": TOY_MODEL, "sentences": 3, "captum_sentences": 1}
+
+
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default=MODEL)
     parser.add_argument("--sentences", type=int, default=16, help="sentences drawn as --num_sentences draws them")
     parser.add_argument("--captum-sentences", type=int, default=4, help="of them, how many the captum loop weighs")
     parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args()
+    args = parse_args(parser, TOY, argv)
 
     torch.manual_seed(0)
     encoder = load_encoder(args.model).eval()

@@ -45,6 +45,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from _toy import add_toy_option
 
 QUANTITIES = ("kl", "dkl", "selfinfo")
 MAX_LENGTH, BATCH, WIDTH, SEED = 32, 64, 64, 42
@@ -468,7 +469,16 @@ def cmd_cost(args: argparse.Namespace) -> None:
         print(f"{name:>36} {wall * 1e3:7.2f} {cpu * 1e3:7.2f}")
 
 
-def main() -> None:
+TOY = {
+    "gensim": {"epochs": [1], "ns_exponents": [1.0]},
+    "replica": {"steps": 4, "probe_epochs": [], "threads": 1},
+    "runs": {},
+    "cost": {"steps": 3, "warmup": 1},
+    "plot": {"epochs": 1},
+}
+
+
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     g = sub.add_parser("gensim")
@@ -510,7 +520,9 @@ def main() -> None:
     p.add_argument("--min-count", type=int, default=5)
     p.add_argument("--alpha", type=float, default=0.025)
     p.add_argument("--min-alpha", type=float, default=0.0001)
-    args = parser.parse_args()
+    for name, subparser in sub.choices.items():
+        add_toy_option(subparser, TOY[name], argv)
+    args = parser.parse_args(argv)
     {"gensim": cmd_gensim, "replica": cmd_replica, "runs": cmd_runs, "cost": cmd_cost, "plot": cmd_plot}[args.command](args)
 
 

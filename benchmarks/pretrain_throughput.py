@@ -24,6 +24,10 @@ import yaml
 
 from ctrain.data.sources import sts_b_examples
 from ctrain.training.pretrain import MaskedLMModule
+from _toy import parse_args
+
+CONFIG = Path(__file__).resolve().parents[1] / "configs" / "pretrain_bert_cpu.yaml"
+TOY = {"tokenizer": "bert-uncased", "hidden_size": 32, "num_layers": 1, "steps": 2}
 
 
 def matmul_flops(size: int = 1024, repeats: int = 20) -> float:
@@ -44,15 +48,15 @@ def flops_per_token(hidden: int, layers: int, vocabulary: int, length: float, ml
     return 3 * (layers * layer + head)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", default="configs/pretrain_bert_cpu.yaml")
+    parser.add_argument("--config", default=str(CONFIG))
     parser.add_argument("--tokenizer", help="override the config's model.tokenizer")
     parser.add_argument("--hidden-size", type=int)
     parser.add_argument("--num-layers", type=int)
     parser.add_argument("--pack", action="store_true", help="packed rows of max_length tokens (data.pack)")
     parser.add_argument("--steps", type=int, default=30)
-    args = parser.parse_args()
+    args = parse_args(parser, TOY, argv)
     settings = yaml.safe_load(Path(args.config).read_text())
     model_settings = dict(settings["model"])
     for key, value in (("tokenizer", args.tokenizer), ("hidden_size", args.hidden_size), ("num_layers", args.num_layers)):
@@ -92,7 +96,7 @@ def main() -> None:
           f"torch threads {torch.get_num_threads()}")  # fmt: skip
     print(f"pre-training: {tokens / seconds:,.0f} tokens/s ({args.steps / seconds:.2f} steps/s), "
           f"{per_token / 1e6:.2f} MFLOP a token ({head_share:.0%} of them in the MLM head) -> {achieved / 1e9:.2f} GFLOP/s")
-    print(f"matmul ceiling (fp32 1024^3): {ceiling / 1e9:.2f} GFLOP/s; the step uses {achieved / ceiling:.1%} of it")
+    print(f"matmul ceiling (fp32 1024^3): {ceiling / 1e9:.2f} GFLOP/s; ratio step / ceiling: {achieved / ceiling:.1%}")
 
 
 if __name__ == "__main__":

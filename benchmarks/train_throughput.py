@@ -5,9 +5,10 @@ negatives, cosine similarity and temperature 0.05 (MultipleNegativesRankingLoss,
 32, max length 32, AdamW lr 3e-5, no evaluation or saving. Both train with dropout on: every
 module's mode and every dropout probability are read inside the timed steps, and the benchmark
 fails when the two sides differ. Steps after `--warmup` are timed and the ratio
-ctrain / sentence-transformers is printed (>= 1.0 means ctrain is not slower).
+ctrain / sentence-transformers is printed (>= 1.0 means ctrain is not slower). `--model` trains another
+encoder on both sides (ctrain's sentence-transformers export of it, so that both start from the same weights).
 
-    python benchmarks/train_throughput.py [--steps 40] [--warmup 5] [--device cpu|cuda]
+    python benchmarks/train_throughput.py [--steps 40] [--warmup 5] [--device cpu|cuda] [--model NAME] [--batch 32]
 """
 
 from __future__ import annotations
@@ -16,10 +17,13 @@ import argparse
 import os
 import tempfile
 import time
+from pathlib import Path
 
 import torch
+from _toy import TOY_MODEL, parse_args
 
-BATCH, MAX_LENGTH, LR = 32, 32, 3e-5
+MODEL, MAX_LENGTH, LR = "all-MiniLM-L6-v2", 32, 3e-5
+TOY = {"model": TOY_MODEL, "steps": 3, "warmup": 1, "batch": 4, "pairs": 16}
 
 
 def _training_state(model: torch.nn.Module) -> tuple[bool, tuple[float, ...]]:
@@ -49,11 +53,22 @@ class _StepTimer:
         return self.steps / (self.end - self.start)
 
 
-def run_ctrain(pairs: list[tuple[str, str]], steps: int, warmup: int, device: str) -> _StepTimer:
+def sentence_transformers_directory(name: str, scratch: Path) -> Path:
+    """The model as a sentence-transformers directory, what both trainers load: the offline MiniLM's own, or
+    ctrain's export of any other encoder into `scratch`."""
+    from ctrain.assets import minilm_path
+    from ctrain.models.encoder import load_encoder
+    from ctrain.models.export import save_sentence_transformer
+
+    if name == MODEL:
+        return minilm_path()
+    return save_sentence_transformer(load_encoder(name), scratch / "model", max_seq_length=MAX_LENGTH)
+
+
+def run_ctrain(directory: Path, pairs: list[tuple[str, str]], batch: int, steps: int, warmup: int, device: str) -> _StepTimer:
     import pytorch_lightning as pl
 
-    from ctrain.data.datamodule import ContrastiveDataModule
-    from ctrain.training.module import ContrastiveModule
+    from ctrain import ContrastiveDataModule, ContrastiveModule
 
     timer = _StepTimer(warmup)
 
@@ -68,8 +83,8 @@ def run_ctrain(pairs: list[tuple[str, str]], steps: int, warmup: int, device: st
             timer.step_end(trainer.global_step - 1)
 
     pl.seed_everything(0, verbose=False)
-    module = ContrastiveModule("all-MiniLM-L6-v2", similarity="cos", temperature=0.05, learning_rate=LR)
-    data = ContrastiveDataModule(supervised=True, batch_size=BATCH, max_length=MAX_LENGTH)
+    module = ContrastiveModule(encoder=str(directory), similarity="cos", temperature=0.05, learning_rate=LR)
+    data = ContrastiveDataModule(supervised=True, batch_size=batch, max_length=MAX_LENGTH)
     data.examples = list(pairs)
     data.dev = data.test = [("a", "b", 1.0)]
     trainer = pl.Trainer(
@@ -80,7 +95,7 @@ def run_ctrain(pairs: list[tuple[str, str]], steps: int, warmup: int, device: st
     return timer
 
 
-def run_sentence_transformers(pairs: list[tuple[str, str]], steps: int, warmup: int, device: str) -> _StepTimer:
+def run_sentence_transformers(directory: Path, pairs: list[tuple[str, str]], batch: int, steps: int, warmup: int, device: str) -> _StepTimer:
     from datasets import Dataset
     from sentence_transformers import (
         SentenceTransformer,
@@ -89,8 +104,6 @@ def run_sentence_transformers(pairs: list[tuple[str, str]], steps: int, warmup: 
     )
     from sentence_transformers.losses import MultipleNegativesRankingLoss
     from transformers import TrainerCallback
-
-    from ctrain.assets import minilm_path
 
     timer = _StepTimer(warmup)
 
@@ -102,12 +115,12 @@ def run_sentence_transformers(pairs: list[tuple[str, str]], steps: int, warmup: 
             timer.states.add(_training_state(model[0].auto_model))  # the transformer, as on ctrain's side
             timer.step_end(state.global_step - 1)
 
-    model = SentenceTransformer(str(minilm_path()), device=device)
+    model = SentenceTransformer(str(directory), device=device)
     model.max_seq_length = MAX_LENGTH
     dataset = Dataset.from_dict({"anchor": [a for a, _ in pairs], "positive": [p for _, p in pairs]})
     with tempfile.TemporaryDirectory() as output_dir:
         args = SentenceTransformerTrainingArguments(
-            output_dir=output_dir, per_device_train_batch_size=BATCH, max_steps=steps, learning_rate=LR,
+            output_dir=output_dir, per_device_train_batch_size=batch, max_steps=steps, learning_rate=LR,
             warmup_steps=0, save_strategy="no", eval_strategy="no", report_to="none", logging_steps=10_000,
             dataloader_drop_last=True, seed=0, use_cpu=device == "cpu", disable_tqdm=True,
         )  # fmt: skip
@@ -119,20 +132,26 @@ def run_sentence_transformers(pairs: list[tuple[str, str]], steps: int, warmup: 
     return timer
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
-    options = parser.parse_args()
+    parser.add_argument("--model", default=MODEL)
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--pairs", type=int, default=None, help="the first N pairs (default: all)")
+    options = parse_args(parser, TOY, argv)
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     from ctrain.data.sources import sts_b_examples
 
-    pairs = sts_b_examples(supervised=True)
-    print(f"all-MiniLM-L6-v2, {len(pairs)} STS-B pairs, batch {BATCH}, max length {MAX_LENGTH}, "
+    pairs = sts_b_examples(supervised=True)[: options.pairs]
+    print(f"{options.model}, {len(pairs)} STS-B pairs, batch {options.batch}, max length {MAX_LENGTH}, "
           f"{options.steps} steps ({options.warmup} untimed), {options.device}, torch threads {torch.get_num_threads()}")  # fmt: skip
-    st = run_sentence_transformers(pairs, options.steps, options.warmup, options.device)
-    ours = run_ctrain(pairs, options.steps, options.warmup, options.device)
+    with tempfile.TemporaryDirectory() as scratch:
+        directory = sentence_transformers_directory(options.model, Path(scratch))
+        setting = (pairs, options.batch, options.steps, options.warmup, options.device)
+        st = run_sentence_transformers(directory, *setting)
+        ours = run_ctrain(directory, *setting)
     for name, timer in (("sentence-transformers", st), ("ctrain", ours)):
         if len(timer.states) != 1 or not next(iter(timer.states))[0]:
             raise SystemExit(f"{name} did not train with every module in train mode in every step: {timer.states}")

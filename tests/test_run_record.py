@@ -3,12 +3,17 @@ validation and probes at the same steps, and a model card that says what the run
 
 import csv
 import os
+import re
+import shlex
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 from wandb_files import history_and_config
 
 from ctrain.cli import main
+from ctrain.training.loggers import offline_sync_command
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = [
@@ -39,6 +44,32 @@ def no_wandb_credentials(tmp_path, monkeypatch):
 def _rows(run_dir: Path) -> list[dict]:
     with (run_dir / "metrics.csv").open() as handle:
         return list(csv.DictReader(handle))
+
+
+def _wandb_sync_options() -> set[str]:
+    """The options that the installed `wandb sync --help` lists (its flags' every spelling)."""
+    wandb = Path(sys.executable).parent / "wandb"
+    help_text = subprocess.run([str(wandb), "sync", "--help"], capture_output=True, text=True, check=True).stdout
+    options = help_text.split("Options:", 1)[1]
+    return set(re.findall(r"(?<![\w-])(--?[A-Za-z][\w-]*)", options))
+
+
+def _unknown_sync_options(command: str) -> set[str]:
+    words = shlex.split(command)
+    assert words[:2] == ["wandb", "sync"], command
+    return {word.split("=", 1)[0] for word in words[2:] if word.startswith("-")} - _wandb_sync_options()
+
+
+def test_offline_upload_command_uses_only_options_of_the_installed_wandb(tmp_path):
+    folders = [tmp_path / "wandb" / f"offline-run-20260101_00000{second}-ab12cd34" for second in (0, 1)]
+    for folder in folders:
+        folder.mkdir(parents=True)
+    command = offline_sync_command(tmp_path)
+    assert not _unknown_sync_options(command), f"`wandb sync --help` lists no {_unknown_sync_options(command)}: {command}"
+    words = shlex.split(command)
+    assert words[words.index("--id") + 1] == "ab12cd34"  # the run both starts wrote
+    assert words[-2:] == [str(folder) for folder in folders]  # both starts, the first first, in one command
+    assert offline_sync_command(tmp_path / "elsewhere") is None
 
 
 def test_offline_wandb_run_holds_metrics_both_axes_config_and_figures_and_resumes_in_place(tmp_path, no_wandb_credentials, monkeypatch, capsys):
@@ -79,7 +110,8 @@ def test_offline_wandb_run_holds_metrics_both_axes_config_and_figures_and_resume
     folders = sorted(run_dir.glob("wandb/offline-run-*"))
     assert len({path.name.rsplit("-", 1)[-1] for path in folders}) == 1 and len(folders) == 2  # the same W&B run, resumed
     printed = capsys.readouterr().out  # how to upload both parts as that one run
-    assert f"upload: wandb sync {folders[0]}\n" in printed and f"upload: wandb sync --append {folders[1]}\n" in printed
+    (upload,) = (line.split("upload: ", 1)[1] for line in printed.splitlines() if "upload: " in line)
+    assert upload == offline_sync_command(run_dir) and not _unknown_sync_options(upload)
     # Lightning keeps last.ckpt from the last new best score (step 2 or 4 here): the rows of the steps it
     # redoes are replaced, the rows measured before it are kept, and the record reads as one run.
     rows = _rows(run_dir)

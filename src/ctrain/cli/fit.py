@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import csv
 import math
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
 import yaml
+from jsonargparse import Namespace
 from pytorch_lightning.callbacks import Callback, ModelCheckpoint
 from pytorch_lightning.cli import (
     LightningArgumentParser,
@@ -26,11 +28,12 @@ from ctrain.callbacks.outputs import RunOutputs, WandbProbeFigures, checkpoint_s
 from ctrain.callbacks.probes import WordWeightingProbe
 from ctrain.data.datamodule import ContrastiveDataModule
 from ctrain.keys import IG_KL_R2, STS_DEV
+from ctrain.models.encoder import EncoderConfig
 from ctrain.runtime import global_batch_size
 from ctrain.training.loggers import (
     WandbOptions,
     git_revision,
-    offline_sync_commands,
+    offline_sync_command,
     wandb_logger,
     write_csv_atomic,
 )
@@ -71,7 +74,11 @@ class CtrainCLI(LightningCLI):
         parser.add_class_arguments(WandbOptions, "wandb")
 
     def before_instantiate_classes(self) -> None:
-        """`--trainer.default_root_dir DIR` puts the run under DIR, as Lightning users expect."""
+        """`--trainer.default_root_dir DIR` puts the run under DIR, as Lightning users expect; an encoder given by
+        its name alone is written out in full, so config.yaml holds `model.encoder.name` however it was given."""
+        model = self.config[self.subcommand].model
+        if isinstance(model.get("encoder"), str):
+            model.encoder = Namespace(**asdict(EncoderConfig(name=model.encoder)))
         trainer = self.config[self.subcommand].trainer
         if trainer.default_root_dir is not None:
             for logger in _logger_entries(trainer.logger):
@@ -129,8 +136,9 @@ class CtrainCLI(LightningCLI):
         for logger in self.trainer.loggers:
             if isinstance(logger, WandbLogger) and logger._experiment is not None:
                 print(f"  W&B run {logger.experiment.id}: files in {logger.experiment.dir}")
-                for command in offline_sync_commands(Path(run_dir)) if logger._offline else []:
-                    print(f"  upload: {command}")
+                upload = offline_sync_command(Path(run_dir)) if logger._offline else None
+                if upload:
+                    print(f"  upload: {upload}")
                 logger.experiment.finish()  # a second run in this process starts a new W&B run
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import netrc
 import os
+import shlex
 import subprocess
 import uuid
 from collections.abc import Mapping
@@ -141,15 +142,17 @@ def existing_wandb_id(run_dir: Path) -> str | None:
     return folders[-1].name.rsplit("-", 1)[-1] if folders else None
 
 
-def offline_sync_commands(run_dir: Path) -> list[str]:
-    """The `wandb sync` commands that upload a run's offline folders as one W&B run.
+def offline_sync_command(run_dir: Path) -> str | None:
+    """The `wandb sync` command that uploads a run's offline folders as one W&B run (None: no offline folder).
 
     W&B cannot resume a run offline: each start of a resumed offline run writes its own
-    `offline-run-DATE-ID` folder under the same run id. Synced oldest first, the later ones with
-    `--append`, they become that one run's history.
+    `offline-run-DATE-ID` folder under the same run id. Given together with `--id`, `wandb sync`
+    uploads the folders of one run one after another in start-time order, as that run's history.
     """
     folders = sorted((run_dir / "wandb").glob("offline-run-*"), key=lambda path: path.name)
-    return [f"wandb sync {'--append ' if index else ''}{folder}" for index, folder in enumerate(folders)]
+    if not folders:
+        return None
+    return shlex.join(["wandb", "sync", "--id", folders[0].name.rsplit("-", 1)[-1], *map(str, folders)])
 
 
 def wandb_logger(options: WandbOptions, run_dir: Path, run_name: str) -> RunWandbLogger:

@@ -25,11 +25,20 @@ from ctrain.training.optim import OptimizerName, ScheduleName, build_optimizer
 Positives = Literal["dropout", "identical", "token_dropout", "halves"]
 
 
+def _encoder_config(encoder: EncoderConfig | str | dict) -> EncoderConfig:
+    """A name is the encoder of that name with every other setting at its default (`encoder="all-MiniLM-L6-v2"`);
+    a dict is what a checkpoint's hyperparameters hold."""
+    if isinstance(encoder, str):
+        return EncoderConfig(name=encoder)
+    return EncoderConfig(**encoder) if isinstance(encoder, dict) else encoder
+
+
 class ContrastiveModule(pl.LightningModule):
     """Fine-tunes an encoder with InfoNCE or another objective on dropout or given positives.
 
     Args:
-        encoder: the encoder and its head (EncoderConfig: name, pooling, normalize, dropout, tiny sizes, ...).
+        encoder: the encoder and its head (EncoderConfig: name, pooling, normalize, dropout, tiny sizes, ...), or
+            its name alone for the rest at their defaults.
         objective: a ctrain.training.objectives class (`class_path` in YAML) or its short name
             (infonce, symmetric_infonce, logistic, nli_classifier, diffcse, sgns) for its defaults.
         similarity: cos, or dot (inner product, no normalisation: the theorem's setting).
@@ -48,7 +57,7 @@ class ContrastiveModule(pl.LightningModule):
 
     def __init__(
         self,
-        encoder: EncoderConfig = EncoderConfig(),  # noqa: B008 (read by jsonargparse, never mutated)
+        encoder: EncoderConfig | str = EncoderConfig(),  # noqa: B008 (read by jsonargparse, never mutated)
         objective: Objective | ObjectiveName = "infonce",
         similarity: Similarity = "cos",
         temperature: float = 0.05,
@@ -69,7 +78,7 @@ class ContrastiveModule(pl.LightningModule):
         if not 0 <= token_dropout < 1:
             raise ValueError(f"model.token_dropout must be in [0, 1), got {token_dropout}")
         self.save_hyperparameters(ignore=["objective"])  # the objective's settings are in config.yaml; its weights in the state
-        self.encoder_config = EncoderConfig(**encoder) if isinstance(encoder, dict) else encoder
+        self.encoder_config = _encoder_config(encoder)
         self.encoder = self.encoder_config.load(seed=global_seed())
         # Training-only parts (heads, tables) live in the objective: checkpointed, never exported.
         self.objective = make_objective(objective)

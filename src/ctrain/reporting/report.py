@@ -75,14 +75,18 @@ def examples_seen(frame: pd.DataFrame, run_dir: Path) -> pd.Series:
 
 
 def read_probes(run_dir: Path) -> pd.DataFrame:
-    """The probes' JSON lines as columns named as in metrics.csv (`geometry/...`, `weighting/...`)."""
+    """The probes' JSON lines as columns named as in metrics.csv (`geometry/...`, `weighting/...`).
+
+    A record's key gets its file's stem as prefix unless it has it already, the rule the probe callbacks log by:
+    the weighting probe writes full keys (`weighting/ig_kl_r2`), the geometry probe short ones (`anisotropy/layer_4`)."""
     rows: dict[int, dict[str, float]] = {}
     for path in sorted((run_dir / "probes").glob("*.jsonl")):
+        prefix = f"{path.stem}/"
         for line in path.read_text().splitlines():
             if line.strip():
                 record = json.loads(line)
                 row = rows.setdefault(int(record["step"]), {"step": int(record["step"])})
-                row.update({f"{path.stem}/{key}": value for key, value in record.get("metrics", {}).items()})
+                row.update({key if key.startswith(prefix) else prefix + key: value for key, value in record.get("metrics", {}).items()})
     return pd.DataFrame(sorted(rows.values(), key=lambda row: row["step"]))
 
 

@@ -23,20 +23,15 @@ for any mode, via a JVP in sketch mode), and the regression R^2 of sketch vs exa
 from __future__ import annotations
 
 import argparse
-import sys
 import time
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the peer: captum looped, kept with the tests
-from reference import captum_loop_weights  # noqa: E402
-
 from ctrain.data.sources import read_sts_b
 from ctrain.models.encoder import load_encoder
-from ctrain.probes.attribution import integrated_gradients
-from ctrain.probes.information import token_statistics
-from ctrain.probes.weighting import FIT_KEYS, WeightingConfig, weighting_probe
+from ctrain.probes.weighting import FIT_KEYS, WeightingConfig, token_statistics, weighting_probe
+from ctrain.probes.weighting.captum_peer import captum_loop_weights
+from ctrain.probes.weighting.ig import integrated_gradients
 
 MODEL = "all-MiniLM-L6-v2"
 STEPS = 50

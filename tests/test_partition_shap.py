@@ -1,12 +1,12 @@
-"""The native PartitionSHAP recursion (ctrain.probes.partition_shap) against the shap library it reimplements."""
+"""The native PartitionSHAP recursion (ctrain.probes.weighting.partition) against the shap library it reimplements."""
 
 import numpy as np
 import pytest
 import torch
 
-from ctrain.models.encoder import load_encoder
-from ctrain.probes.attribution import attribution_mode, owen_values, shap_weights
-from ctrain.probes.partition_shap import TextGame, batched_owen_values, length_grouped_encoder, text_masker
+from ctrain.models.encoder import attribution_mode, load_encoder
+from ctrain.probes.weighting.partition import TextGame, batched_owen_values, length_grouped_encoder, text_masker
+from ctrain.probes.weighting.shapley import owen_values, shap_weights
 
 SENTENCES = [
     "a man plays the guitar.",
@@ -153,7 +153,7 @@ def test_weighting_probe_with_native_shap_equals_the_library_path(tiny_bert):
     library = weighting_probe(tiny_bert, sentences, config)
     native = weighting_probe(tiny_bert, sentences, dataclasses.replace(config, shap_mode="partition_native"))
     np.testing.assert_allclose(
-        [r.weights["shap"] for r in native.records], [r.weights["shap"] for r in library.records], rtol=0, atol=1e-6
+        native.units.weights["shap"], library.units.weights["shap"], rtol=0, atol=1e-6
     )
     assert native.metrics.keys() == library.metrics.keys()
     for key, value in library.metrics.items():

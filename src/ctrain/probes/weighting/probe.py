@@ -1,15 +1,11 @@
 """The word-weighting probe: attribution weights regressed on token information.
 
 ``weighting_probe`` is what the training callback and ``ctrain probe`` call. It
-weighs every unit of the probe sentences by IG (and optionally SHAP), regresses the
-normalised weights ``c'`` on ``KL``, ``dKL`` and ``I`` of a statistics corpus (spec
-sections 1-4), and measures Theorem 1 (section 5). Pass ``statistics`` (from
-``token_statistics``) to reuse them across calls: they depend on the corpus and the
-tokenizer only, not on the weights being trained. ``WeightingConfig`` holds every
-setting and its default; the callback, ``ctrain probe`` and the presets take it whole.
-
-Every logged key is written out in ``FIT_KEYS``, ``THEOREM_KEYS`` and the constants
-below it, so a grep for a column of ``metrics.csv`` lands here.
+weighs every unit of the probe sentences by IG (and optionally SHAP), one ``weigh_batch``
+at a time, regresses the normalised weights ``c'`` on ``KL``, ``dKL`` and ``I`` of a
+statistics corpus (spec sections 1-4), and measures Theorem 1 (section 5). Pass
+``statistics`` (``WeightingConfig.statistics``) to reuse them across calls: they depend on
+the corpus and the tokenizer only, not on the weights being trained.
 
 Decisions where the spec is open:
 
@@ -26,244 +22,81 @@ Decisions where the spec is open:
 
 from __future__ import annotations
 
-import hashlib
-import json
-import math
-import shutil
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 import torch
 
-from ctrain.fileio import atomic_path, atomic_write_text
 from ctrain.models.encoder import SentenceEncoder
-from ctrain.probes.attribution import (
-    COMPLETENESS_CHECKS,
-    QUADRATURES,
-    SHAP_MODES,
-    Completeness,
-    Mode,
-    Quadrature,
-    ShapMode,
-    SketchKind,
-    attribution_mode,
-    integrated_gradients,
-    shap_weights,
-    unit_weights,
-)
-from ctrain.probes.information import (
-    UNITS,
-    Segmentation,
-    TokenStatistics,
-    Units,
-    segment,
-    token_statistics,
-)
 from ctrain.probes.jsonio import to_strict_json
-from ctrain.probes.regression import POINTS, FitKeys, Interval, Points, bootstrap_fit, ols, regression_points
-from ctrain.probes.theorem import (
-    TypeAverage,
-    WordVector,
-    half_squared_norm,
-    type_means,
-    theorem_regressions,
-    vectors_per_unit,
+from ctrain.probes.weighting.batch import BatchWeights, weigh_batch
+from ctrain.probes.weighting.config import WeightingConfig
+from ctrain.probes.weighting.information import TokenStatistics, segment
+from ctrain.probes.weighting.keys import (
+    FIT_KEYS,
+    IG_COMPLETENESS_ERROR_MAX,
+    IG_COMPLETENESS_ERROR_MEAN,
+    IG_COMPLETENESS_ERROR_N,
+    KL_INCLUDE_SELF,
+    NUM_SENTENCES,
+    NUM_UNITS,
+    QUANTITIES,
+    THEOREM_INPUT_HALF_NORM_MEAN,
+    THEOREM_KEYS,
+    Quantity,
 )
+from ctrain.probes.weighting.regression import Interval, bootstrap_fit, ols, regression_points
+from ctrain.probes.weighting.store import BatchProgress, BatchStore
+from ctrain.probes.weighting.theorem import half_squared_norm, theorem_regressions, type_means
 
-Method = Literal["ig", "shap"]
-METHODS: tuple[str, ...] = ("ig", "shap")
-Quantity = Literal["kl", "dkl", "selfinfo"]
-QUANTITIES: tuple[str, ...] = ("kl", "dkl", "selfinfo")
-
-FIT_KEYS: dict[tuple[str, str], FitKeys] = {
-    ("ig", "kl"): FitKeys(
-        "weighting/ig_kl_r2", "weighting/ig_kl_beta", "weighting/ig_kl_beta_se",
-        "weighting/ig_kl_intercept", "weighting/ig_kl_intercept_se", "weighting/ig_kl_n",
-        r2_ci_low="weighting/ig_kl_r2_ci_low", r2_ci_high="weighting/ig_kl_r2_ci_high",
-        slope_ci_low="weighting/ig_kl_beta_ci_low", slope_ci_high="weighting/ig_kl_beta_ci_high",
-    ),
-    ("ig", "dkl"): FitKeys(
-        "weighting/ig_dkl_r2", "weighting/ig_dkl_beta", "weighting/ig_dkl_beta_se",
-        "weighting/ig_dkl_intercept", "weighting/ig_dkl_intercept_se", "weighting/ig_dkl_n",
-        r2_ci_low="weighting/ig_dkl_r2_ci_low", r2_ci_high="weighting/ig_dkl_r2_ci_high",
-        slope_ci_low="weighting/ig_dkl_beta_ci_low", slope_ci_high="weighting/ig_dkl_beta_ci_high",
-    ),
-    ("ig", "selfinfo"): FitKeys(
-        "weighting/ig_selfinfo_r2", "weighting/ig_selfinfo_beta", "weighting/ig_selfinfo_beta_se",
-        "weighting/ig_selfinfo_intercept", "weighting/ig_selfinfo_intercept_se", "weighting/ig_selfinfo_n",
-        r2_ci_low="weighting/ig_selfinfo_r2_ci_low", r2_ci_high="weighting/ig_selfinfo_r2_ci_high",
-        slope_ci_low="weighting/ig_selfinfo_beta_ci_low", slope_ci_high="weighting/ig_selfinfo_beta_ci_high",
-    ),
-    ("shap", "kl"): FitKeys(
-        "weighting/shap_kl_r2", "weighting/shap_kl_beta", "weighting/shap_kl_beta_se",
-        "weighting/shap_kl_intercept", "weighting/shap_kl_intercept_se", "weighting/shap_kl_n",
-        r2_ci_low="weighting/shap_kl_r2_ci_low", r2_ci_high="weighting/shap_kl_r2_ci_high",
-        slope_ci_low="weighting/shap_kl_beta_ci_low", slope_ci_high="weighting/shap_kl_beta_ci_high",
-    ),
-    ("shap", "dkl"): FitKeys(
-        "weighting/shap_dkl_r2", "weighting/shap_dkl_beta", "weighting/shap_dkl_beta_se",
-        "weighting/shap_dkl_intercept", "weighting/shap_dkl_intercept_se", "weighting/shap_dkl_n",
-        r2_ci_low="weighting/shap_dkl_r2_ci_low", r2_ci_high="weighting/shap_dkl_r2_ci_high",
-        slope_ci_low="weighting/shap_dkl_beta_ci_low", slope_ci_high="weighting/shap_dkl_beta_ci_high",
-    ),
-    ("shap", "selfinfo"): FitKeys(
-        "weighting/shap_selfinfo_r2", "weighting/shap_selfinfo_beta", "weighting/shap_selfinfo_beta_se",
-        "weighting/shap_selfinfo_intercept", "weighting/shap_selfinfo_intercept_se", "weighting/shap_selfinfo_n",
-        r2_ci_low="weighting/shap_selfinfo_r2_ci_low", r2_ci_high="weighting/shap_selfinfo_r2_ci_high",
-        slope_ci_low="weighting/shap_selfinfo_beta_ci_low", slope_ci_high="weighting/shap_selfinfo_beta_ci_high",
-    ),
-}  # fmt: skip
-"""(method, quantity) -> keys of the OLS of ``c'`` on that quantity (spec section 4), with the bootstrap interval
-of R^2 and beta over probe sentences (``*_ci_low`` / ``*_ci_high``; logged when ``bootstrap_resamples > 0``)."""
-
-THEOREM_KEYS: dict[tuple[str, str], FitKeys] = {
-    ("input", "kl"): FitKeys(
-        "weighting/theorem_input_r2", "weighting/theorem_input_slope", "weighting/theorem_input_slope_se",
-        "weighting/theorem_input_intercept", "weighting/theorem_input_intercept_se", "weighting/theorem_input_n", "weighting/theorem_input_spearman",
-    ),
-    ("input", "dkl"): FitKeys(
-        "weighting/theorem_input_dkl_r2", "weighting/theorem_input_dkl_slope", "weighting/theorem_input_dkl_slope_se",
-        "weighting/theorem_input_dkl_intercept", "weighting/theorem_input_dkl_intercept_se", "weighting/theorem_input_dkl_n", "weighting/theorem_input_dkl_spearman",
-    ),
-    ("input", "selfinfo"): FitKeys(
-        "weighting/theorem_input_selfinfo_r2", "weighting/theorem_input_selfinfo_slope", "weighting/theorem_input_selfinfo_slope_se",
-        "weighting/theorem_input_selfinfo_intercept", "weighting/theorem_input_selfinfo_intercept_se", "weighting/theorem_input_selfinfo_n", "weighting/theorem_input_selfinfo_spearman",
-    ),
-    ("last", "kl"): FitKeys(
-        "weighting/theorem_last_r2", "weighting/theorem_last_slope", "weighting/theorem_last_slope_se",
-        "weighting/theorem_last_intercept", "weighting/theorem_last_intercept_se", "weighting/theorem_last_n", "weighting/theorem_last_spearman",
-    ),
-    ("last", "dkl"): FitKeys(
-        "weighting/theorem_last_dkl_r2", "weighting/theorem_last_dkl_slope", "weighting/theorem_last_dkl_slope_se",
-        "weighting/theorem_last_dkl_intercept", "weighting/theorem_last_dkl_intercept_se", "weighting/theorem_last_dkl_n", "weighting/theorem_last_dkl_spearman",
-    ),
-    ("last", "selfinfo"): FitKeys(
-        "weighting/theorem_last_selfinfo_r2", "weighting/theorem_last_selfinfo_slope", "weighting/theorem_last_selfinfo_slope_se",
-        "weighting/theorem_last_selfinfo_intercept", "weighting/theorem_last_selfinfo_intercept_se", "weighting/theorem_last_selfinfo_n", "weighting/theorem_last_selfinfo_spearman",
-    ),
-    ("last_type", "kl"): FitKeys(
-        "weighting/theorem_last_type_r2", "weighting/theorem_last_type_slope", "weighting/theorem_last_type_slope_se",
-        "weighting/theorem_last_type_intercept", "weighting/theorem_last_type_intercept_se", "weighting/theorem_last_type_n", "weighting/theorem_last_type_spearman",
-    ),
-    ("last_type", "dkl"): FitKeys(
-        "weighting/theorem_last_type_dkl_r2", "weighting/theorem_last_type_dkl_slope", "weighting/theorem_last_type_dkl_slope_se",
-        "weighting/theorem_last_type_dkl_intercept", "weighting/theorem_last_type_dkl_intercept_se", "weighting/theorem_last_type_dkl_n", "weighting/theorem_last_type_dkl_spearman",
-    ),
-    ("last_type", "selfinfo"): FitKeys(
-        "weighting/theorem_last_type_selfinfo_r2", "weighting/theorem_last_type_selfinfo_slope", "weighting/theorem_last_type_selfinfo_slope_se",
-        "weighting/theorem_last_type_selfinfo_intercept", "weighting/theorem_last_type_selfinfo_intercept_se", "weighting/theorem_last_type_selfinfo_n", "weighting/theorem_last_type_selfinfo_spearman",
-    ),
-}  # fmt: skip
-"""(Theorem-1 target, quantity) -> keys of the OLS of ``0.5 ||w||^2`` on that quantity, with Spearman (spec section 5;
-KL keeps its original names)."""
-
-NUM_SENTENCES = "weighting/num_sentences"
-NUM_UNITS = "weighting/num_units"
-KL_INCLUDE_SELF = "weighting/kl_include_self"
-THEOREM_INPUT_HALF_NORM_MEAN = "weighting/theorem_input_half_norm_mean"
-IG_COMPLETENESS_ERROR_MEAN = "weighting/ig_completeness_error_mean"
-IG_COMPLETENESS_ERROR_MAX = "weighting/ig_completeness_error_max"
-IG_COMPLETENESS_ERROR_N = "weighting/ig_completeness_error_n"
-
-_CHOICES = {
-    "ig_mode": ("exact", "sketch"),
-    "sketch_kind": ("rademacher", "orthogonal"),
-    "quadrature": QUADRATURES,
-    "completeness": COMPLETENESS_CHECKS,
-    "shap_mode": SHAP_MODES,
-    "units": UNITS,
-    "points": POINTS,
-    "word_vector": ("sum", "mean"),
-    "type_average": ("vectors", "norms"),
-}
-
-
-@dataclass
-class WeightingConfig:
-    """Every setting of the word-weighting probe, with the spec's defaults; presets override only what they must.
-
-    ``include_self`` decides whether an occurrence of ``w`` counts itself in
-    ``P_sent(.|w)`` (spec section 1: yes, as the paper's "sentences containing w"
-    and the theorem's proof do). ``sketch_size`` and ``sketch_kind`` only matter with
-    ``ig_mode="sketch"``; the ``shap_*`` fields only with ``"shap"`` in ``methods``.
-    ``completeness`` is how sketch mode checks IG's completeness (``integrated_gradients``):
-    ``path`` exactly, with a JVP as costly as a cheap sketch itself; ``directions`` along the sketch's directions, free.
-    ``bootstrap_resamples`` resamples of the probe sentences (0 = none) give the ``confidence``
-    percentile interval of every weight fit's R^2 and beta (``regression.bootstrap_fit``), seeded by ``seed``.
-    """
-
-    methods: tuple[str, ...] = ("ig",)
-    ig_mode: Mode = "exact"
-    sketch_size: int = 32
-    sketch_kind: SketchKind = "rademacher"
-    steps: int = 50
-    quadrature: Quadrature = "gauss_legendre"
-    units: Units = "tokens"
-    min_count: int = 5
-    include_self: bool = True
-    dkl_repeats: int = 5
-    points: Points = "occurrence"
-    max_length: int | None = 128
-    seed: int = 0
-    batch_size: int = 8
-    vjp_batch: int | None = 8
-    completeness: Completeness = "path"
-    shap_mode: ShapMode = "exact"
-    shap_max_exact_tokens: int = 10
-    shap_permutations: int = 64
-    shap_max_evals: int = 500
-    shap_batch_size: int = 256
-    theorem: bool = True
-    word_vector: WordVector = "sum"
-    type_average: TypeAverage = "vectors"
-    bootstrap_resamples: int = 1000
-    confidence: float = 0.95
-
-    def __post_init__(self) -> None:
-        self.methods = tuple(self.methods)
-        if self.bootstrap_resamples < 0:
-            raise ValueError(f"bootstrap_resamples must be >= 0 (0 = no intervals), got {self.bootstrap_resamples}")
-        if not 0 < self.confidence < 1:
-            raise ValueError(f"confidence must be in (0, 1), got {self.confidence}")
-        unknown = [m for m in self.methods if m not in METHODS]
-        if unknown or not self.methods:
-            raise ValueError(f"methods must be a non-empty subset of {METHODS}, got {self.methods}")
-        for name, choices in _CHOICES.items():
-            if getattr(self, name) not in choices:
-                raise ValueError(f"unknown {name} '{getattr(self, name)}': choose one of {', '.join(choices)}")
+Weigh = Callable[[SentenceEncoder, list[str], WeightingConfig, int], BatchWeights]
+INFORMATION = {"kl": "kl", "dkl": "dkl", "selfinfo": "self_information"}  # quantity -> its column (and statistic)
 
 
 @dataclass(frozen=True)
-class TokenRecord:
-    """One unit occurrence: its sentence (index into the probe sentences), type, ``c'`` per method and information."""
+class UnitTable:
+    """Every unit occurrence of the probe sentences, one row per unit, as columns.
 
-    sentence: int
-    token: str
-    weights: dict[str, float]
-    kl: float
-    dkl: float
-    self_information: float
-    count: int
+    ``sentence`` indexes the probe sentences; ``count`` is 0 and the information NaN for a type the statistics
+    corpus never saw."""
+
+    sentence: np.ndarray  # int64
+    token: np.ndarray  # object: the type string
+    weights: dict[str, np.ndarray]  # method -> c'
+    kl: np.ndarray
+    dkl: np.ndarray
+    self_information: np.ndarray
+    count: np.ndarray  # int64
+
+    def __len__(self) -> int:
+        return len(self.sentence)
+
+    def rows(self) -> list[dict]:
+        """One JSON-ready dict per unit: sentence, token, weights (per method), kl, dkl, self_information, count."""
+        columns = (self.sentence.tolist(), self.token.tolist(), self.kl.tolist(), self.dkl.tolist(), self.self_information.tolist(), self.count.tolist())
+        weights = [dict(zip(self.weights, values)) for values in zip(*(w.tolist() for w in self.weights.values()))]
+        return [
+            {"sentence": s, "token": t, "weights": w, "kl": kl, "dkl": dkl, "self_information": i, "count": n}
+            for (s, t, kl, dkl, i, n), w in zip(zip(*columns), weights)
+        ]
 
 
 @dataclass
 class WeightingResult:
-    """Flat metrics for loggers, per-unit records for plots, and the config that produced them."""
+    """Flat metrics for loggers, the per-unit table for plots, and the config that produced them."""
 
     metrics: dict[str, float]
-    records: list[TokenRecord]
+    units: UnitTable
     config: WeightingConfig = field(default_factory=WeightingConfig)
 
     def occurrences(self, method: str, quantity: Quantity) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """(x, y, type, sentence) of every eligible unit occurrence of the ``{method}_{quantity}`` fit."""
-        attribute = {"kl": "kl", "dkl": "dkl", "selfinfo": "self_information"}[quantity]
-        kept = [r for r in self.records if r.count >= self.config.min_count and math.isfinite(getattr(r, attribute))]
-        x = np.array([getattr(r, attribute) for r in kept], dtype=np.float64)
-        y = np.array([r.weights[method] for r in kept], dtype=np.float64)
-        return x, y, np.array([r.token for r in kept], dtype=object), np.array([r.sentence for r in kept], dtype=np.int64)
+        units = self.units
+        x = getattr(units, INFORMATION[quantity])
+        kept = (units.count >= self.config.min_count) & np.isfinite(x)
+        return x[kept], units.weights[method][kept], units.token[kept], units.sentence[kept]
 
     def regression_data(self, method: str, quantity: Quantity) -> tuple[np.ndarray, np.ndarray]:
         """The (x, y) points of the ``{method}_{quantity}`` fit: eligible units, per occurrence or per type."""
@@ -277,85 +110,8 @@ class WeightingResult:
         return bootstrap_fit(x, y, sentence, num_sentences, c.points, types, c.bootstrap_resamples, c.confidence, c.seed)
 
     def to_json(self) -> str:
-        """Config, metrics and records as strict JSON (NaN written as null), full float precision."""
-        return to_strict_json({"config": asdict(self.config), "metrics": self.metrics, "records": [asdict(r) for r in self.records]})
-
-
-def _method_weights(
-    encoder: SentenceEncoder, method: str, seg: Segmentation, sentences: list[str], config: WeightingConfig, seed: int
-) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Normalised unit weights ``c'`` of one batch, and IG's per-sentence completeness errors."""
-    if method == "ig":
-        attribution = integrated_gradients(
-            encoder, seg.input_ids, seg.attention_mask, config.steps, config.quadrature, config.ig_mode,
-            config.sketch_size, config.sketch_kind, seed, config.vjp_batch, config.completeness,
-        )  # fmt: skip
-    else:
-        attribution = shap_weights(
-            encoder, seg.input_ids, seg.attention_mask, sentences, config.shap_mode, config.shap_max_exact_tokens,
-            config.shap_permutations, config.shap_max_evals, seed, config.shap_batch_size,
-        )  # fmt: skip
-    _, normalised = unit_weights(attribution.weights, seg.unit_of_position, seg.unit_sentence)
-    return normalised, attribution.completeness_error
-
-
-def _theorem_vectors(encoder: SentenceEncoder, seg: Segmentation, config: WeightingConfig) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-unit input word-embedding vectors and last-layer hidden states of one batch."""
-    with attribution_mode(encoder) as device, torch.no_grad():
-        ids, mask = seg.input_ids.to(device), seg.attention_mask.to(device)
-        last = encoder.token_states(ids, mask).last_hidden_state
-        inputs = encoder.word_embeddings(ids)
-        unit_of_position = seg.unit_of_position.to(device)
-        return tuple(vectors_per_unit(s, unit_of_position, seg.num_units, config.word_vector).cpu() for s in (inputs, last))
-
-
-@dataclass(frozen=True)
-class BatchProgress:
-    """What the weighting probe tells its progress callback after each batch.
-
-    Batches go in order of token length, so later ones cost more: ``lengths`` (every batch's padded
-    length, in the order they are weighed) lets a callback project the time left from the cost so far.
-    """
-
-    done: int  # sentences weighed (or reused) so far
-    total: int
-    batch: int  # index of the batch just finished
-    lengths: tuple[int, ...]
-    reused: bool  # kept on disk by an interrupted run: no model time was spent on it
-
-
-class BatchStore:
-    """Each weighed batch of a long probe, kept on disk so that an interrupted probe resumes where it stopped.
-
-    A batch is one file, written atomically. ``key.json`` fingerprints what the batches depend on (the
-    sentences, the config, the model's weights, byte for byte: a float sum would change with the number of
-    threads and clear the batches of the same probe resumed with another); a directory left by a different probe
-    is cleared.
-    """
-
-    def __init__(self, directory: Path, encoder: SentenceEncoder, sentences: list[str], config: WeightingConfig) -> None:
-        self.directory = Path(directory)
-        digest = hashlib.sha256(json.dumps([sentences, asdict(config)], sort_keys=True, default=str).encode())
-        with torch.no_grad():
-            for name, tensor in encoder.state_dict().items():
-                digest.update(name.encode())
-                digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
-        key = digest.hexdigest()
-        key_file = self.directory / "key.json"
-        if key_file.exists() and json.loads(key_file.read_text()).get("key") != key:
-            shutil.rmtree(self.directory)
-        self.directory.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(key_file, json.dumps({"key": key}))
-
-    def _file(self, start: int) -> Path:
-        return self.directory / f"batch_{start:07d}.pt"
-
-    def load(self, start: int) -> dict | None:
-        return torch.load(self._file(start), weights_only=True) if self._file(start).exists() else None
-
-    def save(self, start: int, batch: dict) -> None:
-        with atomic_path(self._file(start)) as temporary:
-            torch.save(batch, temporary)
+        """Config, metrics and one record per unit as strict JSON (NaN written as null), full float precision."""
+        return to_strict_json({"config": asdict(self.config), "metrics": self.metrics, "records": self.units.rows()})
 
 
 def weighting_probe(
@@ -365,19 +121,19 @@ def weighting_probe(
     statistics: TokenStatistics | None = None,
     progress: Callable[[BatchProgress], None] | None = None,
     resume_dir: str | Path | None = None,
+    weigh: Weigh = weigh_batch,
 ) -> WeightingResult:
     """Weigh the probe sentences' units and regress the weights on information (statistics default: the sentences).
 
     ``progress(BatchProgress)`` is called after every batch (sentences done, every batch's token length, reused or not).
     With ``resume_dir``, every batch's weights are kept there (`BatchStore`) and a rerun of the same probe
-    weighs only the batches not yet kept: the result equals an uninterrupted run's.
+    weighs only the batches not yet kept: the result equals an uninterrupted run's. ``weigh`` weighs each batch
+    (``weigh_batch``; a benchmark passes a wrapper of it that times or keeps what it weighed).
     """
     config = config or WeightingConfig()
     tokenizer = encoder.tokenizer
     if statistics is None:
-        statistics = token_statistics(
-            tokenizer, sentences, config.units, config.include_self, config.dkl_repeats, config.seed, config.max_length
-        )
+        statistics = config.statistics(tokenizer, sentences)
     if (statistics.units, statistics.include_self) != (config.units, config.include_self):
         raise ValueError(
             f"statistics were computed with units={statistics.units}, include_self={statistics.include_self}; "
@@ -387,74 +143,72 @@ def weighting_probe(
     order = np.argsort(lengths, kind="stable")
     starts = range(0, len(sentences), config.batch_size)
     batch_lengths = tuple(max(lengths[i] for i in order[start : start + config.batch_size]) for start in starts)
-    records: list[TokenRecord] = []
-    errors: list[torch.Tensor] = []
-    input_vectors, last_vectors, unit_types = [], [], []
     store = BatchStore(resume_dir, encoder, list(sentences), config) if resume_dir is not None else None
+    batches: list[BatchWeights] = []
+    sentence_of_unit: list[np.ndarray] = []
     for start in starts:
         indices = order[start : start + config.batch_size]
         batch = [sentences[i] for i in indices]
-        seg = segment(tokenizer, batch, config.units, config.max_length)
-        kept = store.load(start) if store is not None else None
-        reused = kept is not None
-        if kept is None:
-            kept = {"weights": {}, "completeness": None}
-            for method in config.methods:
-                kept["weights"][method], completeness = _method_weights(encoder, method, seg, batch, config, config.seed + start)
-                if completeness is not None:
-                    kept["completeness"] = completeness
-            if config.theorem:
-                kept["vectors"] = _theorem_vectors(encoder, seg, config)
+        stored = store.load(start) if store is not None else None
+        if stored is None:
+            weighed = weigh(encoder, batch, config, config.seed + start)
             if store is not None:
-                store.save(start, kept)
-        weights = kept["weights"]
-        if kept["completeness"] is not None:
-            errors.append(kept["completeness"])
-        types = statistics.index(seg.unit_types)
-        for u, (b, name, t) in enumerate(zip(seg.unit_sentence.tolist(), seg.unit_types, types.tolist())):
-            known = t >= 0
-            records.append(
-                TokenRecord(
-                    sentence=int(indices[b]),
-                    token=name,
-                    weights={m: float(w[u]) for m, w in weights.items()},
-                    kl=float(statistics.kl[t]) if known else math.nan,
-                    dkl=float(statistics.dkl[t]) if known else math.nan,
-                    self_information=float(statistics.self_information[t]) if known else math.nan,
-                    count=int(statistics.counts[t]) if known else 0,
-                )
-            )
-        if config.theorem:
-            input_vectors.append(kept["vectors"][0])
-            last_vectors.append(kept["vectors"][1])
-            unit_types.append(types)
+                store.save(start, weighed.stored())
+        else:
+            weighed = BatchWeights.from_stored(segment(tokenizer, batch, config.units, config.max_length), stored)
+        batches.append(weighed)
+        sentence_of_unit.append(indices[weighed.segmentation.unit_sentence.numpy()])
         if progress is not None:
-            progress(BatchProgress(start + len(indices), len(sentences), start // config.batch_size, batch_lengths, reused))
-    result = WeightingResult(metrics={}, records=records, config=config)
+            progress(BatchProgress(start + len(indices), len(sentences), start // config.batch_size, batch_lengths, stored is not None))
+    return fit_weights(batches, np.concatenate(sentence_of_unit or [np.zeros(0, np.int64)]), len(sentences), statistics, config)
+
+
+def fit_weights(
+    batches: list[BatchWeights], sentence_of_unit: np.ndarray, num_sentences: int, statistics: TokenStatistics, config: WeightingConfig
+) -> WeightingResult:
+    """The probe's metrics and unit table from its weighed batches (``sentence_of_unit``: each unit's probe sentence)."""
+    types = np.concatenate([statistics.index(b.segmentation.unit_types) for b in batches] or [np.zeros(0, np.int64)])
+    known = types >= 0
+
+    def per_unit(values: np.ndarray, missing: float, dtype: type = np.float64) -> np.ndarray:
+        column = np.full(len(types), missing, dtype=dtype)
+        column[known] = values[types[known]]
+        return column
+
+    units = UnitTable(
+        sentence=sentence_of_unit.astype(np.int64),
+        token=np.array([t for b in batches for t in b.segmentation.unit_types], dtype=object),
+        weights={m: np.concatenate([b.weights[m] for b in batches] or [np.zeros(0)]) for m in config.methods},
+        kl=per_unit(statistics.kl, np.nan),
+        dkl=per_unit(statistics.dkl, np.nan),
+        self_information=per_unit(statistics.self_information, np.nan),
+        count=per_unit(statistics.counts, 0, np.int64),
+    )
+    result = WeightingResult(metrics={}, units=units, config=config)
     metrics: dict[str, float] = {
-        NUM_SENTENCES: float(len(sentences)),
-        NUM_UNITS: float(len(records)),
+        NUM_SENTENCES: float(num_sentences),
+        NUM_UNITS: float(len(units)),
         KL_INCLUDE_SELF: float(config.include_self),
     }
     for method in config.methods:
         for quantity in QUANTITIES:
             metrics.update(ols(*result.regression_data(method, quantity)).metrics(FIT_KEYS[method, quantity]))
             if config.bootstrap_resamples > 0:
-                metrics.update(result.interval(method, quantity, len(sentences)).metrics(FIT_KEYS[method, quantity]))
+                metrics.update(result.interval(method, quantity, num_sentences).metrics(FIT_KEYS[method, quantity]))
+    errors = [torch.from_numpy(b.completeness_error) for b in batches if b.completeness_error is not None]
     if errors:
         error = torch.cat(errors).double()
         metrics[IG_COMPLETENESS_ERROR_MEAN] = float(error.mean())
         metrics[IG_COMPLETENESS_ERROR_MAX] = float(error.max())
         metrics[IG_COMPLETENESS_ERROR_N] = float(len(error))
-    if config.theorem and records:
-        types = np.concatenate(unit_types)
-        keep = types >= 0
+    if config.theorem and len(units):
+        keep = known.copy()
         keep[keep] = statistics.eligible(config.min_count)[types[keep]]
         mask = torch.from_numpy(keep)
-        information = {"kl": statistics.kl, "dkl": statistics.dkl, "selfinfo": statistics.self_information}
-        inputs, lasts = torch.cat(input_vectors)[mask], torch.cat(last_vectors)[mask]
-        for quantity, values in information.items():
-            for target, fit in theorem_regressions(inputs, lasts, types[keep], values, config.type_average).items():
+        inputs = torch.cat([torch.from_numpy(b.input_vectors) for b in batches])[mask]
+        lasts = torch.cat([torch.from_numpy(b.last_vectors) for b in batches])[mask]
+        for quantity, column in INFORMATION.items():
+            for target, fit in theorem_regressions(inputs, lasts, types[keep], getattr(statistics, column), config.type_average).items():
                 metrics.update(fit.metrics(THEOREM_KEYS[target, quantity]))
         metrics[THEOREM_INPUT_HALF_NORM_MEAN] = float(half_squared_norm(type_means(inputs, types[keep])[1]).mean())
     result.metrics = metrics

@@ -118,6 +118,16 @@ def test_shap_weights_native_mode_equals_partition_mode(tiny_bert):
     torch.testing.assert_close(native, library, rtol=0, atol=1e-6)
 
 
+def test_the_text_masker_is_built_once_per_tokenizer(tiny_bert):
+    """Both SHAP paths, over several sentences and calls, share one shap.maskers.Text of the tokenizer."""
+    text_masker.cache_clear()
+    sentences = SENTENCES[:2]
+    batch = tiny_bert.tokenize(sentences)
+    for mode in ("partition", "partition_native", "partition"):
+        shap_weights(tiny_bert, **batch, sentences=sentences, mode=mode, max_evals=20)
+    assert text_masker.cache_info().misses == 1
+
+
 LONG = (
     "The 30-year-old man, who has not been named by police, was arrested on suspicion of murder and remains in "
     "custody at a police station in the city, officers said."

@@ -25,7 +25,14 @@ from ctrain.fileio import atomic_write_text
 from ctrain.models.encoder import load_encoder
 from ctrain.probes.sentences import Columns, sample_sentences, sts_b_sentences
 from ctrain.probes.sts import encoder_sts
-from ctrain.probes.weighting import FIT_KEYS, KURITA2023_WEIGHTING, THEOREM_KEYS, BatchProgress, WeightingConfig
+from ctrain.probes.weighting import (
+    FIT_KEYS,
+    KURITA2023_WEIGHTING,
+    THEOREM_KEYS,
+    BatchProgress,
+    WeightingConfig,
+    weighting_probe,
+)
 from ctrain.probes.weighting.keys import IG_COMPLETENESS_ERROR_MAX, IG_COMPLETENESS_ERROR_MEAN
 
 Measurement = Literal["sts", "weighting", "geometry"]
@@ -193,7 +200,6 @@ def probe(
 
 
 def _weighting(encoder, model: str, directory: Path, split: str, columns: Columns, num_sentences: int | None, config: WeightingConfig) -> None:
-    from ctrain.probes.weighting import weighting_probe
     from ctrain.reporting.weighting_plots import (
         plot_sentence_weights,
         plot_weight_vs_information,

@@ -10,6 +10,8 @@
 - `batch`: `weigh_batch`, what one batch of sentences weighs: the per-batch step every probe and benchmark calls.
 - `store`: the resumable on-disk store of weighed batches, and the progress each batch reports.
 - `probe`: `weighting_probe`, which ties them together over all probe sentences and fits.
+- `captum_peer`: IG the straightforward way (captum, one output dim at a time), which tests and benchmarks check
+  `ig` against; nothing logged comes from it.
 """
 
 from ctrain.probes.weighting.batch import BatchWeights, weigh_batch

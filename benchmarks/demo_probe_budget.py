@@ -29,10 +29,9 @@ import yaml
 from pytorch_lightning import seed_everything
 
 from ctrain.models.encoder import EncoderConfig, load_encoder
-from ctrain.probes.information import token_statistics
-from ctrain.probes.regression import ols
 from ctrain.probes.sentences import sample_sentences, sts_b_sentences
 from ctrain.probes.weighting import WeightingConfig, weighting_probe
+from ctrain.probes.weighting.regression import ols
 from ctrain.runtime import global_seed
 from _toy import parse_args
 
@@ -111,7 +110,7 @@ def main(argv: list[str] | None = None) -> None:
     split = sts_b_sentences("dev")
     for label, encoder in models.items():
         encoder.eval()
-        statistics = token_statistics(encoder.tokenizer, split, base.units, base.include_self, base.dkl_repeats, base.seed, base.max_length)
+        statistics = base.statistics(encoder.tokenizer, split)
         print(f"\n{label}: {encoder.embedding_size}-dim outputs")
         # exact IG once, on the union of every candidate's sentences: with a full basis the weights do not depend on the batch
         union = sorted({s for n, _ in candidates for s in sample_sentences(split, n, base.seed)}, key=split.index)

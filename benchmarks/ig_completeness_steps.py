@@ -19,7 +19,7 @@ import torch
 
 from ctrain.data.sources import read_sts_b
 from ctrain.models.encoder import load_encoder
-from ctrain.probes.attribution import integrated_gradients
+from ctrain.probes.weighting.ig import integrated_gradients
 from _toy import TOY_MODEL, parse_args
 
 

@@ -22,8 +22,8 @@ import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from ctrain.data.sources import read_sts_b
-from ctrain.models.encoder import load_encoder
-from ctrain.probes.attribution import attribution_mode, pad_baseline
+from ctrain.models.encoder import attribution_mode, load_encoder
+from ctrain.probes.weighting.ig import pad_baseline
 from _toy import TOY_MODEL, parse_args
 
 

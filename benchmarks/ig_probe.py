@@ -23,30 +23,20 @@ for any mode, via a JVP in sketch mode), and the regression R^2 of sketch vs exa
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import time
-from pathlib import Path
 
 import torch
 
 from ctrain.data.sources import read_sts_b
 from ctrain.models.encoder import load_encoder
-from ctrain.probes.attribution import integrated_gradients
-from ctrain.probes.information import token_statistics
-from ctrain.probes.weighting import FIT_KEYS, WeightingConfig, weighting_probe
+from ctrain.probes.weighting import FIT_KEYS, WeightingConfig, token_statistics, weighting_probe
+from ctrain.probes.weighting.captum_peer import captum_loop_weights
+from ctrain.probes.weighting.ig import integrated_gradients
 from _toy import TOY_MODEL, parse_args
 
 MODEL = "all-MiniLM-L6-v2"
 STEPS = 50
 TOY = {"model": TOY_MODEL, "loop_sentences": 1, "r2_sentences": 4, "r2_steps": 2, "sketch_size": 4}
-
-
-def captum_loop_weights(*args, **kwargs):
-    """The peer, captum looped over the output dims: kept with the tests (tests/reference.py), loaded from there."""
-    spec = importlib.util.spec_from_file_location("reference", Path(__file__).resolve().parents[1] / "tests" / "reference.py")
-    reference = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(reference)
-    return reference.captum_loop_weights(*args, **kwargs)
 
 
 def timed(function, *args, **kwargs):

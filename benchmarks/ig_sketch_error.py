@@ -30,13 +30,13 @@ import numpy as np
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from ctrain.models.encoder import load_encoder
-from ctrain.reporting.model_probe import KURITA2023_WEIGHTING as SETUP
-from ctrain.probes.attribution import attribution_mode, output_directions, pad_baseline, quadrature_rule, unit_weights
+from ctrain.models.encoder import attribution_mode, load_encoder
 from ctrain.probes.sentences import sample_sentences, sts_b_sentences
+from ctrain.probes.weighting import KURITA2023_WEIGHTING as SETUP
 from ctrain.probes.weighting import WeightingConfig
-from ctrain.probes.information import segment, token_statistics
-from ctrain.probes.regression import ols
+from ctrain.probes.weighting.ig import output_directions, pad_baseline, quadrature_rule, unit_weights
+from ctrain.probes.weighting.information import segment
+from ctrain.probes.weighting.regression import ols
 from _toy import TOY_MODEL, parse_args
 
 MODEL = "all-MiniLM-L6-v2"
@@ -120,7 +120,7 @@ def report(args) -> None:
     encoder = load_encoder(args.model)
     corpus = sts_b_sentences("dev", "both")
     s = SETUP
-    statistics = token_statistics(encoder.tokenizer, corpus, s.units, s.include_self, s.dkl_repeats, s.seed, s.max_length)
+    statistics = s.statistics(encoder.tokenizer, corpus)
     types = statistics.index(list(data["token"]))
     known = types >= 0
     keep = known.copy()

@@ -19,11 +19,10 @@ import time
 import numpy as np
 import torch
 
-import ctrain.probes.weighting as weighting
 from ctrain.models.encoder import load_encoder
-from ctrain.probes.information import segment
 from ctrain.probes.sentences import sts_b_sentences
-from ctrain.reporting.model_probe import KURITA2023_WEIGHTING as SETUP
+from ctrain.probes.weighting import KURITA2023_WEIGHTING as SETUP
+from ctrain.probes.weighting import weigh_batch
 from _toy import TOY_MODEL, parse_args
 
 VARIANTS = {
@@ -34,10 +33,11 @@ VARIANTS = {
 }
 
 
-def seconds(call) -> float:
+def seconds(encoder, batch, config, method: str) -> tuple[float, int]:
+    """Seconds to weigh the batch by one method alone (``weigh_batch``, theorem off), and its padded length."""
     started = time.perf_counter()
-    call()
-    return time.perf_counter() - started
+    weighed = weigh_batch(encoder, batch, dataclasses.replace(config, methods=(method,), theorem=False), 0)
+    return time.perf_counter() - started, weighed.segmentation.input_ids.shape[1]
 
 
 TOY = {"model": TOY_MODEL, "threads": 1, "quantiles": [0.5]}
@@ -59,13 +59,9 @@ def main(argv: list[str] | None = None) -> None:
     for quantile in args.quantiles:
         start = int(quantile * len(sentences)) // SETUP.batch_size * SETUP.batch_size
         batch = [sentences[i] for i in order[start : start + SETUP.batch_size]]
-        seg = segment(encoder.tokenizer, batch, SETUP.units, SETUP.max_length)
-        row = [f"{seg.input_ids.shape[1]:3d}"]
-        for changes in VARIANTS.values():
-            config = dataclasses.replace(SETUP, **changes)
-            row.append(f"{seconds(lambda: weighting._method_weights(encoder, 'ig', seg, batch, config, 0)):.2f}")
-        row.append(f"{seconds(lambda: weighting._method_weights(encoder, 'shap', seg, batch, SETUP, 0)):.2f}")
-        print("  ".join(row), flush=True)
+        timed = [seconds(encoder, batch, dataclasses.replace(SETUP, **changes), "ig") for changes in VARIANTS.values()]
+        timed.append(seconds(encoder, batch, SETUP, "shap"))
+        print("  ".join([f"{timed[0][1]:3d}"] + [f"{spent:.2f}" for spent, _ in timed]), flush=True)
 
 
 if __name__ == "__main__":

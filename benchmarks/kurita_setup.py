@@ -24,19 +24,20 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import math
 import time
 
 import numpy as np
 import torch
 
-import ctrain.probes.weighting as weighting_module
-from ctrain.models.encoder import load_encoder
-from ctrain.reporting.model_probe import KURITA2023_WEIGHTING
-from ctrain.probes.attribution import attribution_mode, output_directions, owen_values, pad_baseline
+from ctrain.models.encoder import attribution_mode, load_encoder
 from ctrain.probes.sentences import sample_sentences, sts_b_sentences
-from ctrain.probes.information import token_statistics
-from ctrain.probes.partition_shap import TextGame, text_masker
+from ctrain.probes.weighting import KURITA2023_WEIGHTING, weigh_batch, weighting_probe
+from ctrain.probes.weighting.batch import attribute
+from ctrain.probes.weighting.ig import integrated_gradients, output_directions, pad_baseline
+from ctrain.probes.weighting.partition import TextGame, text_masker
+from ctrain.probes.weighting.shapley import owen_values
 from _toy import TOY_MODEL, parse_args
 
 MODEL = "all-MiniLM-L6-v2"
@@ -60,23 +61,17 @@ class Clock:
 def probe_with_split_times(encoder, sentences, config, statistics, clock: Clock, tag: str):
     """``weighting_probe`` with its IG and SHAP calls timed (and their raw weights kept), the total too."""
     captured = {"ig": [], "shap": []}
-    ig, shap = weighting_module.integrated_gradients, weighting_module.shap_weights
 
-    def ig_timed(encoder, input_ids, attention_mask, *args):
-        attribution = clock.timed(f"{tag} ig", ig, encoder, input_ids, attention_mask, *args)
-        captured["ig"].append((input_ids, attention_mask, args[5], attribution.weights))  # args[5]: the batch's seed
+    def timed_attribute(encoder, method, segmentation, batch, config, seed):
+        attribution = clock.timed(f"{tag} {method}", attribute, encoder, method, segmentation, batch, config, seed)
+        if method == "ig":
+            captured["ig"].append((segmentation.input_ids, segmentation.attention_mask, seed, attribution.weights))
+        else:
+            captured["shap"].append((list(batch), attribution.weights))
         return attribution
 
-    def shap_timed(encoder, input_ids, attention_mask, sentences, *args):
-        attribution = clock.timed(f"{tag} shap", shap, encoder, input_ids, attention_mask, sentences, *args)
-        captured["shap"].append((list(sentences), attribution.weights))
-        return attribution
-
-    weighting_module.integrated_gradients, weighting_module.shap_weights = ig_timed, shap_timed
-    try:
-        result = clock.timed(f"{tag} total", weighting_module.weighting_probe, encoder, sentences, config, statistics)
-    finally:
-        weighting_module.integrated_gradients, weighting_module.shap_weights = ig, shap
+    weigh = functools.partial(weigh_batch, attribute=timed_attribute)
+    result = clock.timed(f"{tag} total", weighting_probe, encoder, sentences, config, statistics, weigh=weigh)
     return result, captured
 
 
@@ -115,10 +110,6 @@ def evaluations_needed(game: TextGame) -> int:
     return total
 
 
-def records_by_method(result, method):
-    return np.array([r.weights[method] for r in result.records])
-
-
 TOY = {"model": TOY_MODEL, "sentences": 3, "captum_sentences": 1}
 
 
@@ -135,7 +126,7 @@ def main(argv: list[str] | None = None) -> None:
     corpus = sts_b_sentences("dev", "both")
     base = dataclasses.replace(KURITA2023_WEIGHTING, seed=args.seed)
     sentences = sample_sentences(corpus, args.sentences, base.seed)
-    statistics = token_statistics(encoder.tokenizer, corpus, base.units, base.include_self, base.dkl_repeats, base.seed, base.max_length)
+    statistics = base.statistics(encoder.tokenizer, corpus)
     tokens = [len(encoder.tokenizer(s)["input_ids"]) for s in sentences]
     print(f"model {args.model}, torch threads {torch.get_num_threads()}; {len(sentences)} sentences of {np.mean(tokens):.1f} tokens "
           f"on average (max {max(tokens)}); setup: IG {base.ig_mode} r={base.sketch_size} {base.sketch_kind}, {base.steps} "
@@ -144,7 +135,7 @@ def main(argv: list[str] | None = None) -> None:
     # warm-up: numba compiles shap's helpers on first use, the allocator grows
     warm = sentences[:2]
     for mode in ("partition", "partition_native"):
-        weighting_module.weighting_probe(encoder, warm, dataclasses.replace(base, shap_mode=mode, theorem=False), statistics)
+        weighting_probe(encoder, warm, dataclasses.replace(base, shap_mode=mode, theorem=False), statistics)
 
     clock = Clock()
     library, lib_captured = probe_with_split_times(
@@ -162,8 +153,9 @@ def main(argv: list[str] | None = None) -> None:
         take = min(len(input_ids), args.captum_sentences - loop_done)
         reference = clock.timed("captum loop", captum_sketch_loop, encoder, input_ids[:take], attention_mask[:take], base, seed)
         clock.seconds.setdefault("captum ctrain", np.zeros(2))
-        clock.timed("captum ctrain", weighting_module.integrated_gradients, encoder, input_ids[:take], attention_mask[:take],
-                    base.steps, base.quadrature, base.ig_mode, base.sketch_size, base.sketch_kind, seed, base.vjp_batch)  # fmt: skip
+        clock.timed("captum ctrain", integrated_gradients, encoder, input_ids[:take], attention_mask[:take], steps=base.steps,
+                    quadrature=base.quadrature, mode=base.ig_mode, sketch_size=base.sketch_size, sketch_kind=base.sketch_kind,
+                    seed=seed, vjp_batch=base.vjp_batch)  # fmt: skip
         loop_diffs.append((weights[:take] - reference).abs().max().item())
         loop_largest = max(loop_largest, reference.max().item())
         loop_done += take
@@ -214,7 +206,7 @@ def main(argv: list[str] | None = None) -> None:
                 spread = max(spread, np.abs(runs[0] - runs[1]).max())
         print(f"  the library against itself (np.random.seed 0 vs 1) on {min(len(limited), 4)} of those: max |diff| {spread:.3g}")
     for method in base.methods:
-        diff = np.abs(records_by_method(library, method) - records_by_method(native, method)).max()
+        diff = np.abs(library.units.weights[method] - native.units.weights[method]).max()
         print(f"  normalised c' ({method}), library path vs fast path: max |diff| {diff:.3g}")
     if loop_done:
         print(f"IG c_i, ctrain vs captum loop ({loop_done} sentences, largest c_i {loop_largest:.3g}): max |diff| {max(loop_diffs):.3g}")

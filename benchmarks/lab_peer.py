@@ -4,7 +4,7 @@ Everything is measured with ctrain's own probe functions on the lab's points (do
 callbacks/theorem_lab.yaml, `split: training`): the 300 probe sentences drawn with seed 0 from the lab's training
 texts (the 10,566 unique STS-B train sentences), the token statistics (`KL`, `dKL`, `-log P`, include_self, 5 shuffles,
 seed 0) of those texts at 32 tokens, types seen at least 5 times, one point per type, OLS of `0.5 ||w||^2` of the INPUT rows with Spearman
-(`ctrain.probes.theorem.theorem_regressions`, as `weighting_probe` calls it). `LabProbe.fits` gives exactly the
+(`ctrain.probes.weighting.theorem.theorem_regressions`, as `weighting_probe` calls it). `LabProbe.fits` gives exactly the
 lab's `weighting/theorem_input*` numbers for the same rows (tests/test_lab_peer.py checks it).
 
 Subcommands:
@@ -66,15 +66,13 @@ class LabProbe:
     def __init__(self, tokenizer=None, num_sentences: int = 300, min_count: int = 5) -> None:
         from ctrain.models.encoder import load_encoder
         from ctrain.probes.sentences import sample_sentences
-        from ctrain.probes.information import segment, token_statistics
         from ctrain.probes.weighting import WeightingConfig
+        from ctrain.probes.weighting.information import segment
 
         config = WeightingConfig(max_length=MAX_LENGTH)  # the lab presets' max_length; the rest defaults
         self.tokenizer = tokenizer or load_encoder("bag-bert").tokenizer
         corpus, _ = lab_training_tokens(self.tokenizer)  # the presets' split: training, the texts the lab trains on
-        self.statistics = token_statistics(
-            self.tokenizer, corpus, config.units, config.include_self, config.dkl_repeats, config.seed, config.max_length
-        )
+        self.statistics = config.statistics(self.tokenizer, corpus)
         self.sentences = sample_sentences(corpus, num_sentences, config.seed)
         self.segmentation = segment(self.tokenizer, self.sentences, config.units, config.max_length)
         types = self.statistics.index(self.segmentation.unit_types)
@@ -89,7 +87,7 @@ class LabProbe:
 
     def fits(self, table: torch.Tensor) -> dict[str, Fit]:
         """Input-row fits on KL, dKL and -log P; a NaN row (a type the model never had) drops out of the fit."""
-        from ctrain.probes.theorem import theorem_regressions, vectors_per_unit
+        from ctrain.probes.weighting.theorem import theorem_regressions, vectors_per_unit
 
         seg = self.segmentation
         rows = table.detach().double().cpu()[seg.input_ids]
@@ -104,7 +102,7 @@ class LabProbe:
 def lab_training_tokens(tokenizer) -> tuple[list[str], list[list[str]]]:
     """The lab's training sentences (unique STS-B train: data.train sts-b, keep_eval_overlap) and their tokens as the lab trains on them."""
     from ctrain.data.sources import sts_b_examples
-    from ctrain.probes.information import segment
+    from ctrain.probes.weighting.information import segment
 
     sentences = [example[0] for example in sts_b_examples(supervised=False, keep_eval_overlap=True)]
     seg = segment(tokenizer, sentences, "tokens", MAX_LENGTH)

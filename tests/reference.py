@@ -1,7 +1,7 @@
 """Reference implementations that tests and benchmarks compare the real metrics against.
 
-Nothing here produces a logged value: these are the straightforward, slow versions
-(captum one output dim at a time, Shapley values over every ordering of the players).
+Nothing here produces a logged value: these are the straightforward, slow versions (Shapley values over every
+ordering of the players; IG's captum loop is ``ctrain.probes.weighting.captum_peer``, which a benchmark shares).
 """
 
 from __future__ import annotations
@@ -13,28 +13,6 @@ import torch
 from torch import Tensor
 
 from ctrain.models.encoder import SentenceEncoder, eval_mode
-from ctrain.probes.attribution import pad_baseline
-
-
-def captum_loop_weights(encoder: SentenceEncoder, input_ids: Tensor, attention_mask: Tensor, steps: int = 50) -> Tensor:
-    """IG weights by captum's IntegratedGradients one output dim at a time (``d`` attribution calls).
-
-    Same PAD baseline, explicit position ids and Gauss-Legendre steps as
-    ``integrated_gradients``; ``c_i = sqrt(sum_k sum_j IG_ijk^2)``.
-    """
-    from captum.attr import IntegratedGradients
-
-    positions = encoder.position_ids(input_ids)
-    x, baseline = pad_baseline(encoder, input_ids)
-    ig = IntegratedGradients(lambda z, mask, pos: encoder(inputs_embeds=z, attention_mask=mask, position_ids=pos))
-    squares = torch.zeros(input_ids.shape)
-    for k in range(encoder.embedding_size):
-        attribution = ig.attribute(
-            x, baselines=baseline, target=k, additional_forward_args=(attention_mask, positions), n_steps=steps,
-            method="gausslegendre",
-        )  # fmt: skip
-        squares += attribution.detach().pow(2).sum(-1)
-    return squares.sqrt()
 
 
 def masked_value(encoder: SentenceEncoder, input_ids: Tensor, players: list[int], coalition) -> Tensor:

@@ -8,21 +8,23 @@ import pytest
 import torch
 from reference import (
     brute_force_shapley,
-    captum_loop_weights,
     masked_value,
 )
 
 from ctrain.models.encoder import load_encoder, word_special_ids
-from ctrain.probes.attribution import (
+from ctrain.probes.weighting.captum_peer import captum_loop_weights
+from ctrain.probes.weighting.ig import (
     integrated_gradients,
     output_directions,
-    owen_values,
     pad_baseline,
     quadrature_rule,
+    unit_weights,
+)
+from ctrain.probes.weighting.shapley import (
+    owen_values,
     shap_weights,
     shapley_coefficients,
     shapley_values,
-    unit_weights,
 )
 
 SENTENCES = ["a man plays guitar", "the quick brown fox jumps over it"]

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from ctrain.probes.information import kl_information, segment, token_statistics
+from ctrain.probes.weighting.information import kl_information, segment, token_statistics
 
 TOY = ["a b c", "a b", "c c d", "a"]  # every word is one BERT token
 

@@ -184,10 +184,12 @@ def test_offline_encoder_trains_with_dropout_and_matches_sentence_transformers(t
 
 def test_probes_on_a_reloaded_model_with_a_dense_head(tmp_path):
     """The weighting probe differentiates f(X) after the Dense layer (32 output dims, not the 64 hidden ones)."""
-    from reference import brute_force_shapley, captum_loop_weights
+    from reference import brute_force_shapley
 
-    from ctrain.probes.attribution import integrated_gradients, shapley_values
     from ctrain.probes.geometry import GeometryConfig, geometry_probe
+    from ctrain.probes.weighting.captum_peer import captum_loop_weights
+    from ctrain.probes.weighting.ig import integrated_gradients
+    from ctrain.probes.weighting.shapley import shapley_values
 
     encoder = load_encoder(str(_dense_directory(tmp_path))).eval()
     batch = encoder.tokenize(SENTENCES[:2])

@@ -1,12 +1,12 @@
-"""The native PartitionSHAP recursion (ctrain.probes.partition_shap) against the shap library it reimplements."""
+"""The native PartitionSHAP recursion (ctrain.probes.weighting.partition) against the shap library it reimplements."""
 
 import numpy as np
 import pytest
 import torch
 
-from ctrain.models.encoder import load_encoder
-from ctrain.probes.attribution import attribution_mode, owen_values, shap_weights
-from ctrain.probes.partition_shap import TextGame, batched_owen_values, length_grouped_encoder, text_masker
+from ctrain.models.encoder import attribution_mode, load_encoder
+from ctrain.probes.weighting.partition import TextGame, batched_owen_values, length_grouped_encoder, text_masker
+from ctrain.probes.weighting.shapley import owen_values, shap_weights
 
 SENTENCES = [
     "a man plays the guitar.",
@@ -118,6 +118,16 @@ def test_shap_weights_native_mode_equals_partition_mode(tiny_bert):
     torch.testing.assert_close(native, library, rtol=0, atol=1e-6)
 
 
+def test_the_text_masker_is_built_once_per_tokenizer(tiny_bert):
+    """Both SHAP paths, over several sentences and calls, share one shap.maskers.Text of the tokenizer."""
+    text_masker.cache_clear()
+    sentences = SENTENCES[:2]
+    batch = tiny_bert.tokenize(sentences)
+    for mode in ("partition", "partition_native", "partition"):
+        shap_weights(tiny_bert, **batch, sentences=sentences, mode=mode, max_evals=20)
+    assert text_masker.cache_info().misses == 1
+
+
 LONG = (
     "The 30-year-old man, who has not been named by police, was arrested on suspicion of murder and remains in "
     "custody at a police station in the city, officers said."
@@ -153,7 +163,7 @@ def test_weighting_probe_with_native_shap_equals_the_library_path(tiny_bert):
     library = weighting_probe(tiny_bert, sentences, config)
     native = weighting_probe(tiny_bert, sentences, dataclasses.replace(config, shap_mode="partition_native"))
     np.testing.assert_allclose(
-        [r.weights["shap"] for r in native.records], [r.weights["shap"] for r in library.records], rtol=0, atol=1e-6
+        native.units.weights["shap"], library.units.weights["shap"], rtol=0, atol=1e-6
     )
     assert native.metrics.keys() == library.metrics.keys()
     for key, value in library.metrics.items():

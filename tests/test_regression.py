@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from ctrain.probes.regression import POINTS, FitKeys, bootstrap_fit, ols, regression_points, sentence_draws
+from ctrain.probes.weighting.regression import POINTS, FitKeys, bootstrap_fit, ols, regression_points, sentence_draws
 
 
 def test_ols_equals_numpy_lstsq():

@@ -90,6 +90,9 @@ def test_offline_wandb_run_holds_metrics_both_axes_config_and_figures_and_resume
     images = [row for row in history if any(key.startswith("figures/geometry_anisotropy") for key in row)]
     assert [row["trainer/global_step"] for row in images] == [0, 2, 4]
     assert list(run_file.parent.glob("files/media/images/figures/geometry_anisotropy*.png"))
+    weighting_images = [row for row in history if any(key.startswith("figures/weighting_") for key in row)]
+    assert [row["trainer/global_step"] for row in weighting_images] == [0, 2, 4]  # read back from probes/weighting.jsonl
+    assert list(run_file.parent.glob("files/media/images/figures/weighting_*.png"))
 
     steps = [int(row["step"]) for row in _rows(run_dir)]
     assert steps == sorted(steps)

@@ -113,7 +113,7 @@ def test_sweep_report_has_a_curve_per_run_and_a_table(tiny_sweep):
     sweep_dir, _, _ = tiny_sweep
     page = (sweep_dir / "report" / "report.html").read_text()
     figures = sorted((sweep_dir / "report").glob("*.png"))
-    assert {"val_stsb_spearman.png", "geometry_anisotropy_4.png", "weighting_r2_IG_on_KL_w_.png"} <= {path.name for path in figures}
+    assert {"val_stsb_spearman.png", "geometry_anisotropy_4.png", "weighting_IG_on_KL_w.png"} <= {path.name for path in figures}
     assert page.count("<img ") == len(figures) and "data:image/png;base64," in page
     assert "http" not in page.replace("http-equiv", "")  # nothing fetched: opens from disk
     assert "temperature=0.05" in page and "temperature=0.5" in page and "<table>" in page
@@ -124,7 +124,7 @@ def test_run_report_draws_every_family(tiny_sweep, tmp_path):
     result = _ctrain("report", str(run_dir), "--out", str(tmp_path), "--x", "examples", cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     names = {path.stem for path in tmp_path.glob("*.png")}
-    assert {"val_stsb_spearman", "train_loss", "weighting_r2", "weighting_beta", "geometry_anisotropy", "geometry_intra_similarity"} <= names
+    assert {"val_stsb_spearman", "train_loss", "weighting_fits", "geometry_anisotropy", "geometry_intra_similarity"} <= names
     assert {"ig_vs_kl", "ig_sentences"} <= {path.stem for path in tmp_path.glob("final_probe/*.png")}  # the final scatter and bars
 
 
@@ -225,11 +225,36 @@ def test_weighting_figures_shade_the_interval_where_its_columns_exist():
         "weighting/ig_kl_r2_ci_high": [0.15, 0.25, 0.35], "weighting/ig_kl_beta": [1.0, 2.0, 3.0],
     })  # fmt: skip
     figures = run_figures(frame, "run")
-    (r2_axes,) = figures["weighting_r2"].axes
-    (beta_axes,) = figures["weighting_beta"].axes
+    r2_axes, beta_axes = figures["weighting_fits"].axes
     assert len(r2_axes.collections) == 1 and not beta_axes.collections  # a band only where _ci_low/_ci_high exist
     low, high = r2_axes.collections[0].get_paths()[0].vertices[:, 1].min(), r2_axes.collections[0].get_paths()[0].vertices[:, 1].max()
     assert (low, high) == (0.05, 0.35)
+
+
+def test_every_weighting_curve_has_its_beta_beside_its_r2_in_run_sweep_and_comparison_figures():
+    """A negative relation weakening (beta -0.25 -> -0.1) lowers R^2 as a vanishing positive one would: only the beta
+    panel beside it tells them apart, with its interval."""
+    import pandas as pd
+
+    from ctrain.reporting.report import run_figures, sweep_figures
+
+    frame = pd.DataFrame({
+        "step": [0, 100], "examples": [0, 3200], "weighting/ig_kl_r2": [0.68, 0.35], "weighting/shap_selfinfo_r2": [0.3, 0.2],
+        "weighting/ig_kl_beta": [-0.25, -0.1], "weighting/ig_kl_beta_ci_low": [-0.3, -0.15], "weighting/ig_kl_beta_ci_high": [-0.2, -0.05],
+        "weighting/shap_selfinfo_beta": [0.1, 0.2],
+    })  # fmt: skip
+    (figure,) = [figure for name, figure in run_figures(frame, "run").items() if name.startswith("weighting")]
+    r2_axes, beta_axes = figure.axes
+    assert "R^2" in r2_axes.get_ylabel() and "beta" in beta_axes.get_ylabel()
+    assert [line.get_label() for line in beta_axes.lines] == [line.get_label() for line in r2_axes.lines] == ["IG on KL(w)", "SHAP on -log P(w)"]
+    assert list(beta_axes.lines[0].get_ydata()) == [-0.25, -0.1] and len(beta_axes.collections) == 1
+    sweep = sweep_figures({"a": frame, "b": frame.drop(columns=["weighting/ig_kl_beta_ci_low", "weighting/ig_kl_beta_ci_high"])}, "sweep", "step", "run")
+    weighting = {name: figure for name, figure in sweep.items() if name.startswith("weighting")}
+    assert set(weighting) == {"weighting_IG_on_KL_w", "weighting_SHAP_on_log_P_w"}
+    for figure in weighting.values():
+        r2_axes, beta_axes = figure.axes
+        assert "beta" in beta_axes.get_ylabel() and [line.get_label() for line in beta_axes.lines] == ["a", "b"]
+    assert len(weighting["weighting_IG_on_KL_w"].axes[1].collections) == 1  # run a's logged interval, shaded
 
 
 def test_parallel_runs_share_the_cores_the_process_may_use(monkeypatch):

@@ -15,7 +15,7 @@ from ctrain.cli import main
 from ctrain.cli.sweep import fit_command, plan_runs, read_sweep
 from helpers import covering_runs
 from ctrain.keys import EXAMPLES_SEEN
-from ctrain.reporting.report import read_run
+from ctrain.reporting.report import metric_families, read_run
 
 ROOT = Path(__file__).resolve().parent.parent
 SWEEP_FILES = sorted((ROOT / "sweeps").glob("*.yaml"))
@@ -136,3 +136,17 @@ def test_probe_rows_missing_from_metrics_csv_are_drawn(tmp_path):
     probes = [{"step": step, "metrics": {"anisotropy/layer_4": 9.0 if step < 30 else 0.7}} for step in (0, 10, 20, 30)]
     frame = read_run(_run_dir(tmp_path, 1, metrics, probes)).set_index("step")
     assert frame["geometry/anisotropy/layer_4"].tolist() == pytest.approx([0.0, 1.0, 2.0, 0.7])  # metrics.csv wins where both have it
+
+
+def test_weighting_steps_only_the_probe_file_has_reach_the_report(tmp_path):
+    """The weighting probe writes full keys (`weighting/ig_kl_r2`) to its jsonl: read back under the same name as in
+    metrics.csv (not `weighting/weighting/...`) and drawn, for a step metrics.csv has not flushed yet."""
+    metrics = [{"step": step, EXAMPLES_SEEN: step * 64, "weighting/ig_kl_r2": 0.1 * step} for step in (0, 10)]
+    run_dir = _run_dir(tmp_path, 1, metrics, [])
+    records = [{"step": step, "metrics": {"weighting/ig_kl_r2": 0.5, "weighting/ig_kl_beta": -0.25}} for step in (10, 20)]
+    (run_dir / "probes" / "weighting.jsonl").write_text("".join(json.dumps(record) + "\n" for record in records))
+    frame = read_run(run_dir).set_index("step")
+    assert frame["weighting/ig_kl_r2"].tolist() == pytest.approx([0.0, 1.0, 0.5])  # metrics.csv wins where both have it
+    assert frame["weighting/ig_kl_beta"].tolist()[1:] == [-0.25, -0.25]
+    assert not [column for column in frame.columns if column.startswith("weighting/weighting/")]
+    assert "weighting/ig_kl_r2" in str(metric_families(frame.columns))

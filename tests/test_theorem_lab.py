@@ -18,7 +18,7 @@ from ctrain.cli.fit import run_cli
 from ctrain.data.datamodule import ContrastiveDataModule
 from ctrain.models.encoder import EncoderConfig, load_encoder
 from ctrain.models.export import save_sentence_transformer
-from ctrain.probes.information import token_statistics
+from ctrain.probes.weighting import token_statistics
 from ctrain.probes.weighting import THEOREM_KEYS, WeightingConfig, weighting_probe
 from ctrain.training.losses import sgns_loss
 from ctrain.training.module import ContrastiveModule
@@ -266,7 +266,7 @@ def test_exact_setting_runs_from_its_config_and_logs_every_fit(tmp_path):
 def test_probe_on_the_training_corpus_measures_what_the_run_trained_on(toy_corpus, tmp_path):
     """`split: training`: probe sentences drawn from, and statistics computed over, the run's own training texts."""
     from ctrain.callbacks import WordWeightingProbe
-    from ctrain.probes.information import token_statistics
+    from ctrain.probes.weighting import token_statistics
 
     probe = yaml.safe_load((ROOT / "callbacks" / "theorem_lab.yaml").read_text())
     probe["trainer"]["callbacks"][0]["init_args"].update(every_n_steps=2, num_sentences=5, split="training")

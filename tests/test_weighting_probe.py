@@ -11,17 +11,18 @@ import torch
 
 from ctrain.data.sources import read_sts_b
 from ctrain.models.encoder import load_encoder
-from ctrain.probes.attribution import integrated_gradients
-from ctrain.probes.information import token_statistics
-from ctrain.probes.theorem import theorem_regressions, vectors_per_unit
 from ctrain.probes.weighting import (
     FIT_KEYS,
     THEOREM_KEYS,
     BatchProgress,
     BatchStore,
     WeightingConfig,
+    token_statistics,
+    weigh_batch,
     weighting_probe,
 )
+from ctrain.probes.weighting.ig import integrated_gradients
+from ctrain.probes.weighting.theorem import theorem_regressions, vectors_per_unit
 from ctrain.reporting.weighting_plots import (
     plot_sentence_weights,
     plot_weight_vs_information,
@@ -46,8 +47,8 @@ def test_metrics_are_flat_floats_under_their_documented_keys(result):
     assert result.metrics["weighting/ig_completeness_error_n"] == len(SENTENCES)
     assert result.metrics["weighting/ig_completeness_error_mean"] < 1e-3
     assert result.metrics["weighting/kl_include_self"] == 1.0
-    eligible = [r for r in result.records if r.count >= 2 and math.isfinite(r.kl)]
-    assert result.metrics["weighting/ig_kl_n"] == len(eligible) > 10
+    eligible = (result.units.count >= 2) & np.isfinite(result.units.kl)
+    assert result.metrics["weighting/ig_kl_n"] == eligible.sum() > 10
 
 
 def test_every_key_is_written_out_in_the_docs():
@@ -69,10 +70,10 @@ def test_config_rejects_unknown_choices_in_one_line():
 def test_kl_choice_follows_the_config(tiny_bert, result):
     without_self = weighting_probe(tiny_bert, SENTENCES, WeightingConfig(**FAST, include_self=False, theorem=False))
     assert without_self.metrics["weighting/kl_include_self"] == 0.0
-    assert [r.weights for r in without_self.records] == [r.weights for r in result.records]
-    assert [r.kl for r in without_self.records] != [r.kl for r in result.records]
+    np.testing.assert_array_equal(without_self.units.weights["ig"], result.units.weights["ig"])
+    assert not np.array_equal(without_self.units.kl, result.units.kl, equal_nan=True)
     statistics = token_statistics(tiny_bert.tokenizer, SENTENCES, dkl_repeats=2, include_self=False)
-    np.testing.assert_array_equal([r.kl for r in without_self.records], statistics.kl[statistics.index([r.token for r in without_self.records])])
+    np.testing.assert_array_equal(without_self.units.kl, statistics.kl[statistics.index(without_self.units.token.tolist())])
 
 
 def test_progress_reports_every_batch_and_the_token_lengths_to_come(tiny_bert):
@@ -84,18 +85,21 @@ def test_progress_reports_every_batch_and_the_token_lengths_to_come(tiny_bert):
 
 
 def test_records_cover_every_sentence_with_normalised_weights(result):
-    assert sorted({r.sentence for r in result.records}) == list(range(len(SENTENCES)))
+    units = result.units
+    assert np.unique(units.sentence).tolist() == list(range(len(SENTENCES)))
     for sentence in range(len(SENTENCES)):
-        weights = [r.weights["ig"] for r in result.records if r.sentence == sentence]
-        assert np.mean(weights) == pytest.approx(1.0, rel=1e-12)
-    first = [r.token for r in result.records if r.sentence == 0]
+        assert np.mean(units.weights["ig"][units.sentence == sentence]) == pytest.approx(1.0, rel=1e-12)
+    first = units.token[units.sentence == 0].tolist()
     assert first == [t for t in load_encoder("tiny-bert").tokenizer.tokenize(SENTENCES[0])]
 
 
 def test_json_is_strict_and_unrounded(result):
     payload = json.loads(result.to_json())
     assert payload["metrics"]["weighting/ig_kl_r2"] == result.metrics["weighting/ig_kl_r2"]
-    assert payload["records"][0]["weights"]["ig"] == result.records[0].weights["ig"]
+    assert payload["records"][0]["weights"]["ig"] == result.units.weights["ig"][0]
+    assert len(payload["records"]) == len(result.units) and set(payload["records"][0]) == {
+        "sentence", "token", "weights", "kl", "dkl", "self_information", "count"
+    }
     assert payload["config"]["steps"] == 4
 
 
@@ -109,9 +113,7 @@ def test_precomputed_statistics_give_the_same_metrics(tiny_bert, result):
 
 def test_batch_size_does_not_change_the_weights(tiny_bert, result):
     other = weighting_probe(tiny_bert, SENTENCES, WeightingConfig(**{**FAST, "batch_size": 5}))
-    np.testing.assert_allclose(
-        [r.weights["ig"] for r in other.records], [r.weights["ig"] for r in result.records], rtol=1e-4
-    )
+    np.testing.assert_allclose(other.units.weights["ig"], result.units.weights["ig"], rtol=1e-4)
 
 
 def test_probe_leaves_model_grads_rng_and_mode_alone(tiny_bert):
@@ -147,7 +149,7 @@ def test_word_units_on_other_architectures(name):
     result = weighting_probe(encoder, SENTENCES, WeightingConfig(**FAST, units="words"))
     assert result.metrics["weighting/ig_completeness_error_mean"] < 1e-3
     assert result.metrics["weighting/ig_kl_n"] > 10 and math.isfinite(result.metrics["weighting/ig_kl_r2"])
-    assert all(" " not in r.token for r in result.records)
+    assert all(" " not in token for token in result.units.token)
 
 
 def test_theorem_fits_recover_an_exact_relation():
@@ -184,10 +186,11 @@ def test_plots_are_written_atomically(result, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ig_kl.png", "sentences.png"]
 
 
-def test_callback_takes_the_config_whole_and_records_it(tiny_bert):
+def test_callback_takes_the_config_whole_and_records_it(tiny_bert, monkeypatch):
     from types import SimpleNamespace
 
-    from ctrain.callbacks import WordWeightingProbe
+    from ctrain.callbacks import WordWeightingProbe, probes
+    from ctrain.callbacks.probes import statistics_hash
 
     config = WeightingConfig(**FAST, include_self=False, theorem=False)
     callback = WordWeightingProbe(num_sentences=5, config=config)
@@ -197,6 +200,11 @@ def test_callback_takes_the_config_whole_and_records_it(tiny_bert):
     metrics, record = callback.measure(SimpleNamespace(encoder=tiny_bert))
     assert metrics["weighting/kl_include_self"] == 0.0 and record["config"]["include_self"] is False
     assert callback.statistics.num_sentences == 3000  # statistics over the whole split, both columns
+    assert record["statistics_sha256"] == statistics_hash(callback.statistics)
+    hashed = []
+    monkeypatch.setattr(probes, "statistics_hash", lambda statistics: hashed.append(statistics) or "rehashed")
+    _, again = callback.measure(SimpleNamespace(encoder=tiny_bert))
+    assert hashed == [] and again["statistics_sha256"] == record["statistics_sha256"]  # hashed once, with the statistics
 
 
 def test_every_weight_fit_has_a_bootstrap_interval_that_can_be_switched_off(tiny_bert, result):
@@ -275,7 +283,7 @@ def test_kept_batches_survive_resuming_with_another_thread_count(tiny_bert, tmp_
         torch.set_num_threads(threads)
 
 
-def test_an_interrupted_probe_resumes_from_its_kept_batches(tiny_bert, tmp_path, monkeypatch):
+def test_an_interrupted_probe_resumes_from_its_kept_batches(tiny_bert, tmp_path):
     """A probe stopped after its first batch weighs only the rest when rerun, and ends equal to an uninterrupted run;
     batches kept for another model are not reused. On a model saved and loaded from a directory."""
     from ctrain.models.export import save_sentence_transformer
@@ -291,19 +299,20 @@ def test_an_interrupted_probe_resumes_from_its_kept_batches(tiny_bert, tmp_path,
     with pytest.raises(KeyboardInterrupt):
         weighting_probe(model, SENTENCES, config, progress=stop_after_first_batch, resume_dir=kept)
     assert len(list(kept.glob("batch_*.pt"))) == 1
-    import ctrain.probes.weighting as weighting
-
     weighed = []
-    original = weighting._method_weights
-    monkeypatch.setattr(weighting, "_method_weights", lambda *args: weighed.append(args[1]) or original(*args))
+
+    def weigh(*args):
+        weighed.append(args[3])  # the batch's seed: config.seed + its start
+        return weigh_batch(*args)
+
     calls = []
-    resumed = weighting_probe(model, SENTENCES, config, progress=calls.append, resume_dir=kept)
-    assert weighed == ["ig"] * 2  # batches 2 and 3 of 3; the first came from disk
+    resumed = weighting_probe(model, SENTENCES, config, progress=calls.append, resume_dir=kept, weigh=weigh)
+    assert weighed == [4, 8]  # batches 2 and 3 of 3; the first came from disk
     assert [c.reused for c in calls] == [True, False, False]
     assert resumed.metrics == uninterrupted.metrics
-    assert [r.weights for r in resumed.records] == [r.weights for r in uninterrupted.records]
+    assert resumed.to_json() == uninterrupted.to_json()
 
     weighed.clear()
     other = load_encoder("tiny-bert", seed=1)
-    weighting_probe(other, SENTENCES, config, resume_dir=kept)  # another model's probe: nothing reused
-    assert weighed == ["ig"] * 3
+    weighting_probe(other, SENTENCES, config, resume_dir=kept, weigh=weigh)  # another model's probe: nothing reused
+    assert weighed == [0, 4, 8]

@@ -128,10 +128,11 @@ class WandbProbeFigures(pl.Callback):
     """Logs the probes' figures (geometry per layer, word-weighting fits, so far) to W&B after each probe.
 
     It reads what the probe callbacks appended to `<run dir>/probes/*.jsonl`, so it needs no
-    access to their internals; the CLI adds it when W&B is on."""
+    access to their internals; the CLI adds it when W&B is on. A probe's figures (`figures/<probe>_...`) are sent
+    when its file has new records, once per record: two probes measuring at one step send each figure once."""
 
     def __init__(self) -> None:
-        self._records_seen = 0
+        self._records_seen: dict[str, int] = {}
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._log_new_figures(trainer)
@@ -150,13 +151,16 @@ class WandbProbeFigures(pl.Callback):
         )
 
         run_dir = Path(trainer.log_dir or trainer.default_root_dir)
-        records = sum(len(path.read_text().splitlines()) for path in (run_dir / "probes").glob("*.jsonl"))
-        if not trainer.is_global_zero or records == self._records_seen:
+        if not trainer.is_global_zero:
+            return
+        records = {path.stem: len(path.read_text().splitlines()) for path in (run_dir / "probes").glob("*.jsonl")}
+        updated = tuple(f"{probe}_" for probe, count in records.items() if count != self._records_seen.get(probe))
+        if not updated:
             return
         self._records_seen = records
         probes = read_probes(run_dir)
         probes["examples"] = probes["step"]  # the x-axis drawn is the step; W&B also gets examples seen per row
-        figures = run_figures(probes, run_title(run_dir), "step")
+        figures = {name: figure for name, figure in run_figures(probes, run_title(run_dir), "step").items() if name.startswith(updated)}
         for logger in trainer.loggers:
             if isinstance(logger, WandbLogger):
                 for name, figure in figures.items():

@@ -21,10 +21,9 @@ import pytorch_lightning as pl
 
 from ctrain.data.sources import read_sts_b
 from ctrain.probes.geometry import GeometryConfig, SelfSimilarityState, geometry_probe
-from ctrain.probes.information import TokenStatistics, token_statistics
 from ctrain.probes.jsonio import to_strict_json
 from ctrain.probes.sentences import sample_sentences, sts_b_sentences
-from ctrain.probes.weighting import WeightingConfig, weighting_probe
+from ctrain.probes.weighting import TokenStatistics, WeightingConfig, weighting_probe
 
 
 def log_spaced_steps(limit: int) -> set[int]:
@@ -163,6 +162,7 @@ class WordWeightingProbe(_ScheduledProbe):
         super().__init__(every_n_steps, log_spaced, num_sentences, split)
         self.config = config or WeightingConfig()
         self.statistics: TokenStatistics | None = None
+        self.statistics_sha256 = ""  # hashed once, when the statistics are computed: they never change
         self.corpus: list[str] = []
 
     def _load_corpus(self, trainer: pl.Trainer | None = None) -> list[str]:
@@ -186,16 +186,13 @@ class WordWeightingProbe(_ScheduledProbe):
 
     def measure(self, pl_module: pl.LightningModule) -> tuple[dict[str, float], dict]:
         if self.statistics is None:
-            c = self.config
-            self.statistics = token_statistics(
-                pl_module.encoder.tokenizer, self.corpus, c.units, c.include_self, c.dkl_repeats, c.seed,
-                c.max_length,
-            )  # fmt: skip
+            self.statistics = self.config.statistics(pl_module.encoder.tokenizer, self.corpus)
+            self.statistics_sha256 = statistics_hash(self.statistics)
         result = weighting_probe(pl_module.encoder, self.sentences, self.config, self.statistics)
         record = {
             "config": asdict(self.config),
             "sentences_sha256": sentences_hash(self.sentences),
-            "statistics_sha256": statistics_hash(self.statistics),
+            "statistics_sha256": self.statistics_sha256,
             "metrics": result.metrics,
         }
         return result.metrics, record

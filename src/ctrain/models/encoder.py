@@ -13,6 +13,7 @@ import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from itertools import chain
 from pathlib import Path
 
 import torch
@@ -46,6 +47,27 @@ def eval_mode(module: nn.Module) -> Iterator[nn.Module]:
         yield module
     finally:
         module.train(was_training)
+
+
+@contextmanager
+def attribution_mode(encoder: SentenceEncoder) -> Iterator[torch.device]:
+    """Eval mode, fp32, autocast off, autograd available; everything restored on exit.
+
+    What every attribution of the encoder (IG, SHAP, the Theorem-1 vectors) runs under, so that it leaves the model
+    as it found it."""
+    low_precision = [
+        t for t in chain(encoder.parameters(), encoder.buffers()) if t.is_floating_point() and t.dtype != torch.float32
+    ]
+    dtypes = [t.dtype for t in low_precision]
+    device = next(encoder.parameters()).device
+    try:
+        for tensor in low_precision:  # bf16/fp16 -> fp32 -> back is lossless
+            tensor.data = tensor.data.float()
+        with eval_mode(encoder), torch.inference_mode(False), torch.autocast(device.type, enabled=False):
+            yield device
+    finally:
+        for tensor, dtype in zip(low_precision, dtypes):
+            tensor.data = tensor.data.to(dtype)
 
 
 class SentenceEncoder(nn.Module):

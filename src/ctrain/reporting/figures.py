@@ -25,26 +25,39 @@ def new_figure() -> Figure:
 def line_figure(curves: dict[str, pd.DataFrame], y_label: str, title: str, x: XAxis, key: str = "value") -> Figure | None:
     """One line per labelled (x, value) table, shaded between its `low` and `high` columns where it has them; None when
     no curve has a value."""
-    figure = new_figure()
-    axes = figure.add_subplot()
+    return panel_figure({y_label: curves}, title, x, key)
+
+
+def panel_figure(panels: dict[str, dict[str, pd.DataFrame]], title: str, x: XAxis, key: str = "value") -> Figure | None:
+    """Side-by-side panels (y-axis label -> labelled curves) sharing the x-axis, drawn as `line_figure` draws one (the
+    same label, the same colour in every panel); None when no curve of any panel has a value."""
+    figure = new_figure() if len(panels) == 1 else Figure(figsize=(6.4 * len(panels), 4.0), layout="constrained")
+    FigureCanvasAgg(figure)
+    grid = figure.subplots(1, len(panels), squeeze=False)[0]
     drawn = 0
-    for label, curve in curves.items():
-        curve = curve.dropna(subset=[key])
-        if curve.empty:
-            continue
-        (line,) = axes.plot(curve[x], curve[key], marker="o" if len(curve) < 30 else None, markersize=3, label=label)
-        if {"low", "high"} <= set(curve.columns):  # a confidence interval: a shaded band in the line's colour
-            band = curve.dropna(subset=["low", "high"])
-            if not band.empty:
-                axes.fill_between(band[x], band["low"], band["high"], color=line.get_color(), alpha=0.2, linewidth=0)
-        drawn += 1
+    for axes, (y_label, curves) in zip(grid, panels.items()):
+        for index, (label, curve) in enumerate(curves.items()):
+            curve = curve.dropna(subset=[key])
+            if curve.empty:
+                continue
+            colour = f"C{index % 10}"
+            axes.plot(curve[x], curve[key], marker="o" if len(curve) < 30 else None, markersize=3, label=label, color=colour)
+            if {"low", "high"} <= set(curve.columns):  # a confidence interval: a shaded band in the line's colour
+                band = curve.dropna(subset=["low", "high"])
+                if not band.empty:
+                    axes.fill_between(band[x], band["low"], band["high"], color=colour, alpha=0.2, linewidth=0)
+            drawn += 1
+        axes.set_xlabel(X_AXIS_LABELS[x])
+        axes.set_ylabel(y_label)
+        axes.grid(alpha=0.3)
+        if axes.lines:
+            axes.legend(fontsize=8, title_fontsize=8)
     if not drawn:
         return None
-    axes.set_xlabel(X_AXIS_LABELS[x])
-    axes.set_ylabel(y_label)
-    axes.set_title(title, fontsize=10)
-    axes.grid(alpha=0.3)
-    axes.legend(fontsize=8, title_fontsize=8)
+    if len(panels) == 1:
+        grid[0].set_title(title, fontsize=10)
+    else:
+        figure.suptitle(title, fontsize=10)
     return figure
 
 

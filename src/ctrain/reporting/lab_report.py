@@ -16,7 +16,7 @@ import math
 import pandas as pd
 from matplotlib.figure import Figure
 
-from ctrain.probes.weighting import FIT_KEYS, THEOREM_INPUT_HALF_NORM_MEAN, THEOREM_KEYS
+from ctrain.probes.weighting.keys import FIT_KEYS, THEOREM_INPUT_HALF_NORM_MEAN, THEOREM_KEYS
 from ctrain.reporting.figures import QUANTITY_LABELS, XAxis, curve_of, line_figure
 
 TARGET_LABELS = {"input": "input rows", "last_type": "last-layer states (type means)"}

@@ -27,33 +27,16 @@ from ctrain.probes.sentences import Columns, sample_sentences, sts_b_sentences
 from ctrain.probes.sts import encoder_sts
 from ctrain.probes.weighting import (
     FIT_KEYS,
-    IG_COMPLETENESS_ERROR_MAX,
-    IG_COMPLETENESS_ERROR_MEAN,
+    KURITA2023_WEIGHTING,
     THEOREM_KEYS,
     BatchProgress,
     WeightingConfig,
+    weighting_probe,
 )
+from ctrain.probes.weighting.keys import IG_COMPLETENESS_ERROR_MAX, IG_COMPLETENESS_ERROR_MEAN
 
 Measurement = Literal["sts", "weighting", "geometry"]
 Setup = Literal["kurita2023", "isotropy2023"]
-
-KURITA2023_WEIGHTING = WeightingConfig(
-    methods=("ig", "shap"),  # the paper reports both
-    # its SHAP is shap's PartitionExplainer (appendix D.3); partition_native runs the same recursion with the
-    # coalitions of a whole batch in one forward round (equal to shap_mode partition, the library, to float rounding;
-    # where a long sentence exhausts max_evals, exact priority ties are broken by a seeded draw, not NumPy's global RNG)
-    shap_mode="partition_native",
-    # Exact IG takes d VJPs per quadrature step (384 for MiniLM, 768 for MPNet): days for 3000 sentences
-    # on a CPU. 16 orthogonal directions estimate the same c_i^2 (exact at sketch_size = d); on a GPU
-    # pass --weighting.ig_mode exact.
-    ig_mode="sketch",
-    sketch_size=16,
-    sketch_kind="orthogonal",
-    # 16 Gauss-Legendre steps give the 50-step IG-on-KL R^2 to 0.01 points (100 sentences: 47.99 vs 48.00;
-    # 24: 43.38 vs 43.37; 64: 52.19 vs 52.20, c' within 1.5%) at a third of IG's cost (docs/kurita_setup.md).
-    steps=16,
-)
-"""The word-weighting paper's IG and SHAP; everything else is WeightingConfig's default."""
 
 SETUPS: dict[str, dict] = {
     # Kurita et al. 2023: all 3000 STS-B dev sentences (both columns) weighed, KL and -log P over the same sentences.
@@ -217,8 +200,6 @@ def probe(
 
 
 def _weighting(encoder, model: str, directory: Path, split: str, columns: Columns, num_sentences: int | None, config: WeightingConfig) -> None:
-    from ctrain.probes.information import token_statistics
-    from ctrain.probes.weighting import weighting_probe
     from ctrain.reporting.weighting_plots import (
         plot_sentence_weights,
         plot_weight_vs_information,
@@ -227,7 +208,7 @@ def _weighting(encoder, model: str, directory: Path, split: str, columns: Column
     corpus = sts_b_sentences(split, columns)
     sentences = sample_sentences(corpus, num_sentences, config.seed)
     c = config
-    statistics = token_statistics(encoder.tokenizer, corpus, c.units, c.include_self, c.dkl_repeats, c.seed, c.max_length)
+    statistics = c.statistics(encoder.tokenizer, corpus)
     kl_kind = "counts" if c.include_self else "leaves out"
     print(f"\nword weighting: {len(sentences)} of {len(corpus)} STS-B {split} sentences ({columns} columns); "
           f"KL, dKL and -log P over all {len(corpus)}; KL {kl_kind} the word's own occurrence (include_self={c.include_self})")

@@ -2,9 +2,12 @@
 
 It reads only what runs write (metrics.csv, config.yaml, probes/*.jsonl, a sweep's sweep.yaml),
 so it works on finished, running and interrupted runs alike. Figures: every metric family against
-the optimizer step or the number of training examples seen (STS-B, loss, word-weighting R^2 and
-slope per method and information quantity, geometry per layer); for a sweep, one figure per
+the optimizer step or the number of training examples seen (STS-B, loss, word-weighting R^2 beside
+its slope beta per method and information quantity, geometry per layer); for a sweep, one figure per
 metric with a curve per run and a table of final values.
+
+A word-weighting fit is always drawn as two panels, R^2 and beta, each shaded with its interval where one
+was logged: R^2 alone cannot tell a weakening negative relation from a vanishing positive one.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from ctrain.reporting.figures import (
     XAxis,
     curve_of,
     line_figure,
+    panel_figure,
     save_figure,
 )
 from ctrain.reporting.geometry_plots import words as geometry_words
@@ -41,6 +45,8 @@ SCALAR_LABELS = {
     "convergence/objective": "training objective on fixed batches",
     "convergence/relative_range": "objective's relative range over the convergence window",
 }
+FIT_STATISTICS = {"r2": "R^2 of word weight on information", "beta": "slope beta of word weight on information"}
+FIT_TITLE = "word weight on information: R^2 and slope beta (shaded: interval)"
 
 
 # ---- reading runs (pure functions of the files a run writes) ----
@@ -75,14 +81,18 @@ def examples_seen(frame: pd.DataFrame, run_dir: Path) -> pd.Series:
 
 
 def read_probes(run_dir: Path) -> pd.DataFrame:
-    """The probes' JSON lines as columns named as in metrics.csv (`geometry/...`, `weighting/...`)."""
+    """The probes' JSON lines as columns named as in metrics.csv (`geometry/...`, `weighting/...`).
+
+    A record's key gets its file's stem as prefix unless it has it already, the rule the probe callbacks log by:
+    the weighting probe writes full keys (`weighting/ig_kl_r2`), the geometry probe short ones (`anisotropy/layer_4`)."""
     rows: dict[int, dict[str, float]] = {}
     for path in sorted((run_dir / "probes").glob("*.jsonl")):
+        prefix = f"{path.stem}/"
         for line in path.read_text().splitlines():
             if line.strip():
                 record = json.loads(line)
                 row = rows.setdefault(int(record["step"]), {"step": int(record["step"])})
-                row.update({f"{path.stem}/{key}": value for key, value in record.get("metrics", {}).items()})
+                row.update({key if key.startswith(prefix) else prefix + key: value for key, value in record.get("metrics", {}).items()})
     return pd.DataFrame(sorted(rows.values(), key=lambda row: row["step"]))
 
 
@@ -167,6 +177,16 @@ def run_title(run_dir: Path) -> str:
 # ---- figures ----
 
 
+def weighting_fits(columns: Iterable[str]) -> dict[str, str]:
+    """Legend words (`IG on KL(w)`) -> column prefix (`weighting/ig_kl`) of every word-weight fit with R^2 or beta."""
+    fits = {}
+    for column in columns:
+        match = re.fullmatch(r"(weighting/(?!theorem_)(\w+?)_(kl|dkl|selfinfo))_(r2|beta)", column)
+        if match:
+            fits[f"{METHOD_LABELS.get(match[2], match[2])} on {QUANTITY_LABELS[match[3]]}"] = match[1]
+    return fits
+
+
 def metric_families(columns: Iterable[str]) -> dict[str, tuple[str, dict[str, str]]]:
     """Figure name -> (y-axis label, {legend words: column}) for every metric family present."""
     columns = list(columns)
@@ -174,12 +194,9 @@ def metric_families(columns: Iterable[str]) -> dict[str, tuple[str, dict[str, st
     for column, words in SCALAR_LABELS.items():
         if column in columns:
             families[column.replace("/", "_")] = (words, {words: column})
-    for statistic, words in (("r2", "R^2 of word weight on information"), ("beta", "slope of word weight on information")):
-        lines = {}
-        for column in columns:
-            match = re.fullmatch(rf"weighting/(?!theorem_)(\w+?)_(kl|dkl|selfinfo)_{statistic}", column)
-            if match:
-                lines[f"{METHOD_LABELS.get(match[1], match[1])} on {QUANTITY_LABELS[match[2]]}"] = column
+    fits = weighting_fits(columns)
+    for statistic, words in FIT_STATISTICS.items():
+        lines = {label: f"{prefix}_{statistic}" for label, prefix in fits.items() if f"{prefix}_{statistic}" in columns}
         if lines:
             families[f"weighting_{statistic}"] = (words, lines)
     geometry: dict[str, dict[str, str]] = {}
@@ -194,10 +211,22 @@ def metric_families(columns: Iterable[str]) -> dict[str, tuple[str, dict[str, st
     return families
 
 
+def fit_panels(curves: dict[str, tuple[pd.DataFrame, str]]) -> dict[str, dict[str, pd.DataFrame]]:
+    """R^2 and beta panels of word-weight fits: y-axis label -> {legend words: curve}, from legend words ->
+    (the frame, the fit's column prefix)."""
+    return {words: {label: curve_of(frame, f"{prefix}_{statistic}") for label, (frame, prefix) in curves.items()} for statistic, words in FIT_STATISTICS.items()}
+
+
 def run_figures(frame: pd.DataFrame, title: str, x: XAxis = "step") -> dict[str, Figure]:
-    """Every metric family of one run against `x`, a line per layer / method and quantity."""
+    """Every metric family of one run against `x`, a line per layer / method and quantity; the word-weight fits in
+    one figure, R^2 beside beta."""
     figures = {}
+    fits = {label: (frame, prefix) for label, prefix in weighting_fits(frame.columns).items()}
+    if fits and (figure := panel_figure(fit_panels(fits), f"{FIT_TITLE}\n{title}", x)) is not None:
+        figures["weighting_fits"] = figure
     for name, (y_label, lines) in metric_families(frame.columns).items():
+        if name.startswith("weighting_"):  # drawn above, R^2 beside beta
+            continue
         figure = line_figure({words: curve_of(frame, column) for words, column in lines.items()}, y_label, f"{y_label}\n{title}", x)
         if figure is not None:
             figures[name] = figure
@@ -205,10 +234,23 @@ def run_figures(frame: pd.DataFrame, title: str, x: XAxis = "step") -> dict[str,
 
 
 def sweep_figures(runs: dict[str, pd.DataFrame], title: str, x: XAxis, legend_title: str) -> dict[str, Figure]:
-    """One figure per metric with a curve per run; geometry at the last layer (the sentence encoder's output)."""
+    """One figure per metric with a curve per run; geometry at the last layer (the sentence encoder's output); a word-
+    weight fit's R^2 beside its beta."""
+    figures = {}
+    fits = {label: prefix for frame in runs.values() for label, prefix in weighting_fits(frame.columns).items()}
+    for fit, prefix in fits.items():
+        curves = {label: (frame, prefix) for label, frame in runs.items()}
+        figure = panel_figure(fit_panels(curves), f"{fit}: {FIT_TITLE}\n{title}", x)
+        if figure is not None:
+            for axes in figure.axes:
+                if axes.get_legend() is not None:
+                    axes.get_legend().set_title(legend_title)
+            figures[re.sub(r"\W+", "_", f"weighting_{fit}").rstrip("_")] = figure
     families: dict[str, tuple[str, dict[str, str]]] = {}
     for frame in runs.values():
         for name, (y_label, lines) in metric_families(frame.columns).items():
+            if name.startswith("weighting_"):  # drawn above
+                continue
             if name.startswith("geometry_") and len(lines) > 1:
                 last = max(lines, key=lambda words: int(re.sub(r"\D", "", words) or 0))
                 families[f"{name}_{last.split()[-1]}"] = (f"{y_label}, {last}", {"": lines[last]})
@@ -216,7 +258,6 @@ def sweep_figures(runs: dict[str, pd.DataFrame], title: str, x: XAxis, legend_ti
                 for words, column in lines.items():
                     label = y_label if len(lines) == 1 else f"{y_label}: {words}"
                     families[re.sub(r"\W+", "_", f"{name}_{words}" if len(lines) > 1 else name)] = (label, {"": column})
-    figures = {}
     for name, (y_label, lines) in families.items():
         column = next(iter(lines.values()))
         figure = line_figure({label: curve_of(frame, column) for label, frame in runs.items()}, y_label, f"{y_label}\n{title}", x)
@@ -281,7 +322,7 @@ def _table(rows: list[dict], caption: str) -> str:
 def _write(figures: dict[str, Figure], out: Path, title: str, tables: list[str], extra: list[Path] = ()) -> Path:
     """PNGs of `figures`, then report.html with them, the tables and `extra` images (already drawn)."""
     images = [save_figure(figure, out / f"{name}.png", dpi=110) for name, figure in figures.items()]
-    captions = {name: figure.axes[0].get_ylabel() for name, figure in figures.items()}
+    captions = {name: (figure.get_suptitle() or figure.axes[0].get_ylabel()).split("\n")[0] for name, figure in figures.items()}
     captions.update({image.stem: f"final model: {image.stem.replace('_', ' ')}" for image in extra})
     return atomic_write_text(out / "report.html", html_page(title, [*images, *extra], tables, captions))
 

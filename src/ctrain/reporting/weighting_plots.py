@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 from matplotlib.figure import Figure
 
-from ctrain.probes.regression import ols
 from ctrain.probes.weighting import Quantity, WeightingResult
+from ctrain.probes.weighting.regression import ols
 from ctrain.reporting.figures import save_figure
 
 LABELS = {"kl": "KL(w)", "dkl": "dKL(w)", "selfinfo": "I(w) = -log P(w)"}
@@ -47,19 +47,20 @@ def plot_sentence_weights(
     result: WeightingResult, path: str | Path, sentences: int | Sequence[int] = 4, method: str = "ig", model: str = "model"
 ) -> Path:
     """Per-sentence bars of ``c'`` next to ``KL`` normalised the same way (divided by its sentence mean)."""
-    available = sorted({r.sentence for r in result.records})
+    units = result.units
+    available = np.unique(units.sentence).tolist()
     chosen = available[:sentences] if isinstance(sentences, int) else list(sentences)
     figure = Figure(figsize=(8, 2.2 * max(len(chosen), 1)), layout="constrained")
     for row, sentence in enumerate(chosen, 1):
-        records = [r for r in result.records if r.sentence == sentence]
-        kl = np.array([r.kl for r in records])
+        rows = units.sentence == sentence
+        kl = units.kl[rows]
         finite = np.isfinite(kl)
         kl_normalised = kl / kl[finite].mean() if finite.any() else kl
-        positions = np.arange(len(records))
+        positions = np.arange(rows.sum())
         axes = figure.add_subplot(len(chosen), 1, row)
-        axes.bar(positions - 0.2, [r.weights[method] for r in records], width=0.4, label=f"{method.upper()} c'")
+        axes.bar(positions - 0.2, units.weights[method][rows], width=0.4, label=f"{method.upper()} c'")
         axes.bar(positions + 0.2, kl_normalised, width=0.4, label="KL / sentence mean")
-        axes.set_xticks(positions, [r.token for r in records], rotation=45, ha="right", fontsize=8)
+        axes.set_xticks(positions, units.token[rows].tolist(), rotation=45, ha="right", fontsize=8)
         axes.set_title(f"sentence {sentence}", fontsize=9)
         axes.set_ylabel("weight / sentence mean")
         if row == 1:

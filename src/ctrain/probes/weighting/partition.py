@@ -1,6 +1,6 @@
 """PartitionSHAP as ``shap.PartitionExplainer`` with ``shap.maskers.Text`` computes it, many coalitions per forward pass.
 
-``owen_values`` in ``ctrain.probes.attribution`` calls the ``shap`` library: one sentence at
+``owen_values`` in ``ctrain.probes.weighting.shapley`` calls the ``shap`` library: one sentence at
 a time, the model called on a few hundred masked strings in batches that grow 2, 8, 32, 128,
 256 as the recursion descends, each batch padded and tokenised on its own, a Python loop
 around every mask. ``batched_owen_values`` runs the same recursion for many sentences in
@@ -39,6 +39,7 @@ What differs, and why the values still agree to float rounding:
 
 from __future__ import annotations
 
+import functools
 import heapq
 import re
 from collections.abc import Callable, Sequence
@@ -49,13 +50,19 @@ import numpy as np
 import torch
 from transformers import PreTrainedTokenizerBase
 
+from ctrain.models.encoder import attribution_mode
+
 _SPACES = re.compile(r"[\s]+")
 TieBreaks = Literal["seeded", "global"]
 TIE_BREAKS: tuple[str, ...] = ("seeded", "global")
 
 
+@functools.lru_cache(maxsize=8)
 def text_masker(tokenizer: PreTrainedTokenizerBase):
-    """The ``shap.maskers.Text`` that ``owen_values`` uses: MASK as the absent value, one MASK per masked token."""
+    """The ``shap.maskers.Text`` that ``owen_values`` uses: MASK as the absent value, one MASK per masked token.
+
+    Built once per tokenizer (building it runs the tokenizer to find the kept prefix and suffix), then shared by every sentence of
+    every probe: its only state is the last sentence's tokens, cached under that sentence."""
     import shap
 
     if tokenizer.mask_token is None:
@@ -286,8 +293,6 @@ def length_grouped_encoder(encoder, max_length: int | None = 128, max_tokens: in
     token type ids) and the same model call, in eval mode, fp32, without gradients; up to
     ``max_tokens`` tokens per forward pass.
     """
-    from ctrain.probes.attribution import attribution_mode
-
     def value(strings: list[str]) -> np.ndarray:
         ids = encoder.tokenizer(list(strings), truncation=max_length is not None, max_length=max_length)["input_ids"]
         by_length: dict[int, list[int]] = {}

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ctrain.probes.regression import Regression, ols
+from ctrain.probes.weighting.regression import Regression, ols
 
 WordVector = Literal["sum", "mean"]
 TypeAverage = Literal["vectors", "norms"]

@@ -1,0 +1,63 @@
+"""The probes/weighting/ package: the probe's numbers as before the package existed, and its one per-batch step."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ctrain.data.sources import read_sts_b
+from ctrain.probes.weighting import BatchWeights, WeightingConfig, weigh_batch, weighting_probe
+
+# Written by the single-module probe (src/ctrain/probes/weighting.py at eaf6a3b) on these cases: the package must
+# give the same metrics and per-unit records (to float tolerance of another BLAS; on this machine, bit for bit).
+REFERENCE = Path(__file__).parent / "data" / "weighting_probe_reference.json"
+SENTENCES = [row[0] for row in read_sts_b("dev")[:10]]
+CASES = {
+    "ig_exact_shap_exact": dict(methods=("ig", "shap"), steps=4, batch_size=4, min_count=2, dkl_repeats=2, bootstrap_resamples=50),
+    "ig_sketch_words_native": dict(
+        methods=("ig", "shap"), ig_mode="sketch", sketch_size=8, sketch_kind="orthogonal", steps=4, batch_size=3, min_count=1,
+        dkl_repeats=2, units="words", shap_mode="partition_native", shap_max_evals=60, points="type", bootstrap_resamples=20,
+        completeness="directions",
+    ),
+}  # fmt: skip
+
+
+def _numbers(value) -> list:
+    """Every number of a JSON value in document order (None for null)."""
+    if isinstance(value, dict):
+        return [number for item in value.values() for number in _numbers(item)]
+    if isinstance(value, list):
+        return [number for item in value for number in _numbers(item)]
+    return [value] if value is None or isinstance(value, (int, float)) and not isinstance(value, bool) else []
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_probe_numbers_are_those_of_the_single_module_probe(case, tiny_bert):
+    expected = json.loads(REFERENCE.read_text())[case]
+    got = json.loads(weighting_probe(tiny_bert, SENTENCES, WeightingConfig(**CASES[case])).to_json())
+    assert got["config"] == expected["config"]
+    assert list(got["metrics"]) == list(expected["metrics"])
+    assert [r["token"] for r in got["records"]] == [r["token"] for r in expected["records"]]
+    for part in ("metrics", "records"):
+        ours, theirs = _numbers(got[part]), _numbers(expected[part])
+        assert [n is None for n in ours] == [n is None for n in theirs]
+        np.testing.assert_allclose([n for n in ours if n is not None], [n for n in theirs if n is not None], rtol=1e-7, atol=1e-12)
+
+
+def test_weigh_batch_returns_the_arrays_the_probe_fits(tiny_bert):
+    """One batch weighed alone equals the probe's first batch (same seed), and survives the store's round trip."""
+    config = WeightingConfig(methods=("ig", "shap"), steps=4, batch_size=len(SENTENCES), min_count=1, dkl_repeats=1, bootstrap_resamples=0)
+    order = np.argsort([len(ids) for ids in tiny_bert.tokenizer(SENTENCES)["input_ids"]], kind="stable")
+    batch = weigh_batch(tiny_bert, [SENTENCES[i] for i in order], config)
+    units = batch.segmentation.num_units
+    assert {m: w.shape for m, w in batch.weights.items()} == {"ig": (units,), "shap": (units,)}
+    assert batch.completeness_error.shape == (len(SENTENCES),) and batch.input_vectors.shape[0] == batch.last_vectors.shape[0] == units
+    assert batch.attributions["ig"].weights.shape == batch.segmentation.input_ids.shape
+    probe = weighting_probe(tiny_bert, SENTENCES, config)
+    for method, weights in batch.weights.items():
+        np.testing.assert_array_equal(probe.units.weights[method], weights)
+    again = BatchWeights.from_stored(batch.segmentation, batch.stored())
+    for name in ("completeness_error", "input_vectors", "last_vectors"):
+        np.testing.assert_array_equal(getattr(again, name), getattr(batch, name))
+    assert again.attributions == {}

@@ -7,6 +7,7 @@ import torch
 from ctrain.models.encoder import attribution_mode, load_encoder
 from ctrain.probes.weighting.partition import TextGame, batched_owen_values, length_grouped_encoder, text_masker
 from ctrain.probes.weighting.shapley import owen_values, shap_weights
+from ctrain.probes.weighting import KURITA2023_WEIGHTING
 
 SENTENCES = [
     "a man plays the guitar.",
@@ -93,6 +94,40 @@ def test_equals_the_library_with_its_own_batches(encoder):
         np.testing.assert_allclose(phi, reference, rtol=0, atol=1e-6)
 
 
+def library_with_its_defaults(value_function, tokenizer, sentence, max_evals, seed):
+    """``shap.PartitionExplainer`` on ``shap.maskers.Text(tokenizer)`` as the paper called it: no batch size given
+    (``"auto"``), ties drawn from NumPy's global RNG seeded with ``seed``."""
+    import shap
+
+    np.random.seed(seed)
+    explainer = shap.PartitionExplainer(value_function, shap.maskers.Text(tokenizer))
+    return explainer([sentence], max_evals=max_evals, silent=True).values[0]
+
+
+def native_with_the_setups_batch(value_function, tokenizer, sentence, max_evals, seed):
+    """The native recursion at the kurita2023 setup's ``shap_batch_size``, ties drawn as the library draws them."""
+    np.random.seed(seed)
+    batch = KURITA2023_WEIGHTING.shap_batch_size
+    return batched_owen_values(value_function, tokenizer, [sentence], max_evals, batch, tie_breaks="global")[0]
+
+
+def test_the_setups_batch_is_the_librarys_default_where_the_budget_runs_out(encoder):
+    """A 100-evaluation budget runs out on the long sentences, where the batch decides which nodes get expanded: the
+    setup's native recursion equals ``PartitionExplainer`` called with its defaults; batch 256 does not."""
+    native_values, library_values = length_grouped_encoder(encoder), library_encode(encoder)
+    changed_by_batch = 0
+    for seed, sentence in enumerate(SENTENCES):
+        reference = library_with_its_defaults(library_values, encoder.tokenizer, sentence, 100, seed)
+        phi = native_with_the_setups_batch(native_values, encoder.tokenizer, sentence, 100, seed)
+        np.testing.assert_allclose(phi, reference, rtol=0, atol=1e-6)
+        np.random.seed(seed)
+        np.testing.assert_allclose(owen_values(library_values, encoder.tokenizer, sentence, 100), reference, rtol=0, atol=1e-6)
+        np.random.seed(seed)
+        (wide,) = batched_owen_values(native_values, encoder.tokenizer, [sentence], 100, 256, tie_breaks="global")
+        changed_by_batch += np.abs(wide - reference).max() > 0.01 * np.abs(reference).max()
+    assert changed_by_batch >= 1  # the budget binds: the comparison above tells the batches apart
+
+
 def test_is_shapley_on_an_additive_game(tiny_bert):
     tokenizer = tiny_bert.tokenizer
     table = np.random.default_rng(0).normal(size=(tokenizer.vocab_size, 3))
@@ -151,6 +186,26 @@ def test_equals_the_library_on_minilm():
     np.random.seed(0)
     (phi,) = batched_owen_values(length_grouped_encoder(encoder), encoder.tokenizer, [LONG], 500, 256, tie_breaks="global")
     assert np.abs(phi - reference).max() <= 1e-6
+
+
+@pytest.mark.slow
+def test_the_setup_equals_the_library_with_its_defaults_on_long_sts_b_sentences():
+    """all-MiniLM-L6-v2 on the first STS-B dev sentences of 27 tokens or more (specials not counted), where the
+    500-evaluation budget runs out: the setup's native recursion equals ``PartitionExplainer`` with its defaults
+    (max |phi difference| <= 1e-6), and differs from batch 256 by more than rounding."""
+    from ctrain.probes.sentences import sts_b_sentences
+
+    encoder = load_encoder("all-MiniLM-L6-v2").eval()
+    tokenizer = encoder.tokenizer
+    long = [s for s in sts_b_sentences("dev") if len(tokenizer(s, add_special_tokens=False)["input_ids"]) >= 27][:3]
+    native_values, library_values = length_grouped_encoder(encoder), library_encode(encoder)
+    for seed, sentence in enumerate(long):
+        reference = library_with_its_defaults(library_values, tokenizer, sentence, 500, seed)
+        phi = native_with_the_setups_batch(native_values, tokenizer, sentence, 500, seed)
+        assert np.abs(phi - reference).max() <= 1e-6
+        np.random.seed(seed)
+        (wide,) = batched_owen_values(native_values, tokenizer, [sentence], 500, 256, tie_breaks="global")
+        assert np.abs(wide - reference).max() > 1e-4
 
 
 def test_weighting_probe_with_native_shap_equals_the_library_path(tiny_bert):

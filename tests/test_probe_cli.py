@@ -54,6 +54,8 @@ def test_setups_are_defaults_that_later_flags_override():
     config = values["weighting"]
     assert isinstance(config, WeightingConfig) and config.steps == 7
     assert config.methods == ("ig", "shap") and config.shap_mode == "partition_native" and config.include_self
+    assert config.shap_batch_size is None  # the shap library's default batch, as the paper called it
+    assert parser.instantiate_classes(parser.parse_args(["m", "--weighting.shap_batch_size", "256"])).weighting.shap_batch_size == 256
     assert parser.instantiate_classes(parser.parse_args(["m"])).weighting.steps == 16  # the setup's own quadrature
     assert probe_parser().parse_args(["m"]).weighting.steps == WeightingConfig().steps  # one home for the defaults
 

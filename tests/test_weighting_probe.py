@@ -65,6 +65,8 @@ def test_config_rejects_unknown_choices_in_one_line():
         WeightingConfig(ig_mode="fast")
     with pytest.raises(ValueError, match="methods must be"):
         WeightingConfig(methods=("lime",))
+    with pytest.raises(ValueError, match="shap_batch_size must be >= 1 or null"):
+        WeightingConfig(shap_batch_size=0)
 
 
 def test_kl_choice_follows_the_config(tiny_bert, result):

@@ -214,6 +214,7 @@ def _weighting(encoder, model: str, directory: Path, split: str, columns: Column
           f"KL, dKL and -log P over all {len(corpus)}; KL {kl_kind} the word's own occurrence (include_self={c.include_self})")
     print(f"  IG {c.ig_mode}" + (f" (sketch_size {c.sketch_size}, {c.sketch_kind})" if c.ig_mode == "sketch" else "")
           + f", {c.steps} {c.quadrature} steps" + (f"; SHAP {c.shap_mode}" if "shap" in c.methods else "")
+          + (f", batch {_shap_batch(encoder, c)}" if "shap" in c.methods and c.shap_mode.startswith("partition") else "")
           + f"; {c.units}, min_count {c.min_count}")  # fmt: skip
     progress = ProgressLine("weighting")
     batches = directory / "weighting_batches"  # each weighed batch, until weighting.json is written: a rerun resumes
@@ -244,6 +245,15 @@ def _weighting(encoder, model: str, directory: Path, split: str, columns: Column
     if len(sentences) < len(corpus):
         print(f"  projected time of all {len(corpus)} sentences on this machine: "
               f"about {format_seconds(progress.seconds_for(len(corpus)))} (from these {len(sentences)} random ones)")
+
+
+def _shap_batch(encoder, config: WeightingConfig) -> str:
+    """The PartitionSHAP batch the probe runs, saying where it is the library's default."""
+    if config.shap_batch_size is not None:
+        return str(config.shap_batch_size)
+    from ctrain.probes.weighting.partition import library_batch_size
+
+    return f"{library_batch_size(encoder.tokenizer)} (the shap library's default)"
 
 
 def _interval(metrics: dict[str, float], low: str | None, high: str | None) -> str:

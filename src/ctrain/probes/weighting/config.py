@@ -40,6 +40,11 @@ class WeightingConfig:
     ``ig_mode="sketch"``; the ``shap_*`` fields only with ``"shap"`` in ``methods``.
     ``completeness`` is how sketch mode checks IG's completeness (``integrated_gradients``):
     ``path`` exactly, with a JVP as costly as a cheap sketch itself; ``directions`` along the sketch's directions, free.
+    ``shap_batch_size`` is the PartitionSHAP recursion's coalitions per round, as ``shap.PartitionExplainer``'s
+    ``batch_size``: None (default) is the library's own (its Text masker's, 5 in shap 0.51). Where a long sentence
+    exhausts ``shap_max_evals`` it decides which partition nodes get expanded, so it changes the weights; a larger one
+    (e.g. 256) is faster with the native recursion (docs/kurita_setup.md). In exact and permutation mode it only sets
+    the coalitions per forward pass (None: 256).
     ``bootstrap_resamples`` resamples of the probe sentences (0 = none) give the ``confidence``
     percentile interval of every weight fit's R^2 and beta (``regression.bootstrap_fit``), seeded by ``seed``.
     """
@@ -64,7 +69,7 @@ class WeightingConfig:
     shap_max_exact_tokens: int = 10
     shap_permutations: int = 64
     shap_max_evals: int = 500
-    shap_batch_size: int = 256
+    shap_batch_size: int | None = None
     theorem: bool = True
     word_vector: WordVector = "sum"
     type_average: TypeAverage = "vectors"
@@ -75,6 +80,8 @@ class WeightingConfig:
         self.methods = tuple(self.methods)
         if self.bootstrap_resamples < 0:
             raise ValueError(f"bootstrap_resamples must be >= 0 (0 = no intervals), got {self.bootstrap_resamples}")
+        if self.shap_batch_size is not None and self.shap_batch_size < 1:
+            raise ValueError(f"shap_batch_size must be >= 1 or null (the shap library's default), got {self.shap_batch_size}")
         if not 0 < self.confidence < 1:
             raise ValueError(f"confidence must be in (0, 1), got {self.confidence}")
         unknown = [m for m in self.methods if m not in METHODS]
@@ -95,6 +102,8 @@ KURITA2023_WEIGHTING = WeightingConfig(
     # coalitions of a whole batch in one forward round (equal to shap_mode partition, the library, to float rounding;
     # where a long sentence exhausts max_evals, exact priority ties are broken by a seeded draw, not NumPy's global RNG)
     shap_mode="partition_native",
+    # shap_batch_size stays None: the library's default batch (PartitionExplainer's batch_size="auto", as the paper
+    # called it); it decides which partition nodes of a sentence that exhausts the 500 evaluations get expanded.
     # Exact IG takes d VJPs per quadrature step (384 for MiniLM, 768 for MPNet): days for 3000 sentences
     # on a CPU. 16 orthogonal directions estimate the same c_i^2 (exact at sketch_size = d); on a GPU
     # pass --weighting.ig_mode exact.

@@ -9,7 +9,8 @@ grouped by token length (no padding), each distinct string once.
 
 What is the same as the library (shap 0.51, ``PartitionExplainer.owen`` with its call
 defaults: ``fixed_context=None``, ``max_evals`` 500 of which 2 go to the empty and the full
-coalition, the given ``batch_size``):
+coalition, ``batch_size="auto"``, which is the Text masker's ``default_batch_size``; another
+``batch_size`` can be given, as to the library):
 
 - the players, their text segments and the partition tree: taken from ``shap.maskers.Text``
   itself (``token_segments`` and ``clustering``), with ``mask_token`` the tokenizer's MASK and
@@ -68,6 +69,13 @@ def text_masker(tokenizer: PreTrainedTokenizerBase):
     if tokenizer.mask_token is None:
         raise ValueError("SHAP needs a tokenizer with a mask token (the absent value): use another model or method ig")
     return shap.maskers.Text(tokenizer, mask_token=tokenizer.mask_token, collapse_mask_token=False)
+
+
+def library_batch_size(tokenizer: PreTrainedTokenizerBase) -> int:
+    """The coalitions per round ``PartitionExplainer`` evaluates with ``batch_size="auto"``: the Text masker's default
+    (5 in shap 0.51), read from the installed library. Where a long sentence exhausts ``max_evals`` it decides which
+    partition nodes get expanded, so it changes the values."""
+    return text_masker(tokenizer).default_batch_size
 
 
 @dataclass
@@ -230,7 +238,7 @@ def batched_owen_values(
     tokenizer: PreTrainedTokenizerBase,
     sentences: Sequence[str],
     max_evals: int = 500,
-    batch_size: int = 64,
+    batch_size: int | None = None,
     seeds: Sequence[int] | None = None,
     tie_breaks: TieBreaks = "seeded",
 ) -> list[np.ndarray]:
@@ -239,7 +247,7 @@ def batched_owen_values(
     ``value_function`` maps a list of distinct masked strings to their outputs (C, d); it
     is called once per round of the recursions of all sentences. ``batch_size`` is the
     library's: at most that many coalitions per sentence per round (it decides which nodes
-    a budget-limited recursion expands).
+    a budget-limited recursion expands); None takes the library's default (``library_batch_size``).
 
     Exact ties of the heap priority are common: a node holding an always-kept special token
     pushes two copies of its sibling with the same priority. Where the budget runs out they
@@ -255,6 +263,7 @@ def batched_owen_values(
     if tie_breaks == "global" and len(sentences) > 1:
         return [batched_owen_values(value_function, tokenizer, [s], max_evals, batch_size, None, "global")[0] for s in sentences]
     masker = text_masker(tokenizer)
+    batch_size = masker.default_batch_size if batch_size is None else batch_size
     seeds = list(seeds) if seeds is not None else list(range(len(sentences)))
     games = [TextGame.from_masker(masker, s) for s in sentences]
     randoms = [np.random if tie_breaks == "global" else np.random.RandomState(seed) for seed in seeds]

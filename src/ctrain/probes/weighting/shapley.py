@@ -115,18 +115,20 @@ def owen_values(
     tokenizer: PreTrainedTokenizerBase,
     sentence: str,
     max_evals: int = 500,
-    batch_size: int = 64,
+    batch_size: int | None = None,
 ) -> np.ndarray:
     """PartitionSHAP (``shap`` library) values (n, d) of every position of ``sentence``, specials included (0 there).
 
     ``value_function`` maps masked sentences (strings, MASK as the absent value) to
     outputs (C, d); the players are the tokenizer's tokens, grouped by ``shap``'s text
-    clustering. ``max_evals`` bounds the model calls of one sentence.
+    clustering. ``max_evals`` bounds the model calls of one sentence; ``batch_size`` (coalitions
+    per call) None is the library's ``"auto"``.
     """
     import shap
 
     explainer = shap.PartitionExplainer(value_function, text_masker(tokenizer))
-    return explainer([sentence], max_evals=max_evals, batch_size=batch_size, silent=True).values[0]
+    batch = "auto" if batch_size is None else batch_size
+    return explainer([sentence], max_evals=max_evals, batch_size=batch, silent=True).values[0]
 
 
 def shap_weights(
@@ -140,17 +142,23 @@ def shap_weights(
     permutations: int = 64,
     max_evals: int = 500,
     seed: int = 0,
-    batch_size: int = 256,
+    batch_size: int | None = None,
 ) -> Attribution:
-    """SHAP weights ``c_i = ||phi_i||_2`` of a padded batch of ``sentences`` (sentence ``b`` sampled with seed ``seed + b``)."""
+    """SHAP weights ``c_i = ||phi_i||_2`` of a padded batch of ``sentences`` (sentence ``b`` sampled with seed ``seed + b``).
+
+    ``batch_size``: in the partition modes the library's coalitions per round (None: its default, which changes the
+    values of sentences that exhaust ``max_evals``); in exact and permutation mode only the coalitions per forward
+    pass (None: 256), which change no value.
+    """
     if mode not in SHAP_MODES:
         raise ValueError(f"unknown shap_mode '{mode}': choose one of {', '.join(SHAP_MODES)}")
     weights = torch.zeros(input_ids.shape, dtype=torch.float64)
     special = encoder.special_mask(input_ids)
+    forward_batch = batch_size or 256
 
     def encode(masked: list[str]) -> np.ndarray:
         with attribution_mode(encoder), torch.no_grad():
-            return encoder.encode(list(masked), batch_size=batch_size).double().cpu().numpy()
+            return encoder.encode(list(masked), batch_size=forward_batch).double().cpu().numpy()
 
     if mode == "partition_native":  # the same values as "partition", all sentences' coalitions batched together
         native = batched_owen_values(
@@ -168,6 +176,6 @@ def shap_weights(
             weights[b, players] = torch.from_numpy(np.linalg.norm(phi, axis=1))[players]  # right padding: same positions
         else:
             exact_limit = max_exact_tokens if mode == "exact" else 0
-            phi = shapley_values(encoder, ids[keep], exact_limit, permutations, seed + b, batch_size)
+            phi = shapley_values(encoder, ids[keep], exact_limit, permutations, seed + b, forward_batch)
             weights[b, players] = phi.norm(dim=1).cpu()
     return Attribution(weights=weights, completeness_error=None)

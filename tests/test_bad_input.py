@@ -161,7 +161,7 @@ QUICK = [
     [
         (["--data.batch_size", "0"], "data.batch_size"),
         (["--data.eval_batch_size", "0"], "data.eval_batch_size"),
-        (["--model.learning_rate", "-1e-3"], "model.learning_rate"),
+        (["--model.learning_rate=-1e-3"], "model.learning_rate"),
         (["--trainer.max_steps", "0"], "trainer.max_steps"),
         (["--data.batch_size", "1"], "data.batch_size"),  # InfoNCE's negatives are the batch's other sentences
     ],

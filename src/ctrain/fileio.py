@@ -1,11 +1,11 @@
 """Atomic file writes: a reader (a dashboard, a resumed run, `ctrain report`) never sees half a file.
 
 Every file ctrain writes goes to a temporary file in the target's directory and is moved into
-place with `os.replace`. Temporaries are hidden and end in `.tmp` (`.metrics.csv.k2j4.tmp`,
-`.model_final.x8d1.tmp/`), so what a killed process left is found and removed by
-`remove_temporaries` when its run is resumed. Temporary files are created with mode 0600; the finished file gets the
+place with `os.replace`. Temporary files are created with mode 0600; the finished file gets the
 mode an ordinary `open(path, "w")` would give (0666 less the umask), so results stay readable
-by the people and tools the user shares them with.
+by the people and tools the user shares them with. Temporaries are hidden and end in `.tmp`
+(`.metrics.csv.k2j4.tmp`, `.model_final.x8d1.tmp/`): what a killed process left is found by
+`remove_temporaries` when its run is resumed.
 """
 
 from __future__ import annotations

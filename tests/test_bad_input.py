@@ -58,7 +58,7 @@ def test_sweep_counts_are_checked_before_any_file(option, tmp_path, capsys):
     assert not out.exists()
 
 
-@pytest.mark.parametrize("form", [["--dry_run"], ["--dry_run", "true"], ["--dry_run", "yes"]])
+@pytest.mark.parametrize("form", [["--dry_run"], ["--dry_run", "true"], ["--dry_run", "yes"], ["--dry_run=true"]])
 def test_dry_run_flag_takes_the_older_true_form(form, tmp_path, capsys):
     main(["sweep", str(_sweep_file(tmp_path)), "--out", str(tmp_path / "out"), *form])
     assert "run temperature=0.05" in capsys.readouterr().out

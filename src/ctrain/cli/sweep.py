@@ -351,12 +351,15 @@ def sweep_parser() -> ArgumentParser:
 
 
 def _older_dry_run_form(args: list[str]) -> list[str]:
-    """`--dry_run true|false` (the form older docs and scripts use) as the flag `--dry_run` / `--no_dry_run`."""
+    """`--dry_run true|false` or `--dry_run=true|false` (the forms older docs and scripts use) as the flag
+    `--dry_run` / `--no_dry_run`."""
     words = {"true": "--dry_run", "yes": "--dry_run", "false": "--no_dry_run", "no": "--no_dry_run"}
     merged: list[str] = []
     for index, part in enumerate(args):
         if index > 0 and args[index - 1] == "--dry_run" and part.lower() in words:
             merged[-1] = words[part.lower()]
+        elif part.startswith("--dry_run=") and part.removeprefix("--dry_run=").lower() in words:
+            merged.append(words[part.removeprefix("--dry_run=").lower()])
         else:
             merged.append(part)
     return merged

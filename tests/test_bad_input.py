@@ -210,8 +210,16 @@ def test_resume_of_a_finished_run_does_nothing_but_say_so(tmp_path, capsys):
     run_dir = _fake_run(tmp_path, b"a finished run's checkpoint is not read", metrics)
     before = {path: path.read_bytes() for path in run_dir.rglob("*") if path.is_file()}
     main(["fit", "--resume", str(run_dir)])
-    assert f"'{run_dir}' finished at step 8; nothing to resume" in capsys.readouterr().out
+    main(["fit", "--resume", str(run_dir), "--trainer.max_steps", "8"])  # the steps it has: still nothing to do
+    assert capsys.readouterr().out.count(f"'{run_dir}' finished at step 8; nothing to resume") == 2
     assert {path: path.read_bytes() for path in run_dir.rglob("*") if path.is_file()} == before
+
+
+def test_a_finished_run_is_extended_only_by_a_larger_max_steps():
+    from ctrain.cli.fit import _trains_past
+
+    assert _trains_past(8, ["--trainer.max_steps", "12"]) and _trains_past(8, ["--trainer.max_steps=-1"])
+    assert not _trains_past(8, ["--trainer.max_steps", "8"]) and not _trains_past(8, ["--trainer.enable_progress_bar", "false"])
 
 
 def test_remove_temporaries_takes_only_what_atomic_writes_left(tmp_path):

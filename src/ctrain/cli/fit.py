@@ -282,6 +282,17 @@ def finished_step(run_dir: Path) -> int | None:
     return next((int(row["step"]) for row in rows if row.get(STS_TEST)), None)
 
 
+def _trains_past(step: int, overrides: list[str]) -> bool:
+    """Whether the arguments given after `--resume RUN` ask for training beyond `step` (a finished run extended)."""
+    for index, part in enumerate(overrides):
+        key, _, value = part.partition("=")
+        if key in ("--trainer.max_steps", "--trainer.max_epochs"):
+            value = value or (overrides[index + 1] if index + 1 < len(overrides) else "")
+            if key == "--trainer.max_epochs" or (value.lstrip("-").isdigit() and (int(value) == -1 or int(value) > step)):
+                return True
+    return False
+
+
 def _drop_metrics_after(metrics_file: Path, step: int) -> None:
     """Remove rows logged after the checkpoint: the resumed run logs those steps again.
 
@@ -310,8 +321,11 @@ def run_cli(args: list[str], cli_class: type[CtrainCLI] = CtrainCLI) -> CtrainCL
         if index + 1 >= len(args):
             raise ValueError("--resume needs the run directory, e.g. --resume runs/demo/version_0")
         run_dir = Path(args[index + 1])
-        if (step := finished_step(run_dir)) is not None:
-            print(f"ctrain: '{run_dir}' finished at step {step}; nothing to resume (its scores are in metrics.csv)")
+        if (step := finished_step(run_dir)) is not None and not _trains_past(step, args[index + 2 :]):
+            print(
+                f"ctrain: '{run_dir}' finished at step {step}; nothing to resume (its scores are in metrics.csv; "
+                "to train it further, give a larger --trainer.max_steps)"
+            )
             return None
         args = args[:index] + _resume_arguments(run_dir) + args[index + 2 :]
     return cli_class(

@@ -103,7 +103,7 @@ def test_config_paths_resolve_against_the_repository_root_only_when_missing_here
     assert "--config=configs/theorem_lab/exact.yaml" in fit_command(spec, settings, ROOT / "sweeps" / "theorem_lab.yaml")
 
 
-@pytest.mark.parametrize("command", ["sweep", "report", "probe"])
+@pytest.mark.parametrize("command", ["sweep", "report", "probe", "corpus", "pretrain"])
 def test_subcommand_usage_names_the_subcommand(command, capsys):
     with pytest.raises(SystemExit):
         main([command, "--help"])

@@ -142,8 +142,9 @@ class WordWeightingProbe(_ScheduledProbe):
     defaults). The probe sentences are `num_sentences` sentences of the STS-B `split` (both columns)
     drawn at random with `config.seed`; the token statistics come from the whole split and are
     computed once. `split: training` takes both from the run's own training texts instead (every text
-    of every training example, as the data module read them; on rank 0's share under several
-    processes), so that a run on `--data.train` or `data.max_examples` measures what it trained on. Each
+    of every training example, as the data module read them: all of them under several processes too,
+    as each process reads them all and only the sampler shards them), so that a run on `--data.train` or
+    `data.max_examples` measures what it trained on. Each
     `probes/weighting.jsonl` record carries `sentences_sha256` and `statistics_sha256`, so that every step
     can be shown to have measured the same inputs.
     """

@@ -9,6 +9,7 @@ metrics.csv, model_final/ and model_best/ (sentence-transformers format).
 from __future__ import annotations
 
 import csv
+import io
 import math
 from dataclasses import asdict
 from pathlib import Path
@@ -23,11 +24,13 @@ from pytorch_lightning.cli import (
     SaveConfigCallback,
 )
 from pytorch_lightning.loggers import CSVLogger, WandbLogger
+from pytorch_lightning.plugins.io import CheckpointIO, TorchCheckpointIO
 
 from ctrain.callbacks.outputs import RunOutputs, WandbProbeFigures, checkpoint_step
 from ctrain.callbacks.probes import WordWeightingProbe
 from ctrain.data.datamodule import ContrastiveDataModule
-from ctrain.keys import IG_KL_R2, STS_DEV
+from ctrain.fileio import atomic_path, complete_lines, remove_temporaries
+from ctrain.keys import IG_KL_R2, STS_DEV, STS_TEST
 from ctrain.models.encoder import EncoderConfig
 from ctrain.runtime import global_batch_size
 from ctrain.training.loggers import (
@@ -53,6 +56,7 @@ class CtrainCLI(LightningCLI):
     outputs_class: type = RunOutputs
     monitor, monitor_mode, monitor_label = STS_DEV, "max", "STS-B dev Spearman x100"
     default_run_name = "ctrain"
+    command = "fit"  # the ctrain command that runs this CLI's fit
 
     @staticmethod
     def subcommands() -> dict[str, set[str]]:
@@ -73,9 +77,16 @@ class CtrainCLI(LightningCLI):
         parser.add_lightning_class_args(self.outputs_class, "outputs")
         parser.add_class_arguments(WandbOptions, "wandb")
 
+    def _add_subcommands(self, parser: LightningArgumentParser, **kwargs) -> None:
+        super()._add_subcommands(parser, **kwargs)
+        if self.command != "fit":  # `ctrain pretrain` runs this CLI's fit: its --help says so
+            self._subcommand_parsers["fit"].prog = f"ctrain {self.command}"
+
     def before_instantiate_classes(self) -> None:
-        """`--trainer.default_root_dir DIR` puts the run under DIR, as Lightning users expect; an encoder given by
+        """Settings that cannot work fail here, before a model is built or a file written;
+        `--trainer.default_root_dir DIR` puts the run under DIR, as Lightning users expect; and an encoder given by
         its name alone is written out in full, so config.yaml holds `model.encoder.name` however it was given."""
+        _check_settings(self.config[self.subcommand], self.subcommand)
         model = self.config[self.subcommand].model
         if isinstance(model.get("encoder"), str):
             model.encoder = Namespace(**asdict(EncoderConfig(name=model.encoder)))
@@ -98,7 +109,11 @@ class CtrainCLI(LightningCLI):
             loggers.append(wandb_logger(options, run_dir, str(run_dir.relative_to(run_csv.save_dir))))
             config["logger"] = loggers
             callbacks = [*callbacks, WandbProbeFigures()]
-        trainer = super()._instantiate_trainer(config, callbacks)
+        plugins = config.get("plugins") or []
+        plugins = list(plugins) if isinstance(plugins, list) else [plugins]
+        if not any(isinstance(plugin, CheckpointIO) for plugin in plugins):
+            config["plugins"] = [*plugins, RunDirectoryCheckpointIO()]
+        trainer = super()._instantiate_trainer(config, [*callbacks, CheckpointPathsOfThisRun()])
         examples_per_step = global_batch_size(self.datamodule.hparams.batch_size, trainer)
         for logger in trainer.loggers:
             if hasattr(logger, "examples_per_step"):
@@ -107,6 +122,9 @@ class CtrainCLI(LightningCLI):
 
     def before_fit(self) -> None:
         self.datamodule.load_training_examples(self.trainer.world_size)  # bad data fails before any work
+        objective = getattr(self.model, "objective", None)
+        if objective is not None:
+            _check_global_batch(objective, self.datamodule, self.trainer.world_size)
         self.monitored_at_start = None
         if self.config_init[self.subcommand].get("ckpt_path") is None:
             results = self.trainer.validate(self.model, datamodule=self.datamodule, verbose=False)
@@ -142,6 +160,45 @@ class CtrainCLI(LightningCLI):
                 logger.experiment.finish()  # a second run in this process starts a new W&B run
 
 
+class RunDirectoryCheckpointIO(TorchCheckpointIO):
+    """Writes each checkpoint through a temporary file beside it (ctrain.fileio), not Lightning's temporary file in
+    /tmp: a run killed mid-save leaves the partial file in its run directory, where the resume removes it."""
+
+    def save_checkpoint(self, checkpoint: dict, path, storage_options=None) -> None:
+        if storage_options is not None or "://" in str(path):  # remote storage: Lightning's own way
+            super().save_checkpoint(checkpoint, path, storage_options)
+            return
+        with atomic_path(path) as temporary:
+            torch.save(checkpoint, temporary)
+
+
+class CheckpointPathsOfThisRun(Callback):
+    """A resumed run keeps its one last.ckpt and its best-model state however its directory is spelled.
+
+    ModelCheckpoint stores its directory and file paths as spelled when they were written (an absolute
+    `--trainer.default_root_dir`, say); named another way at resume (relative, or the run moved), it drops
+    the best score and writes last-v1.ckpt / best-v1.ckpt beside the old files. The stored paths are
+    re-based onto this run's checkpoint directory before ModelCheckpoint reads them."""
+
+    def on_load_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
+        states = checkpoint.get("callbacks", {})
+        for callback in trainer.checkpoint_callbacks:
+            state = states.get(callback.state_key)
+            if not state or not state.get("dirpath") or callback.dirpath is None or state["dirpath"] == callback.dirpath:
+                continue
+            stored, current = Path(state["dirpath"]), Path(callback.dirpath)
+            state["dirpath"] = callback.dirpath
+            for key in ("best_model_path", "kth_best_model_path", "last_model_path"):
+                if key in state:
+                    state[key] = _rebased(state[key], stored, current)
+            state["best_k_models"] = {_rebased(path, stored, current): score for path, score in state.get("best_k_models", {}).items()}
+
+
+def _rebased(path: str, stored: Path, current: Path) -> str:
+    """`path` under the directory `stored` as the same name under `current` (other paths, and "", unchanged)."""
+    return str(current / Path(path).relative_to(stored)) if path and Path(path).is_relative_to(stored) else path
+
+
 class RunConfigCallback(SaveConfigCallback):
     """Writes config.yaml, and gives W&B the whole resolved config and the ctrain git revision."""
 
@@ -152,19 +209,52 @@ class RunConfigCallback(SaveConfigCallback):
                 logger.experiment.config.update({**resolved, "git_revision": git_revision()}, allow_val_change=True)
 
 
+def _check_settings(config, subcommand: str) -> None:
+    """One line for a setting that cannot work, before anything is built: Lightning and torch would report it
+    later, after the model is loaded and step 0 validated, without naming the key."""
+    for key in ("data.batch_size", "data.eval_batch_size"):
+        value = config.get(key)
+        if value is not None and value < 1:
+            raise ValueError(f"{key} {value}: give at least 1 (examples per process and step)")
+    rate = config.get("model.learning_rate")
+    if rate is not None and rate < 0:
+        raise ValueError(f"model.learning_rate {rate} is negative: give a positive rate, e.g. 3e-5")
+    if subcommand == "fit" and 0 in (config.get("trainer.max_steps"), config.get("trainer.max_epochs")):
+        raise ValueError(
+            "trainer.max_steps / max_epochs 0 trains nothing and writes no checkpoint: give a positive number "
+            "(to score a model without training: ctrain validate / ctrain test, or ctrain probe)"
+        )
+
+
+def _check_global_batch(objective, datamodule: ContrastiveDataModule, world_size: int) -> None:
+    """An objective whose negatives are the batch's other sentences has no negative in a batch of one: its loss is
+    exactly 0 and the model never changes."""
+    hard_negatives = bool(datamodule.examples) and len(datamodule.examples[0]) == 3
+    needed, size = objective.smallest_global_batch(hard_negatives), datamodule.hparams.batch_size * world_size
+    if size < needed:
+        raise ValueError(
+            f"model.objective {objective.name} draws its negatives from the other sentences of the batch: it needs a "
+            f"global batch of at least {needed}, and data.batch_size {datamodule.hparams.batch_size} x {world_size} "
+            f"process(es) gives {size}; raise data.batch_size"
+        )
+
+
 def _logger_entries(logger) -> list:
     """The configured loggers as a list (trainer.logger is one logger, a list, a bool or None)."""
     return list(logger) if isinstance(logger, list) else [] if logger in (None, True, False) else [logger]
 
 
 def _resume_arguments(run_dir: Path) -> list[str]:
-    """Arguments that continue `run_dir` from its last checkpoint, writing into the same directory."""
+    """Arguments that continue `run_dir` from its last checkpoint, writing into the same directory.
+
+    What a killed run left half-written (atomic writes' temporaries) is removed first; the rows it
+    logged after the checkpoint are dropped, as the resumed run logs those steps again."""
     config, checkpoint = run_dir / "config.yaml", run_dir / "checkpoints" / "last.ckpt"
     for path in (config, checkpoint):
         if not path.exists():
             raise FileNotFoundError(f"cannot resume: '{path}' does not exist; give the run directory printed by ctrain fit")
-    # mmap: read the step without loading a base model's weights and optimizer state into memory
-    step = torch.load(checkpoint, map_location="cpu", weights_only=False, mmap=True)["global_step"]
+    step = _checkpoint_step(checkpoint)
+    remove_temporaries(run_dir)
     _drop_metrics_after(run_dir / "metrics.csv", step)
     settings = yaml.safe_load(config.read_text())
     trainer = settings.setdefault("trainer", {})
@@ -177,6 +267,41 @@ def _resume_arguments(run_dir: Path) -> list[str]:
     return ["--config", yaml.safe_dump(settings), "--ckpt_path", str(checkpoint)]
 
 
+def _checkpoint_step(checkpoint: Path) -> int:
+    """The optimizer step a checkpoint was taken at; an unreadable file is one line with the way out."""
+    try:
+        # mmap: read the step without loading a base model's weights and optimizer state into memory
+        return int(torch.load(checkpoint, map_location="cpu", weights_only=False, mmap=True)["global_step"])
+    except Exception as error:  # noqa: BLE001 (torch reports a cut or corrupt file as RuntimeError, EOFError, pickle or zip errors)
+        best = checkpoint.with_name("best.ckpt")
+        instead = f"copy '{best}' over it to resume from the best model's step, or " if best.exists() else ""
+        raise ValueError(
+            f"cannot resume: '{checkpoint}' is not a readable checkpoint (cut short or corrupt: {type(error).__name__}); "
+            f"{instead}start the run again"
+        ) from None
+
+
+def finished_step(run_dir: Path) -> int | None:
+    """The step a run finished at (its end-of-fit STS-B test score, logged after both models were exported is in
+    metrics.csv), or None for a run that has not finished."""
+    metrics_file = run_dir / "metrics.csv"
+    if not metrics_file.exists():
+        return None
+    rows = csv.DictReader(io.StringIO(complete_lines(metrics_file), newline=""))
+    return next((int(row["step"]) for row in rows if row.get(STS_TEST)), None)
+
+
+def _trains_past(step: int, overrides: list[str]) -> bool:
+    """Whether the arguments given after `--resume RUN` ask for training beyond `step` (a finished run extended)."""
+    for index, part in enumerate(overrides):
+        key, _, value = part.partition("=")
+        if key in ("--trainer.max_steps", "--trainer.max_epochs"):
+            value = value or (overrides[index + 1] if index + 1 < len(overrides) else "")
+            if key == "--trainer.max_epochs" or (value.lstrip("-").isdigit() and (int(value) == -1 or int(value) > step)):
+                return True
+    return False
+
+
 def _drop_metrics_after(metrics_file: Path, step: int) -> None:
     """Remove rows logged after the checkpoint: the resumed run logs those steps again.
 
@@ -186,7 +311,7 @@ def _drop_metrics_after(metrics_file: Path, step: int) -> None:
     not measure them again), but not that step's training row or the end-of-fit test scores."""
     if not metrics_file.exists():
         return
-    with metrics_file.open(newline="") as handle:
+    with io.StringIO(complete_lines(metrics_file), newline="") as handle:
         reader = csv.DictReader(handle)
         fields, rows = reader.fieldnames or [], [row for row in reader if _logged_before_checkpoint(row, step)]
     write_csv_atomic(str(metrics_file), fields, rows)
@@ -198,12 +323,20 @@ def _logged_before_checkpoint(row: dict[str, str], step: int) -> bool:
     return not any(value for key, value in row.items() if key.startswith(AFTER_CHECKPOINT_PREFIXES))
 
 
-def run_cli(args: list[str], cli_class: type[CtrainCLI] = CtrainCLI) -> CtrainCLI:
+def run_cli(args: list[str], cli_class: type[CtrainCLI] = CtrainCLI) -> CtrainCLI | None:
+    """Run the CLI on `args`; None when `--resume` names a run that has finished (nothing is run or written)."""
     if "--resume" in args:
         index = args.index("--resume")
         if index + 1 >= len(args):
             raise ValueError("--resume needs the run directory, e.g. --resume runs/demo/version_0")
-        args = args[:index] + _resume_arguments(Path(args[index + 1])) + args[index + 2 :]
+        run_dir = Path(args[index + 1])
+        if (step := finished_step(run_dir)) is not None and not _trains_past(step, args[index + 2 :]):
+            print(
+                f"ctrain: '{run_dir}' finished at step {step}; nothing to resume (its scores are in metrics.csv; "
+                "to train it further, give a larger --trainer.max_steps)"
+            )
+            return None
+        args = args[:index] + _resume_arguments(run_dir) + args[index + 2 :]
     return cli_class(
         cli_class.model_class,
         cli_class.datamodule_class,

@@ -7,7 +7,9 @@ and `ctrain --help` answers at once. Errors in user input end in one line, not a
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
+import threading
 import warnings
 
 HELP = """usage: ctrain COMMAND [options]
@@ -39,9 +41,17 @@ def _quiet_libraries() -> None:
     warnings.filterwarnings("ignore", message=".*LightningCLI's args parameter is intended.*")
 
 
+def _interruptible() -> None:
+    """Ctrl-C stops ctrain at any stage. A process started with SIGINT ignored (a background job of a shell script,
+    some launchers) inherits that, and then one Ctrl-C during start-up was ignored and the run trained to its end."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: errors in user input end in one line, not a traceback."""
     args = list(sys.argv[1:] if argv is None else argv)
+    _interruptible()
     _quiet_libraries()
     if args[:1] in ([], ["-h"], ["--help"]):
         print(HELP, end="")

@@ -15,3 +15,4 @@ class PretrainCLI(CtrainCLI):
     outputs_class = PretrainOutputs
     monitor, monitor_mode, monitor_label = "val/mlm_loss", "min", "held-out MLM loss"
     default_run_name = "pretrain"
+    command = "pretrain"

@@ -4,13 +4,16 @@ The same file works with `wandb sweep FILE` + `wandb agent`. Here, grid and rand
 one after another or N at a time, each run a `ctrain fit` subprocess whose directory is
 `<sweep dir>/runs/<swept values>`. The sweep directory holds sweep.yaml (the file as given),
 plan.json (the runs, fixed at the first start, so a random sweep resumes the same draws),
-logs/, and summary.csv (one row per run, rewritten after each). Started again, a sweep skips
-finished runs and resumes interrupted ones from their last checkpoint (`ctrain fit --resume`).
+logs/, summary.csv (one row per run, rewritten after each) and .lock (held while a `ctrain sweep`
+runs the directory: a second one stops at once). Started again, a sweep skips finished runs and
+resumes interrupted ones from their last checkpoint (`ctrain fit --resume`).
 """
 
 from __future__ import annotations
 
 import csv
+import fcntl
+import io
 import json
 import math
 import os
@@ -21,14 +24,16 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor, as_completed
+from contextlib import contextmanager
 from itertools import product
 from pathlib import Path
 
 import yaml
 from jsonargparse import ActionConfigFile, ActionYesNo, ArgumentParser
 
-from ctrain.fileio import atomic_path, atomic_write_text
+from ctrain.fileio import atomic_path, atomic_write_text, complete_lines
 from ctrain.keys import STS_DEV, STS_TEST, STS_TEST_BEST
 
 SUMMARY_METRICS = {STS_DEV: "sts_dev_final", STS_TEST: "sts_test_final", STS_TEST_BEST: "sts_test_best"}
@@ -41,7 +46,7 @@ def read_sweep(path: Path) -> dict:
     """The sweep file, checked for what the local runner supports."""
     if not path.exists():
         raise FileNotFoundError(f"sweep file '{path}' does not exist; the shipped ones are in sweeps/")
-    spec = yaml.safe_load(path.read_text())
+    spec = _load_yaml(path)
     if not isinstance(spec, dict) or not isinstance(spec.get("parameters"), dict):
         raise ValueError(f"'{path}' is not a W&B sweep file: it needs a 'parameters' mapping")  # noqa: TRY004 (bad input: one line)
     if spec.get("method") not in ("grid", "random"):
@@ -63,6 +68,24 @@ def read_sweep(path: Path) -> dict:
             if any(not isinstance(p, (int, float)) or p < 0 for p in probabilities) or not math.isclose(sum(probabilities), 1.0, abs_tol=1e-6):
                 raise ValueError(f"'{path}': parameter {name}: probabilities must be non-negative numbers that sum to 1, not {probabilities}")
     return spec
+
+
+def _load_yaml(path: Path):
+    """The YAML in `path`; a syntax error is one line with its place and the usual cause: an unquoted `${...}`."""
+    text = path.read_text()
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        lines = text.splitlines()
+        # an unclosed bracket is found at the end of the file; the line that opened it is the context
+        marks = [getattr(error, name, None) for name in ("problem_mark", "context_mark")]
+        mark = next((mark for mark in marks if mark is not None and mark.line < len(lines)), None)
+        where = f" line {mark.line + 1} ({lines[mark.line].strip()})" if mark is not None else ""
+        problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+        raise ValueError(
+            f"'{path}'{where} is not valid YAML: {problem}; quote a value that holds ${{...}}, braces, brackets or ': ' "
+            'there, e.g. command: [ctrain, fit, "${args}"]'
+        ) from None
 
 
 def _sample(name: str, parameter: dict, rng: random.Random):
@@ -166,7 +189,7 @@ def run_summary(run_dir: Path) -> dict[str, str]:
     values: dict[str, str] = {}
     metrics_file = run_dir / "metrics.csv"
     if metrics_file.exists():
-        with metrics_file.open(newline="") as handle:
+        with io.StringIO(complete_lines(metrics_file), newline="") as handle:
             for row in csv.DictReader(handle):
                 values.update({name: row[key] for key, name in SUMMARY_METRICS.items() if row.get(key)})
                 values["last_step"] = row["step"]
@@ -226,6 +249,10 @@ def sweep(
         wandb: W&B mode for every run (off, auto, offline, online); default: what the file's command says.
         dry_run: print the commands, run nothing.
     """
+    if parallel < 1:
+        raise ValueError(f"--parallel {parallel}: give the number of runs at a time, at least 1")
+    if count is not None and count < 1:
+        raise ValueError(f"--count {count}: give the number of runs of a random sweep, at least 1")
     path = Path(file)
     spec = read_sweep(path)
     sweep_dir = Path(out) if out else Path("runs") / "sweeps" / path.stem
@@ -250,6 +277,34 @@ def sweep(
         for label, command in commands.items():
             print(f"run {label}\n  directory: {sweep_dir / 'runs' / label}\n  command: {shlex.join(command)}")
         return sweep_dir
+    with sweep_lock(sweep_dir):
+        return _run_sweep(path, spec, plan, runs, commands, sweep_dir, swept, parallel)
+
+
+@contextmanager
+def sweep_lock(sweep_dir: Path) -> Iterator[None]:
+    """Hold `<sweep dir>/.lock` while the sweep runs: a second `ctrain sweep` on the same directory stops at once
+    instead of training the same runs into the same directories. The kernel drops the lock when its process ends,
+    however it ends, so a killed sweep leaves nothing to clean up."""
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+    with (sweep_dir / ".lock").open("a+") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock.seek(0)
+            holder = lock.read().strip() or "another process"
+            raise ValueError(
+                f"'{sweep_dir}' is being run by another ctrain sweep ({holder}); wait for it to end, or give another --out"
+            ) from None
+        lock.truncate(0)
+        lock.write(f"process {os.getpid()}")
+        lock.flush()
+        yield
+
+
+def _run_sweep(path: Path, spec: dict, plan: dict, runs: list[tuple[str, dict]], commands: dict[str, list[str]], sweep_dir: Path, swept: list[str], parallel: int) -> Path:
+    """Run (or resume) every planned run, `parallel` at a time, keeping summary.csv current."""
+    plan_file = sweep_dir / "plan.json"
     atomic_write_text(sweep_dir / "sweep.yaml", path.read_text())
     atomic_write_text(plan_file, json.dumps(plan, indent=1))
     threads = threads_per_run(parallel)
@@ -295,9 +350,24 @@ def sweep_parser() -> ArgumentParser:
     return parser
 
 
+def _older_dry_run_form(args: list[str]) -> list[str]:
+    """`--dry_run true|false` or `--dry_run=true|false` (the forms older docs and scripts use) as the flag
+    `--dry_run` / `--no_dry_run`."""
+    words = {"true": "--dry_run", "yes": "--dry_run", "false": "--no_dry_run", "no": "--no_dry_run"}
+    merged: list[str] = []
+    for index, part in enumerate(args):
+        if index > 0 and args[index - 1] == "--dry_run" and part.lower() in words:
+            merged[-1] = words[part.lower()]
+        elif part.startswith("--dry_run=") and part.removeprefix("--dry_run=").lower() in words:
+            merged.append(words[part.removeprefix("--dry_run=").lower()])
+        else:
+            merged.append(part)
+    return merged
+
+
 def sweep_main(args: list[str]) -> None:
     try:
-        values = sweep_parser().parse_args(args).as_dict()
+        values = sweep_parser().parse_args(_older_dry_run_form(args)).as_dict()
         values.pop("config", None)
         sweep(**values)
     except RuntimeError as error:

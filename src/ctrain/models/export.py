@@ -9,7 +9,6 @@ similarity as `similarity_fn_name`.
 from __future__ import annotations
 
 import copy
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
@@ -30,8 +29,8 @@ def save_sentence_transformer(
     """Write `encoder` to `path` (replacing it only once the new copy is complete)."""
     from sentence_transformers import SentenceTransformer
 
-    with tempfile.TemporaryDirectory(prefix="ctrain-backbone-") as scratch, atomic_directory(path) as staged:
-        source = Path(scratch) / "backbone"
+    with atomic_directory(path) as staged:
+        source = staged.parent / "backbone"  # the staging's own scratch space, beside the target
         backbone = copy.deepcopy(encoder.backbone).float().cpu()
         backbone.save_pretrained(source)
         encoder.tokenizer.save_pretrained(source)

@@ -181,6 +181,9 @@ def probe(
         seed: seed of the geometry probe (weighting has --weighting.seed, which also draws the sentences).
         device: where the model runs: auto (the GPU when torch sees one, else the CPU), cpu, cuda or cuda:N.
     """
+    for option, value in (("--num_sentences", num_sentences), ("--geometry_sentences", geometry_sentences)):
+        if value is not None and value < 1:
+            raise ValueError(f"{option} {value}: give at least 1 sentence, or null for all of them")
     source = resolve_model(model)
     on = probe_device(device)
     encoder = load_encoder(source).to(on)

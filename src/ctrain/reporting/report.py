@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import base64
 import html
+import io
 import json
 import math
 import re
@@ -24,7 +25,7 @@ import pandas as pd
 import yaml
 from matplotlib.figure import Figure
 
-from ctrain.fileio import atomic_write_text
+from ctrain.fileio import atomic_write_text, complete_lines
 from ctrain.keys import EXAMPLES_SEEN, STS_DEV, STS_TEST
 from ctrain.reporting import lab_report
 from ctrain.reporting.figures import (
@@ -58,8 +59,11 @@ def read_run(run_dir: Path) -> pd.DataFrame:
     Steps and values missing from metrics.csv (a run still training flushes it only at checkpoints;
     a crashed one never wrote its last rows) are filled from probes/*.jsonl; where both hold a value,
     metrics.csv's wins."""
+    if not run_dir.exists():
+        raise FileNotFoundError(f"'{run_dir}' does not exist; give a run directory (runs/NAME/version_N) or a sweep directory")
     metrics_file = run_dir / "metrics.csv"
-    frame = pd.read_csv(metrics_file) if metrics_file.exists() else pd.DataFrame({"step": []})
+    text = complete_lines(metrics_file) if metrics_file.exists() else ""
+    frame = pd.read_csv(io.StringIO(text)) if text.strip() else pd.DataFrame({"step": []})
     probes = read_probes(run_dir)
     if not probes.empty:
         frame = pd.concat([frame, probes], ignore_index=True).copy()  # metrics.csv's rows first: first() keeps its values
@@ -88,7 +92,7 @@ def read_probes(run_dir: Path) -> pd.DataFrame:
     rows: dict[int, dict[str, float]] = {}
     for path in sorted((run_dir / "probes").glob("*.jsonl")):
         prefix = f"{path.stem}/"
-        for line in path.read_text().splitlines():
+        for line in complete_lines(path).splitlines():
             if line.strip():
                 record = json.loads(line)
                 row = rows.setdefault(int(record["step"]), {"step": int(record["step"])})

@@ -82,6 +82,11 @@ class Objective(nn.Module):
     def prepare(self, encoder: SentenceEncoder, data: ContrastiveDataModule) -> None:
         """Read what the objective needs of the training data (called at the start of fit)."""
 
+    def smallest_global_batch(self, hard_negatives: bool) -> int:
+        """The fewest examples a global batch needs for the loss to see a negative (the CLI checks it before
+        training); objectives that draw negatives from the batch's other sentences need more than one."""
+        return 1
+
     def forward(self, inputs: ObjectiveInputs) -> tuple[Tensor, dict[str, Tensor]]:  # pragma: no cover - abstract
         raise NotImplementedError
 
@@ -100,6 +105,9 @@ class InfoNCE(Objective):
     def __init__(self, hard_negative_weight: float = 0.0) -> None:
         super().__init__()
         self.hard_negative_weight = hard_negative_weight
+
+    def smallest_global_batch(self, hard_negatives: bool) -> int:
+        return 1 if hard_negatives else 2  # a lone anchor's only candidate is its positive: loss exactly 0
 
     def forward(self, inputs: ObjectiveInputs) -> tuple[Tensor, dict[str, Tensor]]:
         anchors, positives, *hard = inputs.views
@@ -131,6 +139,9 @@ class Logistic(Objective):
     def __init__(self, num_negatives: int = 1) -> None:
         super().__init__()
         self.num_negatives = num_negatives
+
+    def smallest_global_batch(self, hard_negatives: bool) -> int:
+        return self.num_negatives + 1  # each negative is another sentence of the batch
 
     def forward(self, inputs: ObjectiveInputs) -> tuple[Tensor, dict[str, Tensor]]:
         anchors, positives = inputs.views[:2]

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from helpers import quick_probes_preset
 
 from ctrain.cli import main
 from ctrain.models.encoder import EncoderConfig
@@ -37,9 +38,16 @@ def _metrics(run_dir: Path) -> list[dict]:
         return list(csv.DictReader(handle))
 
 
-def test_fit_writes_the_run_directory(tmp_path):
-    main(_run_args(tmp_path))
-    run_dir = tmp_path / "demo" / "version_0"
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory) -> Path:
+    """One run of QUICK, read by every test that compares against the plain run (outputs, seeding, resume, probes)."""
+    save_dir = tmp_path_factory.mktemp("quick")
+    main(_run_args(save_dir))
+    return save_dir / "demo" / "version_0"
+
+
+def test_fit_writes_the_run_directory(quick_run):
+    run_dir = quick_run
     for name in ("config.yaml", "metrics.csv", "checkpoints/last.ckpt", "checkpoints/best.ckpt", "model_final", "model_best"):
         assert (run_dir / name).exists(), name
     rows = _metrics(run_dir)
@@ -56,14 +64,12 @@ def test_fit_writes_the_run_directory(tmp_path):
     assert abs(final.encode(["a test"]) - ours.encode(["a test"]).numpy()).max() < 1e-5
 
 
-def test_same_seed_same_metrics(tmp_path):
-    main(_run_args(tmp_path / "a"))
-    main(_run_args(tmp_path / "b"))
-    assert _metrics(tmp_path / "a" / "demo" / "version_0") == _metrics(tmp_path / "b" / "demo" / "version_0")
+def test_same_seed_same_metrics(quick_run, tmp_path):
+    main(_run_args(tmp_path))
+    assert _metrics(tmp_path / "demo" / "version_0") == _metrics(quick_run)
 
 
-def test_killed_run_resumes_to_the_same_metrics(tmp_path):
-    main(_run_args(tmp_path / "whole"))
+def test_killed_run_resumes_to_the_same_metrics(quick_run, tmp_path):
     environment = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(ROOT / "tests"), os.environ.get("PYTHONPATH", "")])}
     killed = subprocess.run(
         [sys.executable, "-m", "ctrain.cli", *_run_args(tmp_path / "crash"),
@@ -74,7 +80,7 @@ def test_killed_run_resumes_to_the_same_metrics(tmp_path):
     run_dir = tmp_path / "crash" / "demo" / "version_0"
     assert not (run_dir / "model_final").exists()
     main(["fit", "--resume", str(run_dir), "--trainer.callbacks=[]", "--trainer.enable_progress_bar", "false"])
-    assert _metrics(run_dir) == _metrics(tmp_path / "whole" / "demo" / "version_0")
+    assert _metrics(run_dir) == _metrics(quick_run)
 
 
 def test_non_finite_loss_stops_with_step_and_cause(tmp_path, capsys):
@@ -91,14 +97,10 @@ def test_unknown_key_is_one_line(tmp_path, capsys):
     assert err[-1].startswith("ctrain: error: unrecognized arguments: --model.not_a_key")
 
 
-def test_probe_callbacks_do_not_change_training(tmp_path):
-    main(_run_args(tmp_path / "plain"))
-    preset = (ROOT / "callbacks" / "probes.yaml").read_text()
-    preset = preset.replace("every_n_steps: 100", "every_n_steps: 3").replace("every_n_steps: 200", "every_n_steps: 3")
-    preset = preset.replace("num_sentences: 150", "num_sentences: 8")
-    (tmp_path / "probes.yaml").write_text(preset.replace("num_sentences: 400", "num_sentences: 40"))
-    main(_run_args(tmp_path / "probed", "--config", str(tmp_path / "probes.yaml")))
-    plain = _metrics(tmp_path / "plain" / "demo" / "version_0")
+def test_probe_callbacks_do_not_change_training(quick_run, tmp_path):
+    preset = quick_probes_preset(tmp_path / "probes.yaml", every_n_steps=3, weighting_sentences=8, geometry_sentences=40)
+    main(_run_args(tmp_path / "probed", "--config", str(preset)))
+    plain = _metrics(quick_run)
     probed = _metrics(tmp_path / "probed" / "demo" / "version_0")
     columns = ("step", "train/loss", "val/stsb_spearman")
     def training(rows: list[dict]) -> list[tuple]:

@@ -20,7 +20,7 @@ QUICK = [
     "--model.encoder.name", "tiny-bert",
     "--data.batch_size", "8",
     "--data.max_examples", "96",
-    "--data.max_eval_pairs", "200",
+    "--data.max_eval_pairs", "64",
     "--trainer.max_steps", "8",
     "--trainer.val_check_interval", "4",
     "--trainer.log_every_n_steps", "1",

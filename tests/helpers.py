@@ -2,9 +2,13 @@
 
 import os
 import signal
+from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 class KillAtStep(pl.Callback):
@@ -64,3 +68,17 @@ def covering_runs(runs: list[dict]) -> list[int]:
             kept.append(index)
             seen |= values
     return kept
+
+
+def quick_probes_preset(path: Path, every_n_steps: int, weighting_sentences: int, geometry_sentences: int) -> Path:
+    """callbacks/probes.yaml with every setting kept but its schedule and sizes cut to seconds on a CPU, written to
+    `path`. Edited as YAML, not as text, so that a value the preset changes cannot leave a test at full size."""
+    preset = yaml.safe_load((ROOT / "callbacks" / "probes.yaml").read_text())
+    weighting, geometry = preset["trainer"]["callbacks"]
+    assert weighting["class_path"].endswith("WordWeightingProbe") and geometry["class_path"].endswith("GeometryProbe")
+    weighting["init_args"].update(every_n_steps=every_n_steps, num_sentences=weighting_sentences)
+    weighting["init_args"].setdefault("config", {}).update(dkl_repeats=1)
+    geometry["init_args"].update(every_n_steps=every_n_steps)
+    geometry["init_args"].setdefault("config", {}).update(num_sentences=geometry_sentences, anisotropy_resamples=1)
+    path.write_text(yaml.safe_dump(preset))
+    return path

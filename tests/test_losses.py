@@ -128,39 +128,49 @@ def test_logistic_rejects_too_many_negatives():
         logistic_loss(torch.randn(3, 2), torch.randn(3, 2), 1.0, num_negatives=3)
 
 
-def _ddp_worker(rank, world, port, loss_function, anchors, positives, negatives, results):
+LOSS_FUNCTIONS = [info_nce, symmetric_info_nce]
+
+
+def _ddp_worker(rank, world, port, anchors, positives, negatives, results):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world)
     try:
         local = slice(rank * 4, (rank + 1) * 4)
-        a = anchors[local].clone().requires_grad_(True)
-        p = positives[local].clone().requires_grad_(True)
-        n = negatives[local].clone().requires_grad_(True)
-        loss = loss_function(a, p, 0.05, "cos", n, hard_negative_weight=0.3)
-        loss.backward()
-        # DDP averages gradients over ranks; do the same here to compare with one process.
-        grads = [t.grad.clone() for t in (a, p, n)]
-        losses = [torch.zeros(()) for _ in range(world)]
-        dist.all_gather(losses, loss.detach())
-        results[rank] = (sum(losses) / world, grads)
+        for loss_function in LOSS_FUNCTIONS:
+            a = anchors[local].clone().requires_grad_(True)
+            p = positives[local].clone().requires_grad_(True)
+            n = negatives[local].clone().requires_grad_(True)
+            loss = loss_function(a, p, 0.05, "cos", n, hard_negative_weight=0.3)
+            loss.backward()
+            # DDP averages gradients over ranks; do the same here to compare with one process.
+            grads = [t.grad.clone() for t in (a, p, n)]
+            losses = [torch.zeros(()) for _ in range(world)]
+            dist.all_gather(losses, loss.detach())
+            results[loss_function.__name__, rank] = (sum(losses) / world, grads)
     finally:
         dist.destroy_process_group()
 
 
-@pytest.mark.parametrize("loss_function", [info_nce, symmetric_info_nce], ids=lambda f: f.__name__)
-def test_ddp_gather_loss_and_gradients_equal_single_process(loss_function):
+@pytest.fixture(scope="module")
+def ddp_results():
+    """Every loss under 2 gloo processes, spawned once for all of them (each spawned process pays the torch import)."""
     g = torch.Generator().manual_seed(3)
-    anchors, positives, negatives = (torch.randn(8, 6, generator=g) for _ in range(3))
-    manager = mp.Manager()
-    results = manager.dict()
+    inputs = tuple(torch.randn(8, 6, generator=g) for _ in range(3))
     port = 29500 + os.getpid() % 1000
-    mp.spawn(_ddp_worker, args=(2, port, loss_function, anchors, positives, negatives, results), nprocs=2, join=True)
+    with mp.Manager() as manager:
+        results = manager.dict()
+        mp.spawn(_ddp_worker, args=(2, port, *inputs, results), nprocs=2, join=True)
+        return inputs, dict(results)
 
+
+@pytest.mark.parametrize("loss_function", LOSS_FUNCTIONS, ids=lambda f: f.__name__)
+def test_ddp_gather_loss_and_gradients_equal_single_process(loss_function, ddp_results):
+    (anchors, positives, negatives), results = ddp_results
     full = [t.clone().requires_grad_(True) for t in (anchors, positives, negatives)]
     single = loss_function(full[0], full[1], 0.05, "cos", full[2], hard_negative_weight=0.3)
     single.backward()
     for rank in range(2):
-        loss, grads = results[rank]
+        loss, grads = results[loss_function.__name__, rank]
         assert loss.item() == pytest.approx(single.item(), rel=1e-6)
         for grad, reference in zip(grads, full):
             # Each rank's loss is a mean over its 4 anchors; DDP averages over 2 ranks -> same as the mean over 8.

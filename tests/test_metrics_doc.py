@@ -8,33 +8,16 @@ import csv
 import re
 from pathlib import Path
 
-import yaml
+from helpers import quick_probes_preset
 
 from ctrain.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _quick_preset(path: Path) -> Path:
-    """callbacks/probes.yaml with its every setting kept but its sizes cut to seconds on a CPU."""
-    preset = yaml.safe_load((ROOT / "callbacks" / "probes.yaml").read_text())
-    for callback in preset["trainer"]["callbacks"]:
-        arguments = callback["init_args"]
-        arguments["every_n_steps"] = 2
-        if "num_sentences" in arguments:
-            arguments["num_sentences"] = 8
-        config = arguments.setdefault("config", {})
-        if callback["class_path"].endswith("GeometryProbe"):
-            config.update(num_sentences=40, anisotropy_resamples=1)
-        else:
-            config.update(dkl_repeats=1)
-    path.write_text(yaml.safe_dump(preset))
-    return path
-
-
 def test_every_demo_column_is_defined_in_metrics_doc_and_the_run_prints_its_weighting_curve(tmp_path, capsys):
     main([
-        "fit", "--config", str(ROOT / "configs" / "demo.yaml"), "--config", str(_quick_preset(tmp_path / "probes.yaml")),
+        "fit", "--config", str(ROOT / "configs" / "demo.yaml"), "--config", str(quick_probes_preset(tmp_path / "probes.yaml", 2, 8, 40)),
         "--data.batch_size", "8", "--data.max_examples", "32", "--data.max_eval_pairs", "32", "--trainer.max_steps", "2",
         "--trainer.val_check_interval", "2", "--trainer.enable_progress_bar", "false",
         "--trainer.logger.init_args.save_dir", str(tmp_path),

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import quick_probes_preset
 from safetensors.torch import load_file
 
 from ctrain.cli.fit import run_cli
@@ -122,13 +123,12 @@ def test_diffcse_bad_settings_are_one_line(saved_encoder, tmp_path):
 
 
 def _fit(save_dir: Path, encoder: str, *extra: str):
-    preset = (ROOT / "callbacks" / "probes.yaml").read_text().replace("every_n_steps: 100", "every_n_steps: 4")
-    (save_dir / "probes.yaml").parent.mkdir(parents=True, exist_ok=True)
-    (save_dir / "probes.yaml").write_text(preset.replace("num_sentences: 48", "num_sentences: 16").replace("num_sentences: 400", "num_sentences: 32"))
+    save_dir.mkdir(parents=True, exist_ok=True)
+    preset = quick_probes_preset(save_dir / "probes.yaml", every_n_steps=4, weighting_sentences=16, geometry_sentences=32)
     cli = run_cli([
-        "fit", "--config", str(ROOT / "configs" / "demo.yaml"), "--config", str(save_dir / "probes.yaml"),
+        "fit", "--config", str(ROOT / "configs" / "demo.yaml"), "--config", str(preset),
         "--model.encoder.name", encoder, "--data.batch_size", "8", "--data.max_examples", "64",
-        "--trainer.max_steps", "4", "--trainer.val_check_interval", "4", "--trainer.limit_val_batches", "2",
+        "--data.max_eval_pairs", "64", "--trainer.max_steps", "4", "--trainer.val_check_interval", "4", "--trainer.limit_val_batches", "2",
         "--trainer.log_every_n_steps", "1", "--trainer.enable_progress_bar", "false",
         "--trainer.enable_model_summary", "false", "--trainer.logger.init_args.save_dir", str(save_dir), *extra,
     ])  # fmt: skip

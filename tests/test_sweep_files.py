@@ -15,10 +15,18 @@ from ctrain.cli import main
 from ctrain.cli.sweep import fit_command, plan_runs, read_sweep
 from helpers import covering_runs
 from ctrain.keys import EXAMPLES_SEEN
-from ctrain.reporting.report import metric_families, read_run
+from ctrain.reporting.report import config_value, metric_families, read_run
 
 ROOT = Path(__file__).resolve().parent.parent
 SWEEP_FILES = sorted((ROOT / "sweeps").glob("*.yaml"))
+
+
+def _leaves(tree: dict, prefix: str = "") -> list[tuple[str, object]]:
+    """(dotted key, value) of every leaf of a nested mapping."""
+    pairs = []
+    for name, value in tree.items():
+        pairs += _leaves(value, f"{prefix}{name}.") if isinstance(value, dict) else [(f"{prefix}{name}", value)]
+    return pairs
 
 
 def _dry_run(capsys, sweep_file: Path, out: Path) -> list[tuple[str, Path, list[str]]]:
@@ -45,14 +53,17 @@ def _csv_log_dir(printed: dict) -> Path:
 
 @pytest.mark.parametrize("sweep_file", SWEEP_FILES, ids=lambda path: path.name)
 def test_every_sweep_file_puts_each_run_in_its_directory(sweep_file, tmp_path, capsys, monkeypatch):
-    """Run from outside the repository: --config paths are found from the sweep file's repository root."""
+    """Run from outside the repository: --config paths are found from the sweep file's repository root. Each swept
+    value of each parameter (one run brings each) is checked in the run's printed config: every swept parameter is a
+    config key, and a key that a swept --config file also sets takes the swept value."""
     monkeypatch.chdir(tmp_path)
     out = tmp_path / "out"
     runs = _dry_run(capsys, sweep_file, out)
     planned = plan_runs(read_sweep(sweep_file))
     assert len(runs) == len(planned) and not out.exists()  # a dry run writes nothing
     assert len({directory for _, directory, _ in runs}) == len(runs)  # a directory per run
-    for label, directory, command in (runs[index] for index in covering_runs(planned)):
+    for index in covering_runs(planned):
+        (label, directory, command), settings = runs[index], planned[index]
         assert directory == out / "runs" / label
         assert command[:3] == [sys.executable, "-m", "ctrain.cli"] and command[3] == ("pretrain" if "pretrain" in read_sweep(sweep_file)["command"] else "fit")
         with pytest.raises(SystemExit) as exit_code:
@@ -60,6 +71,12 @@ def test_every_sweep_file_puts_each_run_in_its_directory(sweep_file, tmp_path, c
         assert exit_code.value.code in (0, None), capsys.readouterr().err
         printed = yaml.safe_load(capsys.readouterr().out)
         assert _csv_log_dir(printed) == directory, (sweep_file.name, label)
+        for key, value in settings.items():
+            if key == "config":  # LightningCLI's own --config: every value the file sets is in the printed config
+                for name, expected in _leaves(yaml.safe_load((ROOT / value).read_text())):
+                    assert config_value(printed, name) == settings.get(name, expected), (value, name)
+            else:
+                assert config_value(printed, key) == value, key
 
 
 def test_a_command_that_adds_a_logger_is_refused(tmp_path):

@@ -1,6 +1,8 @@
 """End-to-end runs of `ctrain fit` on a tiny encoder: outputs, determinism, kill -9 and resume, bad input."""
 
+import contextlib
 import csv
+import io
 import json
 import os
 import subprocess
@@ -8,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from helpers import quick_probes_preset
 
 from ctrain.cli import main
 from ctrain.models.encoder import EncoderConfig
@@ -19,8 +22,8 @@ QUICK = [
     "--model.encoder.name", "tiny-bert",
     "--data.batch_size", "8",
     "--data.max_examples", "96",
-    "--data.max_eval_pairs", "200",
-    "--trainer.max_steps", "8",
+    "--data.max_eval_pairs", "64",
+    "--trainer.max_steps", "6",
     "--trainer.val_check_interval", "4",
     "--trainer.log_every_n_steps", "1",
     "--trainer.enable_progress_bar", "false",
@@ -37,11 +40,21 @@ def _metrics(run_dir: Path) -> list[dict]:
         return list(csv.DictReader(handle))
 
 
-def test_fit_writes_the_run_directory(tmp_path, capsys):
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory) -> tuple[Path, str]:
+    """One run of QUICK and what it printed, read by every test that compares against the plain run (outputs,
+    seeding, resume, probes)."""
+    save_dir = tmp_path_factory.mktemp("quick")
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        main(_run_args(save_dir))
+    return save_dir / "demo" / "version_0", printed.getvalue()
+
+
+def test_fit_writes_the_run_directory(quick_run):
     """6 steps, validation every 4: the run also validates at step 6, and the final model's card and the closing
     summary give the final model's STS-B dev with its step, the best model's with the best checkpoint's."""
-    main(_run_args(tmp_path, "--trainer.max_steps", "6"))
-    run_dir = tmp_path / "demo" / "version_0"
+    run_dir, printed = quick_run
     for name in ("config.yaml", "metrics.csv", "checkpoints/last.ckpt", "checkpoints/best.ckpt", "model_final", "model_best"):
         assert (run_dir / name).exists(), name
     rows = _metrics(run_dir)
@@ -53,7 +66,6 @@ def test_fit_writes_the_run_directory(tmp_path, capsys):
     assert f"| STS-B dev Spearman x100 | {sts[6]:.2f} (model at step 6) |" in final_card
     assert f"| STS-B dev Spearman x100 | {sts[best_step]:.2f} (model at step {best_step}) |" in best_card
     assert f"(model at step {best_step}) |" in best_card.split("STS-B test")[1]
-    printed = capsys.readouterr().out
     assert f"at start: {sts[0]:.2f} (step 0)" in printed
     assert f"at end:   {sts[6]:.2f} (step 6)" in printed
     assert f"best:     {sts[best_step]:.2f} (step {best_step})" in printed
@@ -67,10 +79,9 @@ def test_fit_writes_the_run_directory(tmp_path, capsys):
     assert abs(final.encode(["a test"]) - ours.encode(["a test"]).numpy()).max() < 1e-5
 
 
-def test_same_seed_same_metrics(tmp_path):
-    main(_run_args(tmp_path / "a"))
-    main(_run_args(tmp_path / "b"))
-    assert _metrics(tmp_path / "a" / "demo" / "version_0") == _metrics(tmp_path / "b" / "demo" / "version_0")
+def test_same_seed_same_metrics(quick_run, tmp_path):
+    main(_run_args(tmp_path))
+    assert _metrics(tmp_path / "demo" / "version_0") == _metrics(quick_run[0])
 
 
 ACCUMULATE_2 = (
@@ -79,9 +90,11 @@ ACCUMULATE_2 = (
 )  # fmt: skip
 
 
-@pytest.mark.parametrize("extra, kill_at", [((), 6), (ACCUMULATE_2, 3)], ids=["one_batch_a_step", "accumulate_2"])
-def test_killed_run_resumes_to_the_same_metrics(tmp_path, extra, kill_at):
-    main(_run_args(tmp_path / "whole", *extra))
+@pytest.mark.parametrize("extra, kill_at", [((), 5), (ACCUMULATE_2, 3)], ids=["one_batch_a_step", "accumulate_2"])
+def test_killed_run_resumes_to_the_same_metrics(quick_run, tmp_path, extra, kill_at):
+    whole = quick_run[0] if not extra else tmp_path / "whole" / "demo" / "version_0"
+    if extra:
+        main(_run_args(tmp_path / "whole", *extra))
     environment = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(ROOT / "tests"), os.environ.get("PYTHONPATH", "")])}
     killed = subprocess.run(
         [sys.executable, "-m", "ctrain.cli", *_run_args(tmp_path / "crash", *extra),
@@ -92,7 +105,7 @@ def test_killed_run_resumes_to_the_same_metrics(tmp_path, extra, kill_at):
     run_dir = tmp_path / "crash" / "demo" / "version_0"
     assert not (run_dir / "model_final").exists()
     main(["fit", "--resume", str(run_dir), "--trainer.callbacks=[]", "--trainer.enable_progress_bar", "false"])
-    assert _metrics(run_dir) == _metrics(tmp_path / "whole" / "demo" / "version_0")
+    assert _metrics(run_dir) == _metrics(whole)
 
 
 def test_micro_batches_of_an_accumulated_step_draw_their_own_seeds(tmp_path):
@@ -145,14 +158,10 @@ def test_unknown_key_is_one_line(tmp_path, capsys):
     assert err[-1].startswith("ctrain: error: unrecognized arguments: --model.not_a_key")
 
 
-def test_probe_callbacks_do_not_change_training(tmp_path):
-    main(_run_args(tmp_path / "plain"))
-    preset = (ROOT / "callbacks" / "probes.yaml").read_text()
-    preset = preset.replace("every_n_steps: 100", "every_n_steps: 3").replace("every_n_steps: 200", "every_n_steps: 3")
-    preset = preset.replace("num_sentences: 150", "num_sentences: 8")
-    (tmp_path / "probes.yaml").write_text(preset.replace("num_sentences: 400", "num_sentences: 40"))
-    main(_run_args(tmp_path / "probed", "--config", str(tmp_path / "probes.yaml")))
-    plain = _metrics(tmp_path / "plain" / "demo" / "version_0")
+def test_probe_callbacks_do_not_change_training(quick_run, tmp_path):
+    preset = quick_probes_preset(tmp_path / "probes.yaml", every_n_steps=3, weighting_sentences=8, geometry_sentences=40)
+    main(_run_args(tmp_path / "probed", "--config", str(preset)))
+    plain = _metrics(quick_run[0])
     probed = _metrics(tmp_path / "probed" / "demo" / "version_0")
     columns = ("step", "train/loss", "val/stsb_spearman")
     def training(rows: list[dict]) -> list[tuple]:
@@ -160,9 +169,9 @@ def test_probe_callbacks_do_not_change_training(tmp_path):
 
     assert training(probed) == training(plain)
     probe_steps = sorted({int(r["step"]) for r in probed if r.get("weighting/ig_kl_r2")})
-    assert probe_steps == [0, 3, 6, 8]  # every 3 steps and the last (max_steps 8)
-    assert sorted({int(r["step"]) for r in probed if r.get("geometry/anisotropy/layer_2")}) == [0, 3, 6, 8]
-    assert (tmp_path / "probed" / "demo" / "version_0" / "probes" / "weighting.jsonl").read_text().count("\n") == 4
+    assert probe_steps == [0, 3, 6]  # every 3 steps, the last among them (max_steps 6)
+    assert sorted({int(r["step"]) for r in probed if r.get("geometry/anisotropy/layer_2")}) == [0, 3, 6]
+    assert (tmp_path / "probed" / "demo" / "version_0" / "probes" / "weighting.jsonl").read_text().count("\n") == 3
 
 
 def test_ddp_on_cpu_matches_one_process_on_the_global_batch(tmp_path):

@@ -245,7 +245,7 @@ def test_demo_preset_measures_the_last_step_on_the_same_inputs_as_step_0(tmp_pat
     shrunk.write_text(yaml.safe_dump(preset))
     main([
         "fit", "--config", str(root / "configs" / "demo.yaml"), "--config", str(shrunk),
-        "--data.batch_size", "8", "--data.max_examples", "64", "--trainer.max_steps", "4",
+        "--data.batch_size", "8", "--data.max_examples", "64", "--data.max_eval_pairs", "64", "--trainer.max_steps", "4",
         "--trainer.val_check_interval", "4", "--trainer.enable_progress_bar", "false",
         "--trainer.enable_model_summary", "false", "--trainer.logger.init_args.save_dir", str(tmp_path / "runs"),
     ])  # fmt: skip

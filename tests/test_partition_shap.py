@@ -190,14 +190,14 @@ def test_equals_the_library_on_minilm():
 
 @pytest.mark.slow
 def test_the_setup_equals_the_library_with_its_defaults_on_long_sts_b_sentences():
-    """all-MiniLM-L6-v2 on the first STS-B dev sentences of 27 tokens or more (specials not counted), where the
+    """all-MiniLM-L6-v2 on the first two STS-B dev sentences of 27 tokens or more (specials not counted), where the
     500-evaluation budget runs out: the setup's native recursion equals ``PartitionExplainer`` with its defaults
     (max |phi difference| <= 1e-6), and differs from batch 256 by more than rounding."""
     from ctrain.probes.sentences import sts_b_sentences
 
     encoder = load_encoder("all-MiniLM-L6-v2").eval()
     tokenizer = encoder.tokenizer
-    long = [s for s in sts_b_sentences("dev") if len(tokenizer(s, add_special_tokens=False)["input_ids"]) >= 27][:3]
+    long = [s for s in sts_b_sentences("dev") if len(tokenizer(s, add_special_tokens=False)["input_ids"]) >= 27][:2]
     native_values, library_values = length_grouped_encoder(encoder), library_encode(encoder)
     for seed, sentence in enumerate(long):
         reference = library_with_its_defaults(library_values, tokenizer, sentence, 500, seed)

@@ -24,7 +24,7 @@ from ctrain.probes.geometry import GeometryConfig, SelfSimilarityState, geometry
 from ctrain.probes.information import TokenStatistics, token_statistics
 from ctrain.probes.jsonio import to_strict_json
 from ctrain.probes.sentences import sample_sentences, sts_b_sentences
-from ctrain.probes.weighting import WeightingConfig, weighting_probe
+from ctrain.probes.weighting import WeightingConfig, completeness_warning, weighting_probe
 
 
 def log_spaced_steps(limit: int) -> set[int]:
@@ -192,6 +192,8 @@ class WordWeightingProbe(_ScheduledProbe):
                 c.max_length,
             )  # fmt: skip
         result = weighting_probe(pl_module.encoder, self.sentences, self.config, self.statistics)
+        if warning := completeness_warning(result.metrics, self.config):
+            print(warning, flush=True)
         record = {
             "config": asdict(self.config),
             "sentences_sha256": sentences_hash(self.sentences),

@@ -41,6 +41,7 @@ import torch
 from ctrain.fileio import atomic_path, atomic_write_text
 from ctrain.models.encoder import SentenceEncoder
 from ctrain.probes.attribution import (
+    Attribution,
     COMPLETENESS_CHECKS,
     QUADRATURES,
     SHAP_MODES,
@@ -167,6 +168,9 @@ THEOREM_INPUT_HALF_NORM_MEAN = "weighting/theorem_input_half_norm_mean"
 IG_COMPLETENESS_ERROR_MEAN = "weighting/ig_completeness_error_mean"
 IG_COMPLETENESS_ERROR_MAX = "weighting/ig_completeness_error_max"
 IG_COMPLETENESS_ERROR_N = "weighting/ig_completeness_error_n"
+IG_COMPLETENESS_OVER_TOL_SHARE = "weighting/ig_completeness_over_tol_share"
+IG_EVALUATIONS_MEAN = "weighting/ig_evaluations_mean"
+IG_EVALUATIONS_MAX = "weighting/ig_evaluations_max"
 
 _CHOICES = {
     "ig_mode": ("exact", "sketch"),
@@ -191,6 +195,9 @@ class WeightingConfig:
     ``ig_mode="sketch"``; the ``shap_*`` fields only with ``"shap"`` in ``methods``.
     ``completeness`` is how sketch mode checks IG's completeness (``integrated_gradients``):
     ``path`` exactly, with a JVP as costly as a cheap sketch itself; ``directions`` along the sketch's directions, free.
+    ``completeness_tol`` is the completeness error a sentence may have before the probe warns about it; with
+    ``quadrature="adaptive"`` each sentence's rule is refined until it is met or ``max_evaluations`` path points
+    are spent (``adaptive_quadrature``; ``steps`` is then the starting rule's size, about ``steps + 1`` points).
     ``bootstrap_resamples`` resamples of the probe sentences (0 = none) give the ``confidence``
     percentile interval of every weight fit's R^2 and beta (``regression.bootstrap_fit``), seeded by ``seed``.
     """
@@ -211,6 +218,8 @@ class WeightingConfig:
     batch_size: int = 8
     vjp_batch: int | None = 8
     completeness: Completeness = "path"
+    completeness_tol: float = 0.01
+    max_evaluations: int = 256
     shap_mode: ShapMode = "exact"
     shap_max_exact_tokens: int = 10
     shap_permutations: int = 64
@@ -224,6 +233,13 @@ class WeightingConfig:
 
     def __post_init__(self) -> None:
         self.methods = tuple(self.methods)
+        if self.completeness_tol <= 0:
+            raise ValueError(f"completeness_tol must be > 0 (a relative error, e.g. 0.01), got {self.completeness_tol}")
+        if self.quadrature == "adaptive" and self.max_evaluations < 2 * max(self.steps // 2, 1) + 1:
+            raise ValueError(
+                f"max_evaluations {self.max_evaluations} is below the adaptive rule's starting {2 * max(self.steps // 2, 1) + 1} "
+                f"points (steps {self.steps}): raise max_evaluations or lower steps"
+            )
         if self.bootstrap_resamples < 0:
             raise ValueError(f"bootstrap_resamples must be >= 0 (0 = no intervals), got {self.bootstrap_resamples}")
         if not 0 < self.confidence < 1:
@@ -283,12 +299,13 @@ class WeightingResult:
 
 def _method_weights(
     encoder: SentenceEncoder, method: str, seg: Segmentation, sentences: list[str], config: WeightingConfig, seed: int
-) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Normalised unit weights ``c'`` of one batch, and IG's per-sentence completeness errors."""
+) -> tuple[torch.Tensor, Attribution]:
+    """Normalised unit weights ``c'`` of one batch, and the attribution (IG: per-sentence completeness errors, evaluations)."""
     if method == "ig":
         attribution = integrated_gradients(
             encoder, seg.input_ids, seg.attention_mask, config.steps, config.quadrature, config.ig_mode,
             config.sketch_size, config.sketch_kind, seed, config.vjp_batch, config.completeness,
+            config.completeness_tol, config.max_evaluations,
         )  # fmt: skip
     else:
         attribution = shap_weights(
@@ -296,7 +313,7 @@ def _method_weights(
             config.shap_permutations, config.shap_max_evals, seed, config.shap_batch_size,
         )  # fmt: skip
     _, normalised = unit_weights(attribution.weights, seg.unit_of_position, seg.unit_sentence)
-    return normalised, attribution.completeness_error
+    return normalised, attribution
 
 
 def _theorem_vectors(encoder: SentenceEncoder, seg: Segmentation, config: WeightingConfig) -> tuple[torch.Tensor, torch.Tensor]:
@@ -389,6 +406,7 @@ def weighting_probe(
     batch_lengths = tuple(max(lengths[i] for i in order[start : start + config.batch_size]) for start in starts)
     records: list[TokenRecord] = []
     errors: list[torch.Tensor] = []
+    evaluations: list[torch.Tensor] = []
     input_vectors, last_vectors, unit_types = [], [], []
     store = BatchStore(resume_dir, encoder, list(sentences), config) if resume_dir is not None else None
     for start in starts:
@@ -398,11 +416,11 @@ def weighting_probe(
         kept = store.load(start) if store is not None else None
         reused = kept is not None
         if kept is None:
-            kept = {"weights": {}, "completeness": None}
+            kept = {"weights": {}, "completeness": None, "evaluations": None}
             for method in config.methods:
-                kept["weights"][method], completeness = _method_weights(encoder, method, seg, batch, config, config.seed + start)
-                if completeness is not None:
-                    kept["completeness"] = completeness
+                kept["weights"][method], attribution = _method_weights(encoder, method, seg, batch, config, config.seed + start)
+                if attribution.completeness_error is not None:
+                    kept["completeness"], kept["evaluations"] = attribution.completeness_error, attribution.evaluations
             if config.theorem:
                 kept["vectors"] = _theorem_vectors(encoder, seg, config)
             if store is not None:
@@ -410,6 +428,7 @@ def weighting_probe(
         weights = kept["weights"]
         if kept["completeness"] is not None:
             errors.append(kept["completeness"])
+            evaluations.append(kept["evaluations"])
         types = statistics.index(seg.unit_types)
         for u, (b, name, t) in enumerate(zip(seg.unit_sentence.tolist(), seg.unit_types, types.tolist())):
             known = t >= 0
@@ -446,6 +465,10 @@ def weighting_probe(
         metrics[IG_COMPLETENESS_ERROR_MEAN] = float(error.mean())
         metrics[IG_COMPLETENESS_ERROR_MAX] = float(error.max())
         metrics[IG_COMPLETENESS_ERROR_N] = float(len(error))
+        metrics[IG_COMPLETENESS_OVER_TOL_SHARE] = float((error > config.completeness_tol).double().mean())
+        evaluated = torch.cat(evaluations).double()
+        metrics[IG_EVALUATIONS_MEAN] = float(evaluated.mean())
+        metrics[IG_EVALUATIONS_MAX] = float(evaluated.max())
     if config.theorem and records:
         types = np.concatenate(unit_types)
         keep = types >= 0
@@ -459,3 +482,20 @@ def weighting_probe(
         metrics[THEOREM_INPUT_HALF_NORM_MEAN] = float(half_squared_norm(type_means(inputs, types[keep])[1]).mean())
     result.metrics = metrics
     return result
+
+
+def completeness_warning(metrics: dict[str, float], config: WeightingConfig) -> str | None:
+    """One line naming how many sentences miss IG completeness, the worst error and the setting that fixes it; None if none do."""
+    if IG_COMPLETENESS_OVER_TOL_SHARE not in metrics or metrics[IG_COMPLETENESS_OVER_TOL_SHARE] == 0:
+        return None
+    total = int(metrics[IG_COMPLETENESS_ERROR_N])
+    missed = round(metrics[IG_COMPLETENESS_OVER_TOL_SHARE] * total)
+    fix = (
+        f"raise weighting.max_evaluations (now {config.max_evaluations})"
+        if config.quadrature == "adaptive"
+        else "set weighting.quadrature: adaptive"
+    )
+    return (
+        f"weighting: {missed} of {total} sentences miss IG completeness {100 * config.completeness_tol:g}% "
+        f"(worst {100 * metrics[IG_COMPLETENESS_ERROR_MAX]:.1f}%): {fix}; their IG weights are not trustworthy"
+    )

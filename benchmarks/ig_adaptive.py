@@ -5,7 +5,8 @@ is weighed twice: with `--steps` fixed Gauss-Legendre nodes, and with `quadratur
 budget `--max-evaluations`; it starts from `--steps` // 2 Simpson sub-intervals). The sentences are the three that
 benchmarks/ig_path_profile.py profiles (its `--seed`) followed by `--sentences` more random STS-B dev sentences,
 weighed in batches of `--batch-size` in order of length, as the probe does. Prints per sentence and in all: the
-completeness error (median, max), the adaptive rule's path points (mean, max), the seconds of each rule, and the
+completeness error (median, max), the adaptive rule's path points (mean, max), the CPU seconds of each rule
+(one thread), and the
 largest relative difference of the sentence's weights c' between the two rules.
 
     python benchmarks/ig_adaptive.py --model all-mpnet-base-v2 --sentences 0
@@ -34,20 +35,16 @@ def chosen_sentences(profiled: int, more: int, seed: int) -> list[str]:
     return profile + others
 
 
-def weigh(encoder, sentences: list[str], batch_size: int, **settings) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor], float]:
-    """Completeness errors, path points, per-sentence weights (in the given order) and seconds of one rule."""
-    errors, evaluations, weights = [None] * len(sentences), [None] * len(sentences), [None] * len(sentences)
-    order = sorted(range(len(sentences)), key=lambda i: len(encoder.tokenizer(sentences[i])["input_ids"]))
-    started = time.perf_counter()
-    for start in range(0, len(order), batch_size):
-        indices = order[start : start + batch_size]
-        batch = encoder.tokenize([sentences[i] for i in indices])
-        attribution = integrated_gradients(encoder, batch["input_ids"], batch["attention_mask"], **settings)
-        for row, i in enumerate(indices):
-            errors[i], evaluations[i] = float(attribution.completeness_error[row]), int(attribution.evaluations[row])
-            kept = batch["attention_mask"][row].bool() & ~encoder.special_mask(batch["input_ids"][row])
-            weights[i] = attribution.weights[row][kept]
-    return torch.tensor(errors), torch.tensor(evaluations), weights, time.perf_counter() - started
+def weigh(encoder, batch: dict, **settings) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor], float]:
+    """One rule on one batch: completeness errors, path points, each sentence's normalised weights c', CPU seconds.
+
+    CPU seconds of this one-threaded process, not wall: on a shared machine they are what the rule costs."""
+    started = time.process_time()
+    attribution = integrated_gradients(encoder, batch["input_ids"], batch["attention_mask"], **settings)
+    seconds = time.process_time() - started
+    kept = batch["attention_mask"].bool() & ~encoder.special_mask(batch["input_ids"])
+    weights = [w[k] / w[k].mean() for w, k in zip(attribution.weights, kept)]
+    return attribution.completeness_error, attribution.evaluations, weights, seconds
 
 
 def main() -> None:
@@ -60,30 +57,44 @@ def main() -> None:
     parser.add_argument("--max-evaluations", type=int, default=256)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--sketch-size", type=int, default=16, help="errors and points do not depend on it; the time does")
+    parser.add_argument("--part", default="0/1", help="i/n: weigh only every n-th sentence from the i-th (parallel processes)")
     parser.add_argument("--toy", action="store_true", help="tiny-mpnet on 4 sentences, for the test suite")
     args = parser.parse_args()
     if args.toy:
         args.model, args.profiled, args.sentences = "tiny-mpnet", 1, 3
     torch.set_num_threads(1)
-    sentences = chosen_sentences(args.profiled, args.sentences, args.seed)
+    part, parts = map(int, args.part.split("/"))
+    sentences = chosen_sentences(args.profiled, args.sentences, args.seed)[part::parts]
     encoder = load_encoder(args.model)
-    common = dict(steps=args.steps, mode="sketch", sketch_size=16, sketch_kind="orthogonal", seed=args.seed, completeness="path")
-    print(f"{args.model}: {len(sentences)} STS-B dev sentences ({args.profiled} of ig_path_profile.py's), sketch 16 orthogonal, "
+    common = dict(steps=args.steps, mode="sketch", sketch_size=args.sketch_size, sketch_kind="orthogonal", seed=args.seed, completeness="path")
+    print(f"{args.model}: {len(sentences)} STS-B dev sentences (part {args.part} of {args.profiled} of ig_path_profile.py's and {args.sentences} more), "
+          f"sketch {args.sketch_size} orthogonal, "
           f"torch threads {torch.get_num_threads()}", flush=True)  # fmt: skip
-    fixed = weigh(encoder, sentences, args.batch_size, quadrature="gauss_legendre", **common)
-    adaptive = weigh(
-        encoder, sentences, args.batch_size, quadrature="adaptive", completeness_tol=args.tol, max_evaluations=args.max_evaluations, **common
-    )
-    for i, sentence in enumerate(sentences):
-        c_fixed, c_adaptive = (w[i] / w[i].mean() for w in (fixed[2], adaptive[2]))
-        change = float(((c_fixed - c_adaptive).abs() / c_adaptive).max()) if len(c_adaptive) else 0.0
-        print(f"  {sentence[:60]!r:64s} error GL-{args.steps} {fixed[0][i]:8.2%}  adaptive {adaptive[0][i]:7.2%} "
-              f"({int(adaptive[1][i]):3d} points)  c' differs by up to {change:.1%}")  # fmt: skip
-    for name, (errors, evaluations, _, seconds) in ((f"GL-{args.steps}", fixed), (f"adaptive tol {args.tol:g}", adaptive)):
+    rules = {
+        f"GL-{args.steps}": dict(quadrature="gauss_legendre", **common),
+        f"adaptive tol {args.tol:g}": dict(quadrature="adaptive", completeness_tol=args.tol, max_evaluations=args.max_evaluations, **common),
+    }
+    totals = {name: ([], [], 0.0) for name in rules}
+    order = sorted(sentences, key=lambda sentence: len(encoder.tokenizer(sentence)["input_ids"]))  # as the probe goes
+    for start in range(0, len(order), args.batch_size):  # results print batch by batch: a run cut short keeps them
+        batch_sentences = order[start : start + args.batch_size]
+        batch = encoder.tokenize(batch_sentences)
+        results = {name: weigh(encoder, batch, **settings) for name, settings in rules.items()}
+        for name, (errors, evaluations, _, seconds) in results.items():
+            done_errors, done_evaluations, done_seconds = totals[name]
+            totals[name] = (done_errors + errors.tolist(), done_evaluations + evaluations.tolist(), done_seconds + seconds)
+        (fixed_errors, _, fixed_weights, fixed_seconds), (errors, evaluations, weights, seconds) = results.values()
+        print(f"batch of {len(batch_sentences)} ({batch['input_ids'].shape[1]} tokens): GL-{args.steps} {fixed_seconds:.1f} CPU s, adaptive {seconds:.1f} CPU s")
+        for i, sentence in enumerate(batch_sentences):
+            change = float(((fixed_weights[i] - weights[i]).abs() / weights[i]).max()) if len(weights[i]) else 0.0
+            print(f"  {sentence[:60]!r:64s} error GL-{args.steps} {float(fixed_errors[i]):8.2%}  adaptive {float(errors[i]):7.2%} "
+                  f"({int(evaluations[i]):3d} points)  c' differs by up to {change:.1%}", flush=True)  # fmt: skip
+    for name, (errors, evaluations, seconds) in totals.items():
+        errors, evaluations = torch.tensor(errors), torch.tensor(evaluations, dtype=torch.float64)
         print(f"{name:18s} completeness error median {errors.median():.2%}, max {errors.max():.2%}, over tol "
-              f"{int((errors > args.tol).sum())} of {len(errors)}; path points mean {evaluations.double().mean():.1f}, "
-              f"max {int(evaluations.max())}; {seconds:.1f} s ({seconds / len(sentences):.2f} s a sentence)")  # fmt: skip
-
+              f"{int((errors > args.tol).sum())} of {len(errors)}; path points mean {evaluations.mean():.1f}, "
+              f"max {int(evaluations.max())}; {seconds:.1f} CPU s ({seconds / len(errors):.2f} a sentence)")  # fmt: skip
 
 if __name__ == "__main__":
     main()

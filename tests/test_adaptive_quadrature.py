@@ -76,7 +76,7 @@ def test_adaptive_ig_meets_the_tolerance_and_agrees_with_a_fine_fixed_rule(famil
     adaptive = integrated_gradients(encoder, **batch, steps=2, quadrature="adaptive", completeness_tol=1e-4, **settings)
     assert (adaptive.completeness_error < 1e-4).all()
     assert adaptive.evaluations.sum() > 2 * len(SENTENCES)  # refined beyond its 3-point start, over several path chunks
-    fine = integrated_gradients(encoder, **batch, steps=64, **settings)
+    fine = integrated_gradients(encoder, **batch, steps=32, **settings)
     torch.testing.assert_close(adaptive.weights, fine.weights, rtol=1e-3, atol=1e-5)
 
 
@@ -121,3 +121,27 @@ def test_bad_adaptive_settings_are_one_line_errors():
         WeightingConfig(completeness_tol=0)
     with pytest.raises(ValueError, match="max_evaluations 10 is below the adaptive rule's starting 17 points"):
         WeightingConfig(quadrature="adaptive", steps=16, max_evaluations=10)
+
+
+def test_the_benchmark_runs_in_toy_mode(monkeypatch, capsys):
+    import importlib.util
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "ig_adaptive.py"
+    spec = importlib.util.spec_from_file_location("benchmark_ig_adaptive", script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    monkeypatch.setattr("sys.argv", ["ig_adaptive.py", "--toy"])
+    module.main()
+    printed = capsys.readouterr().out
+    assert "GL-16              completeness error median" in printed and "adaptive tol 0.01  completeness error median" in printed
+    assert printed.count("points)") == 4
+
+
+@pytest.mark.slow
+def test_adaptive_ig_meets_the_tolerance_on_minilm():
+    """all-MiniLM-L6-v2, two short STS-B dev sentences in sketch mode: under 1% within the budget."""
+    encoder = load_encoder("all-MiniLM-L6-v2")
+    batch = encoder.tokenize(["A man is playing a flute.", "Three dogs are running through the snow."])
+    ig = integrated_gradients(encoder, **batch, steps=4, quadrature="adaptive", max_evaluations=64, mode="sketch", sketch_size=4)
+    assert (ig.completeness_error < 0.01).all() and (ig.evaluations <= 64).all()

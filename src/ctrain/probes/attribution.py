@@ -115,7 +115,7 @@ def quadrature_rule(method: Quadrature, steps: int) -> tuple[Tensor, Tensor]:
         weights = torch.full((steps,), 1.0 / (steps - 1), dtype=torch.float64)
         weights[[0, -1]] /= 2
         return torch.linspace(0, 1, steps, dtype=torch.float64), weights
-    raise ValueError(f"unknown quadrature '{method}': choose one of {', '.join(QUADRATURES)}")  # adaptive: adaptive_path_rule
+    raise ValueError(f"'{method}' is not a fixed quadrature: choose gauss_legendre or riemann_trapezoid (adaptive rules: adaptive_path_rule)")
 
 
 def pad_baseline(encoder: SentenceEncoder, input_ids: Tensor) -> tuple[Tensor, Tensor]:
@@ -224,10 +224,7 @@ def integrated_gradients(
         sentence, row_weights = sentence.to(device), row_weights.float().to(device)
         rows = list(zip(sentence.split(chunk_rows), alphas.split(chunk_rows), row_weights.split(chunk_rows)))
         pullbacks = [torch.func.vjp(embed(s), path(s, a))[1] for s, a, _ in rows] if len(rows) == 1 else None
-        ends = encoder(
-            inputs_embeds=torch.cat([x, baseline]), attention_mask=attention_mask.repeat(2, 1), position_ids=positions.repeat(2, 1)
-        )
-        dim = ends.shape[-1]
+        dim = encoder.embedding_size
         directions, scale = output_directions(mode, dim, sketch_size, sketch_kind, generator)
         directions = directions.to(device)
         squares = torch.zeros(input_ids.shape, device=device)
@@ -242,10 +239,13 @@ def integrated_gradients(
             squares += ig.pow(2).sum((0, 3))
             if along_directions:
                 sums.append(ig.sum((2, 3)))
-        target = ends[:batch] - ends[batch:]
         if quadrature == ADAPTIVE:
             error = rule.completeness_error.float()
         else:
+            ends = encoder(
+                inputs_embeds=torch.cat([x, baseline]), attention_mask=attention_mask.repeat(2, 1), position_ids=positions.repeat(2, 1)
+            )
+            target = ends[:batch] - ends[batch:]
             if along_directions:  # exact: in the rotated basis the norms are the same; sketch: a random projection of both
                 target = target @ directions.T
                 residual = torch.cat(sums).T - target

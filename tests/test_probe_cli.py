@@ -39,10 +39,16 @@ def test_a_gpu_that_is_not_there_is_a_one_line_error(monkeypatch):
         probe_device("cuda:1")
 
 
-def test_the_kl_choice_is_a_flag_and_is_printed(tmp_path, capsys):
+def test_the_kl_choice_is_a_flag_and_is_printed_and_missed_completeness_is_one_warning_line(tmp_path, capsys):
     main(["probe", "tiny-bert", "--measure", "[weighting]", "--num_sentences", "4", "--weighting.steps", "2",
-          "--weighting.include_self", "false", "--weighting.theorem", "false", "--out", str(tmp_path)])  # fmt: skip
-    assert "KL leaves out the word's own occurrence (include_self=False)" in capsys.readouterr().out
+          "--weighting.include_self", "false", "--weighting.theorem", "false", "--weighting.completeness_tol", "1e-9",
+          "--out", str(tmp_path)])  # fmt: skip
+    printed = capsys.readouterr().out
+    assert "KL leaves out the word's own occurrence (include_self=False)" in printed
+    assert [line for line in printed.splitlines() if "miss IG completeness" in line] == [
+        f"  weighting: 4 of 4 sentences miss IG completeness 1e-07% (worst {100 * json.loads((tmp_path / 'weighting.json').read_text())['metrics']['weighting/ig_completeness_error_max']:.1f}%): "
+        "set weighting.quadrature: adaptive; their IG weights are not trustworthy"
+    ]
     assert json.loads((tmp_path / "weighting.json").read_text())["metrics"]["weighting/kl_include_self"] == 0.0
 
 

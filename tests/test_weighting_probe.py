@@ -42,6 +42,7 @@ def test_metrics_are_flat_floats_under_their_documented_keys(result):
     expected = {key for keys in [*ig_fits, *THEOREM_KEYS.values()] for key in keys.names()}
     expected |= {"weighting/num_sentences", "weighting/num_units", "weighting/kl_include_self", "weighting/theorem_input_half_norm_mean"}
     expected |= {"weighting/ig_completeness_error_mean", "weighting/ig_completeness_error_max", "weighting/ig_completeness_error_n"}
+    expected |= {"weighting/ig_completeness_over_tol_share", "weighting/ig_evaluations_mean", "weighting/ig_evaluations_max"}
     assert set(result.metrics) == expected
     assert all(isinstance(value, float) for value in result.metrics.values())
     assert result.metrics["weighting/ig_completeness_error_n"] == len(SENTENCES)

@@ -23,7 +23,7 @@ from ctrain.data.sources import read_sts_b
 from ctrain.probes.geometry import GeometryConfig, SelfSimilarityState, geometry_probe
 from ctrain.probes.jsonio import to_strict_json
 from ctrain.probes.sentences import sample_sentences, sts_b_sentences
-from ctrain.probes.weighting import TokenStatistics, WeightingConfig, weighting_probe
+from ctrain.probes.weighting import TokenStatistics, WeightingConfig, completeness_warning, weighting_probe
 
 
 def log_spaced_steps(limit: int) -> set[int]:
@@ -190,6 +190,8 @@ class WordWeightingProbe(_ScheduledProbe):
             self.statistics = self.config.statistics(pl_module.encoder.tokenizer, self.corpus)
             self.statistics_sha256 = statistics_hash(self.statistics)
         result = weighting_probe(pl_module.encoder, self.sentences, self.config, self.statistics)
+        if warning := completeness_warning(result.metrics, self.config):
+            print(warning, flush=True)
         record = {
             "config": asdict(self.config),
             "sentences_sha256": sentences_hash(self.sentences),

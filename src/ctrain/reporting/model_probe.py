@@ -31,9 +31,10 @@ from ctrain.probes.weighting import (
     THEOREM_KEYS,
     BatchProgress,
     WeightingConfig,
+    completeness_warning,
     weighting_probe,
 )
-from ctrain.probes.weighting.keys import IG_COMPLETENESS_ERROR_MAX, IG_COMPLETENESS_ERROR_MEAN
+from ctrain.probes.weighting.keys import IG_COMPLETENESS_ERROR_MAX, IG_COMPLETENESS_ERROR_MEAN, IG_EVALUATIONS_MEAN
 
 Measurement = Literal["sts", "weighting", "geometry"]
 Setup = Literal["kurita2023", "isotropy2023"]
@@ -216,7 +217,8 @@ def _weighting(encoder, model: str, directory: Path, split: str, columns: Column
     print(f"\nword weighting: {len(sentences)} of {len(corpus)} STS-B {split} sentences ({columns} columns); "
           f"KL, dKL and -log P over all {len(corpus)}; KL {kl_kind} the word's own occurrence (include_self={c.include_self})")
     print(f"  IG {c.ig_mode}" + (f" (sketch_size {c.sketch_size}, {c.sketch_kind})" if c.ig_mode == "sketch" else "")
-          + f", {c.steps} {c.quadrature} steps" + (f"; SHAP {c.shap_mode}" if "shap" in c.methods else "")
+          + (f", adaptive quadrature (tol {c.completeness_tol:g}, at most {c.max_evaluations} points)" if c.quadrature == "adaptive" else f", {c.steps} {c.quadrature} steps")
+          + (f"; SHAP {c.shap_mode}" if "shap" in c.methods else "")
           + (f", batch {_shap_batch(encoder, c)}" if "shap" in c.methods and c.shap_mode.startswith("partition") else "")
           + f"; {c.units}, min_count {c.min_count}")  # fmt: skip
     progress = ProgressLine("weighting")
@@ -239,7 +241,9 @@ def _weighting(encoder, model: str, directory: Path, split: str, columns: Column
         plot_sentence_weights(result, directory / f"{method}_sentences.png", 4, method, model)
     if IG_COMPLETENESS_ERROR_MEAN in result.metrics:
         print(f"  IG completeness error: mean {result.metrics[IG_COMPLETENESS_ERROR_MEAN]:.2e}, "
-              f"max {result.metrics[IG_COMPLETENESS_ERROR_MAX]:.2e}")  # fmt: skip
+              f"max {result.metrics[IG_COMPLETENESS_ERROR_MAX]:.2e}; {result.metrics[IG_EVALUATIONS_MEAN]:.1f} path points a sentence")  # fmt: skip
+        if warning := completeness_warning(result.metrics, c):
+            print(f"  {warning}")
     for (target, quantity), keys in THEOREM_KEYS.items():
         if keys.r2 in result.metrics and quantity == "kl":
             print(f"  Theorem 1, 0.5||w||^2 vs KL ({target}): R^2 {result.metrics[keys.r2]:.4f}, "

@@ -2,6 +2,7 @@
 
 - `information`: the statistics corpus's per-type counts, KL, dKL and -log P, and the units of a sentence.
 - `ig`: Integrated Gradients weights (exact or sketched), and the unit weights ``c'`` of any attribution.
+- `adaptive`: IG's path rule refined per sentence where its completeness residual is (``quadrature: adaptive``).
 - `shapley`: SHAP weights (exact, sampled, or the paper's PartitionSHAP); `partition` runs its recursion.
 - `regression`: OLS and sentence-bootstrap intervals of weights on information.
 - `theorem`: Theorem 1's ``0.5 ||w||^2`` fits.
@@ -9,7 +10,8 @@
 - `config`: `WeightingConfig` (every setting) and `KURITA2023_WEIGHTING` (the paper's).
 - `batch`: `weigh_batch`, what one batch of sentences weighs: the per-batch step every probe and benchmark calls.
 - `store`: the resumable on-disk store of weighed batches, and the progress each batch reports.
-- `probe`: `weighting_probe`, which ties them together over all probe sentences and fits.
+- `probe`: `weighting_probe`, which ties them together over all probe sentences and fits, and
+  `completeness_warning`, the one line a probe prints when sentences miss IG completeness.
 - `captum_peer`: IG the straightforward way (captum, one output dim at a time), which tests and benchmarks check
   `ig` against; nothing logged comes from it.
 """
@@ -18,7 +20,7 @@ from ctrain.probes.weighting.batch import BatchWeights, weigh_batch
 from ctrain.probes.weighting.config import KURITA2023_WEIGHTING, WeightingConfig
 from ctrain.probes.weighting.information import TokenStatistics, token_statistics
 from ctrain.probes.weighting.keys import FIT_KEYS, METHODS, QUANTITIES, THEOREM_KEYS, Quantity
-from ctrain.probes.weighting.probe import UnitTable, WeightingResult, fit_weights, weighting_probe
+from ctrain.probes.weighting.probe import UnitTable, WeightingResult, completeness_warning, fit_weights, weighting_probe
 from ctrain.probes.weighting.store import BatchProgress, BatchStore
 
 __all__ = [
@@ -35,6 +37,7 @@ __all__ = [
     "UnitTable",
     "WeightingConfig",
     "WeightingResult",
+    "completeness_warning",
     "fit_weights",
     "token_statistics",
     "weigh_batch",

@@ -26,34 +26,35 @@ from ctrain.probes.weighting.theorem import vectors_per_unit
 class BatchWeights:
     """One batch's units (``segmentation``) and, per unit, what the fits need: arrays in the units' reading order.
 
-    ``attributions`` (per method: per-position ``c_i`` and IG's completeness) are there only for a batch weighed
+    ``attributions`` (per method: per-position ``c_i`` and IG's completeness and path points) are there only for a batch weighed
     now, not for one read back from a ``BatchStore``.
     """
 
     segmentation: Segmentation
     weights: dict[str, np.ndarray]  # method -> normalised unit weight c' (float64)
     completeness_error: np.ndarray | None  # IG's relative completeness error of each sentence
+    evaluations: np.ndarray | None  # IG's path points evaluated for each sentence (adaptive: its own; fixed: steps)
     input_vectors: np.ndarray | None  # (units, e) input word-embedding vector of each unit (Theorem 1; None when off)
     last_vectors: np.ndarray | None  # (units, h) last-layer state of each unit
     attributions: dict[str, Attribution] = field(default_factory=dict)
 
     def stored(self) -> dict:
         """The arrays a ``BatchStore`` keeps (tensors: ``torch.load(weights_only=True)`` reads them back)."""
-        stored = {"weights": {m: torch.from_numpy(w) for m, w in self.weights.items()}, "completeness": None}
+        stored = {"weights": {m: torch.from_numpy(w) for m, w in self.weights.items()}, "completeness": None, "evaluations": None}
         if self.completeness_error is not None:
             stored["completeness"] = torch.from_numpy(self.completeness_error)
+            stored["evaluations"] = torch.from_numpy(self.evaluations)
         if self.input_vectors is not None:
             stored["vectors"] = (torch.from_numpy(self.input_vectors), torch.from_numpy(self.last_vectors))
         return stored
 
     @classmethod
     def from_stored(cls, segmentation: Segmentation, stored: dict) -> BatchWeights:
-        completeness = stored["completeness"]
         vectors = stored.get("vectors", (None, None))
         return cls(
             segmentation,
             {m: w.numpy() for m, w in stored["weights"].items()},
-            None if completeness is None else completeness.numpy(),
+            *(None if stored[name] is None else stored[name].numpy() for name in ("completeness", "evaluations")),
             *(None if v is None else v.numpy() for v in vectors),
         )
 
@@ -67,7 +68,7 @@ def attribute(
         return integrated_gradients(
             encoder, ids, mask, steps=config.steps, quadrature=config.quadrature, mode=config.ig_mode,
             sketch_size=config.sketch_size, sketch_kind=config.sketch_kind, seed=seed, vjp_batch=config.vjp_batch,
-            completeness=config.completeness,
+            completeness=config.completeness, completeness_tol=config.completeness_tol, max_evaluations=config.max_evaluations,
         )  # fmt: skip
     return shap_weights(
         encoder, ids, mask, sentences, mode=config.shap_mode, max_exact_tokens=config.shap_max_exact_tokens,
@@ -101,6 +102,7 @@ def weigh_batch(
     seg = segment(encoder.tokenizer, sentences, config.units, config.max_length)
     attributions = {method: attribute(encoder, method, seg, sentences, config, seed) for method in config.methods}
     weights = {m: unit_weights(a.weights, seg.unit_of_position, seg.unit_sentence)[1].numpy() for m, a in attributions.items()}
-    errors = [a.completeness_error.numpy() for a in attributions.values() if a.completeness_error is not None]
+    ig = attributions.get("ig")
+    checked = (ig.completeness_error.numpy(), ig.evaluations.numpy()) if ig is not None else (None, None)
     vectors = tuple(v.numpy() for v in theorem_vectors(encoder, seg, config)) if config.theorem else (None, None)
-    return BatchWeights(seg, weights, errors[-1] if errors else None, *vectors, attributions)
+    return BatchWeights(seg, weights, *checked, *vectors, attributions)

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 from transformers import PreTrainedTokenizerBase
 
+from ctrain.probes.weighting.adaptive import ADAPTIVE
 from ctrain.probes.weighting.ig import COMPLETENESS_CHECKS, QUADRATURES, Completeness, Mode, Quadrature, SketchKind
 from ctrain.probes.weighting.information import UNITS, TokenStatistics, Units, token_statistics
 from ctrain.probes.weighting.keys import METHODS
@@ -40,6 +41,9 @@ class WeightingConfig:
     ``ig_mode="sketch"``; the ``shap_*`` fields only with ``"shap"`` in ``methods``.
     ``completeness`` is how sketch mode checks IG's completeness (``integrated_gradients``):
     ``path`` exactly, with a JVP as costly as a cheap sketch itself; ``directions`` along the sketch's directions, free.
+    ``completeness_tol`` is the completeness error a sentence may have before the probe warns about it; with
+    ``quadrature="adaptive"`` each sentence's rule is refined until it is met or ``max_evaluations`` path points
+    are spent (``adaptive``; ``steps`` is then the starting rule's size, about ``steps + 1`` points).
     ``shap_batch_size`` is the PartitionSHAP recursion's coalitions per round, as ``shap.PartitionExplainer``'s
     ``batch_size``: None (default) is the library's own (its Text masker's, 5 in shap 0.51). Where a long sentence
     exhausts ``shap_max_evals`` it decides which partition nodes get expanded, so it changes the weights; a larger one
@@ -65,6 +69,8 @@ class WeightingConfig:
     batch_size: int = 8
     vjp_batch: int | None = 8
     completeness: Completeness = "path"
+    completeness_tol: float = 0.01
+    max_evaluations: int = 256
     shap_mode: ShapMode = "exact"
     shap_max_exact_tokens: int = 10
     shap_permutations: int = 64
@@ -78,6 +84,13 @@ class WeightingConfig:
 
     def __post_init__(self) -> None:
         self.methods = tuple(self.methods)
+        if self.completeness_tol <= 0:
+            raise ValueError(f"completeness_tol must be > 0 (a relative error, e.g. 0.01), got {self.completeness_tol}")
+        if self.quadrature == ADAPTIVE and self.max_evaluations < 2 * max(self.steps // 2, 1) + 1:
+            raise ValueError(
+                f"max_evaluations {self.max_evaluations} is below the adaptive rule's starting {2 * max(self.steps // 2, 1) + 1} "
+                f"points (steps {self.steps}): raise max_evaluations or lower steps"
+            )
         if self.bootstrap_resamples < 0:
             raise ValueError(f"bootstrap_resamples must be >= 0 (0 = no intervals), got {self.bootstrap_resamples}")
         if self.shap_batch_size is not None and self.shap_batch_size < 1:

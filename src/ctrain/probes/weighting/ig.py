@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -44,9 +45,10 @@ from torch import Tensor
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from ctrain.models.encoder import SentenceEncoder, attribution_mode
+from ctrain.probes.weighting.adaptive import ADAPTIVE, adaptive_path_rule, fixed_path_rule
 
-Quadrature = Literal["gauss_legendre", "riemann_trapezoid"]
-QUADRATURES: tuple[str, ...] = ("gauss_legendre", "riemann_trapezoid")
+Quadrature = Literal["gauss_legendre", "riemann_trapezoid", "adaptive"]
+QUADRATURES: tuple[str, ...] = ("gauss_legendre", "riemann_trapezoid", ADAPTIVE)
 Mode = Literal["exact", "sketch"]
 SketchKind = Literal["rademacher", "orthogonal"]
 Completeness = Literal["path", "directions"]
@@ -55,10 +57,11 @@ COMPLETENESS_CHECKS: tuple[str, ...] = ("path", "directions")
 
 @dataclass(frozen=True)
 class Attribution:
-    """Per-position weights ``c_i`` (0 at special positions) and per-sentence completeness error (IG only)."""
+    """Per-position weights ``c_i`` (0 at special positions); IG only: per-sentence completeness error and path points evaluated."""
 
     weights: Tensor
     completeness_error: Tensor | None
+    evaluations: Tensor | None = None
 
 
 def quadrature_rule(method: Quadrature, steps: int) -> tuple[Tensor, Tensor]:
@@ -74,7 +77,7 @@ def quadrature_rule(method: Quadrature, steps: int) -> tuple[Tensor, Tensor]:
         weights = torch.full((steps,), 1.0 / (steps - 1), dtype=torch.float64)
         weights[[0, -1]] /= 2
         return torch.linspace(0, 1, steps, dtype=torch.float64), weights
-    raise ValueError(f"unknown quadrature '{method}': choose one of {', '.join(QUADRATURES)}")
+    raise ValueError(f"'{method}' is not a fixed quadrature: choose gauss_legendre or riemann_trapezoid (adaptive rules: adaptive_path_rule)")
 
 
 def pad_baseline(encoder: SentenceEncoder, input_ids: Tensor) -> tuple[Tensor, Tensor]:
@@ -127,6 +130,8 @@ def integrated_gradients(
     seed: int = 0,
     vjp_batch: int | None = 8,
     completeness: Completeness = "path",
+    completeness_tol: float = 0.01,
+    max_evaluations: int = 256,
 ) -> Attribution:
     """IG weights ``c_i = ||IG_i..||_F`` of a padded batch with the PAD baseline.
 
@@ -141,6 +146,11 @@ def integrated_gradients(
     the rest of a cheap sketch); ``directions`` takes the residual along the sketch's own
     directions, a by-product of the VJPs: an estimate of the same relative error from a
     random projection (equal to ``path`` when the directions span the output space).
+
+    ``quadrature="adaptive"`` refines each sentence's rule (``adaptive_path_rule``, starting from ``steps // 2``
+    Simpson sub-intervals) until its completeness error is under ``completeness_tol`` or ``max_evaluations`` path
+    points are spent; its error is the refinement's own exact check, whatever ``completeness`` says. The path is
+    evaluated in chunks of ``steps`` rows a sentence, so memory stays that of the fixed rule.
     """
     if completeness not in COMPLETENESS_CHECKS:
         raise ValueError(f"unknown completeness check '{completeness}': choose one of {', '.join(COMPLETENESS_CHECKS)}")
@@ -150,43 +160,63 @@ def integrated_gradients(
         positions = encoder.position_ids(input_ids)
         x, baseline = pad_baseline(encoder, input_ids)
         delta = x - baseline
-        alphas, step_weights = (t.float().to(device) for t in quadrature_rule(quadrature, steps))
-        path = (baseline + alphas.view(-1, 1, 1, 1) * delta).flatten(0, 1)  # (steps * B, n, e), step-major
-        repeat = (steps, 1)
+        batch = x.shape[0]
+        chunk_rows = max(steps, 1) * batch  # the fixed rule's path in one piece: its memory bounds every chunk
 
-        def embed(z: Tensor) -> Tensor:
-            return encoder(inputs_embeds=z, attention_mask=attention_mask.repeat(repeat), position_ids=positions.repeat(repeat))
+        def embed(sentence: Tensor) -> Callable[[Tensor], Tensor]:
+            return lambda z: encoder(inputs_embeds=z, attention_mask=attention_mask[sentence], position_ids=positions[sentence])
 
-        outputs, vjp = torch.func.vjp(embed, path)
-        ends = encoder(
-            inputs_embeds=torch.cat([x, baseline]), attention_mask=attention_mask.repeat(2, 1), position_ids=positions.repeat(2, 1)
-        )
-        batch, dim = x.shape[0], outputs.shape[-1]
+        def path(sentence: Tensor, alphas: Tensor) -> Tensor:
+            return baseline[sentence] + alphas.float().view(-1, 1, 1) * delta[sentence]
+
+        def along_path(sentence: Tensor, alphas: Tensor) -> tuple[Tensor, Tensor]:
+            """f and its derivative along the path, g'(a) = J(a) (x - b), at the given rows: one JVP per chunk."""
+            sentence, alphas = sentence.to(device), alphas.to(device)
+            with warnings.catch_warnings():  # torch scripts a few decompositions on first use and warns about it
+                warnings.filterwarnings("ignore", message=".*torch.jit.script.*", category=DeprecationWarning)
+                pieces = [torch.func.jvp(embed(s), (path(s, a),), (delta[s],)) for s, a in zip(sentence.split(chunk_rows), alphas.split(chunk_rows))]
+            return torch.cat([value for value, _ in pieces]), torch.cat([slope for _, slope in pieces])
+
+        if quadrature == ADAPTIVE:
+            rule = adaptive_path_rule(along_path, batch, completeness_tol, max_evaluations, max(steps // 2, 1))
+            sentence, alphas, row_weights = rule.sentence, rule.alphas, rule.weights
+            evaluations = rule.evaluations
+        else:
+            sentence, alphas, row_weights = fixed_path_rule(*quadrature_rule(quadrature, steps), batch)
+            evaluations = torch.full((batch,), steps)
+        sentence, row_weights = sentence.to(device), row_weights.float().to(device)
+        rows = list(zip(sentence.split(chunk_rows), alphas.split(chunk_rows), row_weights.split(chunk_rows)))
+        pullbacks = [torch.func.vjp(embed(s), path(s, a))[1] for s, a, _ in rows] if len(rows) == 1 else None
+        dim = encoder.embedding_size
         directions, scale = output_directions(mode, dim, sketch_size, sketch_kind, generator)
         directions = directions.to(device)
         squares = torch.zeros(input_ids.shape, device=device)
         sums = []  # exact mode: sum_ij IG_ij. along each basis direction
+        along_directions = quadrature != ADAPTIVE and (mode == "exact" or completeness == "directions")
         for chunk in directions.split(vjp_batch or len(directions)):
-            cotangents = (step_weights.view(1, -1, 1, 1) * chunk.view(len(chunk), 1, 1, dim)).expand(-1, -1, batch, -1)
-            (grads,) = torch.func.vmap(vjp)(cotangents.reshape(len(chunk), steps * batch, dim))
-            ig = delta * grads.view(len(chunk), steps, *x.shape).sum(1)  # (K, B, n, e)
+            integral = torch.zeros(len(chunk), *x.shape, device=device)  # (K, B, n, e): sum_a w_a v^T J(a), per sentence
+            for (s, a, w), pullback in zip(rows, pullbacks or (torch.func.vjp(embed(s), path(s, a))[1] for s, a, _ in rows)):
+                (grads,) = torch.func.vmap(pullback)(w.view(1, -1, 1) * chunk.view(len(chunk), 1, dim))
+                integral.index_add_(1, s, grads)
+            ig = delta * integral
             squares += ig.pow(2).sum((0, 3))
-            along_directions = mode == "exact" or completeness == "directions"
             if along_directions:
                 sums.append(ig.sum((2, 3)))
-        target = ends[:batch] - ends[batch:]
-        if along_directions:  # exact: in the rotated basis the norms are the same; sketch: a random projection of both
-            target = target @ directions.T
-            residual = torch.cat(sums).T - target
-        else:  # sum_ij IG_ijk = sum_a w_a (J(a) (x - b))_k: one JVP along the path gives it exactly
-            with warnings.catch_warnings():  # torch scripts a few decompositions on first use and warns about it
-                warnings.filterwarnings("ignore", message=".*torch.jit.script.*", category=DeprecationWarning)
-                _, tangents = torch.func.jvp(embed, (path,), (delta.repeat(steps, 1, 1),))
-            residual = (step_weights.view(-1, 1, 1) * tangents.view(steps, batch, dim)).sum(0) - target
-        return Attribution(
-            weights=(scale * squares).sqrt().cpu(),
-            completeness_error=(residual.norm(dim=1) / target.norm(dim=1)).cpu(),
-        )
+        if quadrature == ADAPTIVE:
+            error = rule.completeness_error.float()
+        else:
+            ends = encoder(
+                inputs_embeds=torch.cat([x, baseline]), attention_mask=attention_mask.repeat(2, 1), position_ids=positions.repeat(2, 1)
+            )
+            target = ends[:batch] - ends[batch:]
+            if along_directions:  # exact: in the rotated basis the norms are the same; sketch: a random projection of both
+                target = target @ directions.T
+                residual = torch.cat(sums).T - target
+            else:  # sum_ij IG_ijk = sum_a w_a (J(a) (x - b))_k: one JVP along the path gives it exactly
+                _, slopes = along_path(sentence, alphas)
+                residual = torch.zeros_like(target).index_add_(0, sentence, row_weights.view(-1, 1) * slopes) - target
+            error = residual.norm(dim=1) / target.norm(dim=1)
+        return Attribution(weights=(scale * squares).sqrt().cpu(), completeness_error=error.cpu(), evaluations=evaluations)
 
 
 def unit_weights(position_weights: Tensor, unit_of_position: Tensor, unit_sentence: Tensor) -> tuple[Tensor, Tensor]:

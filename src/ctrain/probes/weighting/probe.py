@@ -31,6 +31,7 @@ import torch
 
 from ctrain.models.encoder import SentenceEncoder
 from ctrain.probes.jsonio import to_strict_json
+from ctrain.probes.weighting.adaptive import ADAPTIVE
 from ctrain.probes.weighting.batch import BatchWeights, weigh_batch
 from ctrain.probes.weighting.config import WeightingConfig
 from ctrain.probes.weighting.information import TokenStatistics, segment
@@ -39,6 +40,9 @@ from ctrain.probes.weighting.keys import (
     IG_COMPLETENESS_ERROR_MAX,
     IG_COMPLETENESS_ERROR_MEAN,
     IG_COMPLETENESS_ERROR_N,
+    IG_COMPLETENESS_OVER_TOL_SHARE,
+    IG_EVALUATIONS_MAX,
+    IG_EVALUATIONS_MEAN,
     KL_INCLUDE_SELF,
     NUM_SENTENCES,
     NUM_UNITS,
@@ -201,6 +205,10 @@ def fit_weights(
         metrics[IG_COMPLETENESS_ERROR_MEAN] = float(error.mean())
         metrics[IG_COMPLETENESS_ERROR_MAX] = float(error.max())
         metrics[IG_COMPLETENESS_ERROR_N] = float(len(error))
+        metrics[IG_COMPLETENESS_OVER_TOL_SHARE] = float((error > config.completeness_tol).double().mean())
+        evaluated = torch.cat([torch.from_numpy(b.evaluations) for b in batches if b.evaluations is not None]).double()
+        metrics[IG_EVALUATIONS_MEAN] = float(evaluated.mean())
+        metrics[IG_EVALUATIONS_MAX] = float(evaluated.max())
     if config.theorem and len(units):
         keep = known.copy()
         keep[keep] = statistics.eligible(config.min_count)[types[keep]]
@@ -213,3 +221,20 @@ def fit_weights(
         metrics[THEOREM_INPUT_HALF_NORM_MEAN] = float(half_squared_norm(type_means(inputs, types[keep])[1]).mean())
     result.metrics = metrics
     return result
+
+
+def completeness_warning(metrics: dict[str, float], config: WeightingConfig) -> str | None:
+    """One line naming how many sentences miss IG completeness, the worst error and the setting that fixes it; None if none do."""
+    if IG_COMPLETENESS_OVER_TOL_SHARE not in metrics or metrics[IG_COMPLETENESS_OVER_TOL_SHARE] == 0:
+        return None
+    total = int(metrics[IG_COMPLETENESS_ERROR_N])
+    missed = round(metrics[IG_COMPLETENESS_OVER_TOL_SHARE] * total)
+    fix = (
+        f"raise weighting.max_evaluations (now {config.max_evaluations})"
+        if config.quadrature == ADAPTIVE
+        else "set weighting.quadrature: adaptive"
+    )
+    return (
+        f"weighting: {missed} of {total} sentences miss IG completeness {100 * config.completeness_tol:g}% "
+        f"(worst {100 * metrics[IG_COMPLETENESS_ERROR_MAX]:.1f}%): {fix}; their IG weights are not trustworthy"
+    )

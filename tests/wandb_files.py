@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import struct
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -35,10 +36,22 @@ def records(path: Path) -> Iterator:
             yield record
 
 
+def finished_records(path: Path, timeout: float = 120.0) -> list:
+    """The run file's records once it ends with the run's exit record. `run.finish()` can return while W&B's service
+    process is still writing the last rows (seen on a loaded machine: the last validation row missing at the first
+    read, present a moment later), so a reader waits for the file to be complete instead of racing the writer."""
+    deadline = time.monotonic() + timeout
+    while True:
+        found = list(records(path))
+        if any(record.WhichOneof("record_type") == "exit" for record in found) or time.monotonic() > deadline:
+            return found
+        time.sleep(0.5)
+
+
 def history_and_config(path: Path) -> tuple[list[dict], dict]:
-    """Every logged row, and the config as updated last."""
+    """Every logged row, and the config as updated last, of a finished run file."""
     history, config = [], {}
-    for record in records(path):
+    for record in finished_records(path):
         kind = record.WhichOneof("record_type")
         if kind == "history":
             history.append({item.key or "/".join(item.nested_key): json.loads(item.value_json) for item in record.history.item})

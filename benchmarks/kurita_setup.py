@@ -195,7 +195,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"\nSHAP c_i = ||phi_i||, native vs library (largest c_i {largest:.3g}): max |diff| {fits_diff:.3g} over the "
           f"{n - len(limited)} sentences whose recursion fits the budget; {limited_diff:.3g} over the {len(limited)} that exhaust it")  # fmt: skip
     if limited:
-        encode = lambda masked: encoder.encode(list(masked), batch_size=base.shap_batch_size).double().numpy()  # noqa: E731
+        encode = lambda masked: encoder.encode(list(masked), batch_size=256).double().numpy()  # noqa: E731 (a forward pass's size)
         spread = 0.0
         with attribution_mode(encoder), torch.no_grad():
             for sentence in sorted(limited)[:4]:

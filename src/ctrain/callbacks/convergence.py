@@ -21,18 +21,47 @@ from ctrain.runtime import step_seed
 FIXED_STEP = 0  # the step whose random draws every evaluation reuses
 
 
-class ObjectiveConvergence(pl.Callback):
+class _Plateau(pl.Callback):
+    """The plateau test both convergence callbacks apply: a history of (step, value), and the decision to stop."""
+
+    def __init__(self, window: int, tolerance: float, stop: bool) -> None:
+        if window < 2 or tolerance <= 0:
+            raise ValueError(f"window must be >= 2 and tolerance > 0, got {window} and {tolerance}")
+        self.window, self.tolerance, self.stop = window, tolerance, stop
+        self.history: list[tuple[int, float]] = []
+        self.converged_step: int | None = None
+
+    def _record(self, trainer: pl.Trainer, step: int, value: float, value_key: str | None, range_key: str) -> None:
+        """Add `value` at `step`, log it (under `value_key`, if any) with the window's range, and stop once converged."""
+        self.history.append((step, value))
+        values = [v for _, v in self.history]
+        metrics = {range_key: relative_range(values, self.window)} | ({value_key: value} if value_key else {})
+        if self.converged_step is None and has_converged(values, self.window, self.tolerance):
+            self.converged_step = step
+            metrics["convergence/converged_step"] = step
+            if self.stop:
+                trainer.should_stop = True
+        if trainer.is_global_zero:
+            for logger in trainer.loggers:
+                logger.log_metrics(metrics, step=step)
+
+    def state_dict(self) -> dict:
+        return {"history": self.history, "converged_step": self.converged_step}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.history = [tuple(pair) for pair in state_dict["history"]]
+        self.converged_step = state_dict["converged_step"]
+
+
+class ObjectiveConvergence(_Plateau):
     """Evaluate the objective on fixed batches every `every_n_steps`; stop when it moved less than `tolerance` over `window`."""
 
     def __init__(self, every_n_steps: int = 500, num_batches: int = 16, window: int = 5, tolerance: float = 0.01, stop: bool = True) -> None:
         if every_n_steps < 1 or num_batches < 1:
             raise ValueError(f"every_n_steps and num_batches must be >= 1, got {every_n_steps} and {num_batches}")
-        if window < 2 or tolerance <= 0:
-            raise ValueError(f"window must be >= 2 and tolerance > 0, got {window} and {tolerance}")
-        self.every_n_steps, self.num_batches, self.window, self.tolerance, self.stop = every_n_steps, num_batches, window, tolerance, stop
+        super().__init__(window, tolerance, stop)
+        self.every_n_steps, self.num_batches = every_n_steps, num_batches
         self.batches: list[dict] = []
-        self.history: list[tuple[int, float]] = []
-        self.converged_step: int | None = None
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not self.batches:
@@ -50,17 +79,7 @@ class ObjectiveConvergence(pl.Callback):
         if step % self.every_n_steps or any(done == step for done, _ in self.history):
             return
         value = float(trainer.strategy.reduce(self.objective(pl_module), reduce_op="mean"))
-        self.history.append((step, value))
-        spread = relative_range([v for _, v in self.history], self.window)
-        metrics = {"convergence/objective": value, "convergence/relative_range": spread}
-        if self.converged_step is None and has_converged([v for _, v in self.history], self.window, self.tolerance):
-            self.converged_step = step
-            metrics["convergence/converged_step"] = step
-            if self.stop:
-                trainer.should_stop = True
-        if trainer.is_global_zero:
-            for logger in trainer.loggers:
-                logger.log_metrics(metrics, step=step)
+        self._record(trainer, step, value, "convergence/objective", "convergence/relative_range")
 
     def objective(self, pl_module: pl.LightningModule) -> torch.Tensor:
         """The mean objective over the fixed batches, with the draws of `FIXED_STEP`, in train mode as in training, without gradients."""
@@ -80,15 +99,14 @@ class ObjectiveConvergence(pl.Callback):
     def state_dict(self) -> dict:
         # The batches too: a resumed run's loader starts where training stopped, so retaking them would change
         # the number being tracked halfway through its history.
-        return {"history": self.history, "converged_step": self.converged_step, "batches": self.batches}
+        return super().state_dict() | {"batches": self.batches}
 
     def load_state_dict(self, state_dict: dict) -> None:
-        self.history = [tuple(pair) for pair in state_dict["history"]]
-        self.converged_step = state_dict["converged_step"]
+        super().load_state_dict(state_dict)
         self.batches = state_dict["batches"]
 
 
-class MetricConvergence(pl.Callback):
+class MetricConvergence(_Plateau):
     """Stop when a metric logged at each validation (default: the held-out MLM loss of `ctrain pretrain`) has plateaued.
 
     The held-out loss is already a function of the weights alone (fixed sentences, fixed masks), so no fixed batches
@@ -99,11 +117,8 @@ class MetricConvergence(pl.Callback):
     """
 
     def __init__(self, monitor: str = "val/mlm_loss", window: int = 5, tolerance: float = 0.01, stop: bool = True) -> None:
-        if window < 2 or tolerance <= 0:
-            raise ValueError(f"window must be >= 2 and tolerance > 0, got {window} and {tolerance}")
-        self.monitor, self.window, self.tolerance, self.stop = monitor, window, tolerance, stop
-        self.history: list[tuple[int, float]] = []
-        self.converged_step: int | None = None
+        super().__init__(window, tolerance, stop)
+        self.monitor = monitor
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.sanity_checking or self.monitor not in trainer.callback_metrics:
@@ -111,21 +126,4 @@ class MetricConvergence(pl.Callback):
         step = trainer.global_step
         if any(done == step for done, _ in self.history):
             return  # a resumed run validates its restored step again
-        self.history.append((step, float(trainer.callback_metrics[self.monitor])))
-        values = [value for _, value in self.history]
-        metrics = {"convergence/metric_relative_range": relative_range(values, self.window)}
-        if self.converged_step is None and has_converged(values, self.window, self.tolerance):
-            self.converged_step = step
-            metrics["convergence/converged_step"] = step
-            if self.stop:
-                trainer.should_stop = True
-        if trainer.is_global_zero:
-            for logger in trainer.loggers:
-                logger.log_metrics(metrics, step=step)
-
-    def state_dict(self) -> dict:
-        return {"history": self.history, "converged_step": self.converged_step}
-
-    def load_state_dict(self, state_dict: dict) -> None:
-        self.history = [tuple(pair) for pair in state_dict["history"]]
-        self.converged_step = state_dict["converged_step"]
+        self._record(trainer, step, float(trainer.callback_metrics[self.monitor]), None, "convergence/metric_relative_range")

@@ -9,6 +9,19 @@ import torch
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
+# A tiny `ctrain fit` of the demo config: tiny BERT, 96 sentences, 6 steps, validation every 4 (and at the last).
+QUICK_FIT = [
+    "--config", str(ROOT / "configs" / "demo.yaml"),
+    "--model.encoder.name", "tiny-bert",
+    "--data.batch_size", "8",
+    "--data.max_examples", "96",
+    "--data.max_eval_pairs", "64",
+    "--trainer.max_steps", "6",
+    "--trainer.val_check_interval", "4",
+    "--trainer.log_every_n_steps", "1",
+    "--trainer.enable_progress_bar", "false",
+    "--trainer.enable_model_summary", "false",
+]  # fmt: skip
 
 
 class KillAtStep(pl.Callback):

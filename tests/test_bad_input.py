@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from helpers import QUICK_FIT
 
 from ctrain.cli import main
 
@@ -142,18 +143,8 @@ def test_probe_sentence_counts_are_checked_before_the_model_is_scored(option, tm
 
 # ---- ctrain fit: settings, checkpoints, resume, interrupts ----
 
-QUICK = [
-    "--config", str(ROOT / "configs" / "demo.yaml"),
-    "--model.encoder.name", "tiny-bert",
-    "--data.batch_size", "8",
-    "--data.max_examples", "96",
-    "--data.max_eval_pairs", "200",
-    "--trainer.max_steps", "8",
-    "--trainer.val_check_interval", "4",
-    "--trainer.log_every_n_steps", "1",
-    "--trainer.enable_progress_bar", "false",
-    "--trainer.enable_model_summary", "false",
-]  # fmt: skip
+# test_training's tiny run at the 8 steps and 200 pairs these tests' assertions are written for (later keys win)
+QUICK = [*QUICK_FIT, "--data.max_eval_pairs", "200", "--trainer.max_steps", "8"]
 
 
 @pytest.mark.parametrize(

@@ -10,25 +10,14 @@ import sys
 from pathlib import Path
 
 import pytest
-from helpers import quick_probes_preset
+from helpers import QUICK_FIT, quick_probes_preset
 
 from ctrain.cli import main
 from ctrain.models.encoder import EncoderConfig
 from ctrain.training.module import ContrastiveModule
 
 ROOT = Path(__file__).resolve().parents[1]
-QUICK = [
-    "--config", str(ROOT / "configs" / "demo.yaml"),
-    "--model.encoder.name", "tiny-bert",
-    "--data.batch_size", "8",
-    "--data.max_examples", "96",
-    "--data.max_eval_pairs", "64",
-    "--trainer.max_steps", "6",
-    "--trainer.val_check_interval", "4",
-    "--trainer.log_every_n_steps", "1",
-    "--trainer.enable_progress_bar", "false",
-    "--trainer.enable_model_summary", "false",
-]  # fmt: skip
+QUICK = QUICK_FIT
 
 
 def _run_args(save_dir: Path, *extra: str) -> list[str]:

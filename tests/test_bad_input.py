@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from helpers import QUICK_FIT
+from helpers import QUICK_FIT, ctrain_in_fork, in_fork
 
 from ctrain.cli import main
 
@@ -230,20 +230,28 @@ def test_remove_temporaries_takes_only_what_atomic_writes_left(tmp_path):
 
 def test_a_checkpoint_killed_mid_save_leaves_its_partial_file_in_the_run_directory(tmp_path):
     """kill -9 inside the save: no partial file in the system's temporary directory, one hidden .tmp beside the target."""
+    import tempfile
+
+    import torch
+
+    from ctrain.cli.fit import RunDirectoryCheckpointIO
+
     system_tmp, target = tmp_path / "system_tmp", tmp_path / "run" / "checkpoints" / "last.ckpt"
     system_tmp.mkdir()
-    script = (
-        "import os, signal, sys, torch\n"
-        "from ctrain.cli.fit import RunDirectoryCheckpointIO\n"
-        "def dies_while_writing(obj, f, *args, **kwargs):\n"
-        "    with open(f, 'wb') if isinstance(f, (str, os.PathLike)) else f as handle: handle.write(b'partial'); handle.flush()\n"
-        "    os.kill(os.getpid(), signal.SIGKILL)\n"
-        "torch.save = dies_while_writing\n"
-        "RunDirectoryCheckpointIO().save_checkpoint({'global_step': 1}, sys.argv[1])\n"
-    )
-    environment = {**os.environ, "TMPDIR": str(system_tmp)}
-    killed = subprocess.run([sys.executable, "-c", script, str(target)], env=environment, capture_output=True, text=True, timeout=120)
-    assert killed.returncode == -9, killed.stderr[-2000:]
+
+    def dies_while_writing(obj, f, *args, **kwargs) -> None:
+        with open(f, "wb") if isinstance(f, (str, os.PathLike)) else f as handle:
+            handle.write(b"partial")
+            handle.flush()
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    def save_and_die() -> None:  # in the fork only
+        os.environ["TMPDIR"] = tempfile.tempdir = str(system_tmp)
+        torch.save = dies_while_writing
+        RunDirectoryCheckpointIO().save_checkpoint({"global_step": 1}, target)
+
+    killed = in_fork(save_and_die, tmp_path / "save.log")
+    assert killed == -9, (tmp_path / "save.log").read_text()[-2000:]
     assert list(system_tmp.iterdir()) == []
     assert [path.name.startswith(".last.ckpt.") and path.suffix == ".tmp" for path in target.parent.iterdir()] == [True]
 
@@ -259,9 +267,9 @@ def test_resume_under_another_spelling_keeps_one_last_checkpoint_and_the_best_st
 
     from ctrain.cli.fit import run_cli
 
-    crashed = _ctrain_fit_process("--trainer.default_root_dir", str(tmp_path / "runs"), "--trainer.callbacks", "helpers.KillAtStep", "--trainer.callbacks.step", "6")
-    output = crashed.communicate(timeout=600)[0]
-    assert crashed.returncode == -9, output[-3000:]
+    log = tmp_path / "crash.log"
+    crashed = ctrain_in_fork(["fit", *QUICK, "--trainer.default_root_dir", str(tmp_path / "runs"), "--trainer.callbacks", "helpers.KillAtStep", "--trainer.callbacks.step", "6"], log)
+    assert crashed == -9, log.read_text()[-3000:]
     run_dir = tmp_path / "runs" / "demo" / "version_0"
     (run_dir / ".metrics.csv.k2j4.tmp").write_text("step,tra")  # what a kill during those writes leaves
     (run_dir / ".model_final.p9q8.tmp" / "staged").mkdir(parents=True)

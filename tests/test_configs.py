@@ -11,10 +11,18 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 FIT_CONFIGS = sorted(path for path in (ROOT / "configs").glob("*.yaml") if not path.name.startswith("pretrain_"))
+PRESETS = sorted((ROOT / "callbacks").glob("*.yaml"))
+# Every run config alone, and every preset composed with a CPU config and a hub (GPU) config: a preset sets
+# trainer, wandb or schedule entries, never data or encoder ones, so two configs of each kind test its composition
+# (all 200-odd pairs cost a minute of the suite).
+PAIRS = [(config, None) for config in FIT_CONFIGS] + [
+    (ROOT / "configs" / name, preset) for preset in PRESETS for name in ("demo.yaml", "simcse_bert_unsup.yaml")
+]
 
 
-@pytest.mark.parametrize("config", FIT_CONFIGS, ids=lambda p: p.name)  # pretrain_*: tests/test_pretrain.py
-@pytest.mark.parametrize("preset", [None, *sorted((ROOT / "callbacks").glob("*.yaml"))], ids=lambda p: getattr(p, "name", "none"))
+@pytest.mark.parametrize(
+    ("config", "preset"), PAIRS, ids=[f"{config.name}+{preset.name if preset else 'none'}" for config, preset in PAIRS]
+)  # pretrain_*: tests/test_pretrain.py
 def test_config_parses(config, preset, capsys):
     args = ["fit", "--config", str(config)] + (["--config", str(preset)] if preset else []) + ["--print_config"]
     with pytest.raises(SystemExit) as exit_code:
@@ -23,6 +31,14 @@ def test_config_parses(config, preset, capsys):
     printed = yaml.safe_load(capsys.readouterr().out)
     given = yaml.safe_load(config.read_text())["model"]["encoder"]
     assert {key: printed["model"]["encoder"][key] for key in given} == given
+
+
+def test_presets_set_no_data_or_encoder_entries():
+    """What makes composing each preset with two configs enough (PAIRS)."""
+    for preset in PRESETS:
+        entries = yaml.safe_load(preset.read_text())
+        assert set(entries) <= {"trainer", "wandb", "model"}, preset.name
+        assert set(entries.get("model", {})) <= {"schedule"}, preset.name
 
 
 def test_bert_base_has_the_published_simcse_defaults():

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from helpers import ctrain_in_fork
 
 from ctrain.cli import main
 from ctrain.data.corpus import (
@@ -325,10 +326,6 @@ def test_corpus_excludes_every_sts_b_dev_and_test_sentence(corpus_dirs):
 def test_killed_pretraining_resumes_to_the_same_metrics(tmp_path, pack):
     """Killed at step 6 and resumed: the same metrics as the run that was not killed, one sentence a row or packed
     rows; the wall time is logged at every validation and grows."""
-    import os
-    import subprocess
-    import sys
-
     corpus = tiny_corpus(tmp_path / "tiny.txt")
 
     def run_args(save_dir: Path) -> list[str]:
@@ -350,12 +347,9 @@ def test_killed_pretraining_resumes_to_the_same_metrics(tmp_path, pack):
             return [float(row[WALL_SECONDS]) for row in csv.DictReader(handle) if row[WALL_SECONDS]]
 
     main(run_args(tmp_path / "whole"))
-    environment = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(ROOT / "tests"), os.environ.get("PYTHONPATH", "")])}
-    killed = subprocess.run(
-        [sys.executable, "-m", "ctrain.cli", *run_args(tmp_path / "crash"), "--trainer.callbacks", "helpers.KillAtStep", "--trainer.callbacks.step", "6"],
-        env=environment, capture_output=True, text=True,
-    )  # fmt: skip
-    assert killed.returncode == -9, killed.stderr[-2000:]
+    log = tmp_path / "crash.log"
+    killed = ctrain_in_fork([*run_args(tmp_path / "crash"), "--trainer.callbacks", "helpers.KillAtStep", "--trainer.callbacks.step", "6"], log)
+    assert killed == -9, log.read_text()[-2000:]
     run_dir = tmp_path / "crash" / "pretrain_bert_cpu" / "version_0"
     main(["pretrain", "--resume", str(run_dir), "--trainer.callbacks=[]", "--trainer.enable_progress_bar", "false"])
     assert metrics(tmp_path / "crash") == metrics(tmp_path / "whole")

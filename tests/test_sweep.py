@@ -44,6 +44,14 @@ TINY_COMMAND = [
 
 
 
+def _one_core() -> None:
+    """Pins a sweep to one core, as a cluster's CPU pinning would (threads_per_run reads the affinity): under xdist
+    the other core runs the other worker, and two torch threads a run on one free core made each run 2-3x slower."""
+    cores = sorted(os.sched_getaffinity(0))
+    worker = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0")[2:])
+    os.sched_setaffinity(0, {cores[worker % len(cores)]})
+
+
 @pytest.fixture(scope="module")
 def tiny_sweep(tmp_path_factory):
     """A two-run temperature sweep run by `ctrain sweep`, then one run marked unfinished and the sweep run again."""
@@ -51,7 +59,7 @@ def tiny_sweep(tmp_path_factory):
     sweep_file = work / "tiny.yaml"
     sweep_file.write_text(yaml.safe_dump({"program": "ctrain", "method": "grid", "parameters": {"model.temperature": {"values": [0.05, 0.5]}}, "command": TINY_COMMAND}))
     command = [sys.executable, "-m", "ctrain.cli", "sweep", str(sweep_file), "--out", str(work / "out")]
-    first = subprocess.Popen(command, cwd=work, stdout=subprocess.PIPE, text=True, start_new_session=True)
+    first = subprocess.Popen(command, cwd=work, stdout=subprocess.PIPE, text=True, start_new_session=True, preexec_fn=_one_core)
     checkpoint = work / "out" / "runs" / "temperature=0.5" / "checkpoints" / "last.ckpt"
     while not checkpoint.exists() and first.poll() is None:
         time.sleep(0.1)

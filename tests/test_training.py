@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from helpers import QUICK_FIT, quick_probes_preset
+from helpers import QUICK_FIT, ctrain_in_fork, quick_probes_preset
 
 from ctrain.cli import main
 from ctrain.models.encoder import EncoderConfig
@@ -84,13 +84,9 @@ def test_killed_run_resumes_to_the_same_metrics(quick_run, tmp_path, extra, kill
     whole = quick_run[0] if not extra else tmp_path / "whole" / "demo" / "version_0"
     if extra:
         main(_run_args(tmp_path / "whole", *extra))
-    environment = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(ROOT / "tests"), os.environ.get("PYTHONPATH", "")])}
-    killed = subprocess.run(
-        [sys.executable, "-m", "ctrain.cli", *_run_args(tmp_path / "crash", *extra),
-         "--trainer.callbacks", "helpers.KillAtStep", "--trainer.callbacks.step", str(kill_at)],
-        env=environment, capture_output=True, text=True,
-    )  # fmt: skip
-    assert killed.returncode == -9, killed.stderr[-2000:]
+    log = tmp_path / "crash.log"
+    killed = ctrain_in_fork([*_run_args(tmp_path / "crash", *extra), "--trainer.callbacks", "helpers.KillAtStep", "--trainer.callbacks.step", str(kill_at)], log)
+    assert killed == -9, log.read_text()[-2000:]
     run_dir = tmp_path / "crash" / "demo" / "version_0"
     assert not (run_dir / "model_final").exists()
     main(["fit", "--resume", str(run_dir), "--trainer.callbacks=[]", "--trainer.enable_progress_bar", "false"])

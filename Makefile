@@ -50,9 +50,9 @@ vanilla-gpu: setup
 	$(BIN)/ctrain report runs/sweeps/vanilla_emergence_gpu --compare '[runs/sweeps/vanilla_control_gpu]'
 
 # One pytest worker a core (the tests run torch single-threaded), a test file per worker so that a file's module fixtures
-# (the sweep run, the fresh interpreters) are built once.
+# (the sweep run, the fresh interpreters) are built once, the longest files first (tests/conftest.py, LONGEST_FIRST).
 test: setup browser
-	$(BIN)/python -m pytest -n auto --dist loadfile
+	$(BIN)/python -m pytest -n auto --dist loadfile --no-loadscope-reorder
 
 # Every speed benchmark, each to its ratio against its peer (tests/test_benchmarks.py runs every benchmark at toy
 # size and checks this list). Pre-training's config reads its tokenizer from the corpus (`make vanilla` builds it);

@@ -235,6 +235,34 @@ def test_every_weighting_curve_has_its_beta_beside_its_r2_in_run_sweep_and_compa
     assert len(weighting["weighting_IG_on_KL_w"].axes[1].collections) == 1  # run a's logged interval, shaded
 
 
+@pytest.mark.parametrize("criterion", ["val/stsb_spearman", "val/mlm_loss"])
+def test_the_weighting_fits_are_drawn_beside_the_training_criterion_on_a_log_axis_when_asked(criterion, tmp_path):
+    """The run's criterion (STS-B dev of `ctrain fit`, the held-out MLM loss of `ctrain pretrain`) is the third panel;
+    `--log_x true` puts every x-axis on a symmetric log scale, step 0 included."""
+    from ctrain.reporting.figures import log_x_axes
+    from ctrain.reporting.report import SCALAR_LABELS, read_run, report, run_figures, sweep_figures
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    pd.DataFrame({
+        "step": [0, 10, 100, 1000], "weighting/ig_kl_r2": [0.0, 0.5, 0.6, 0.4], "weighting/ig_kl_beta": [0.0, -0.3, -0.35, -0.2],
+        criterion: [8.3, 6.0, 5.0, 4.9],
+    }).to_csv(run_dir / "metrics.csv", index=False)  # fmt: skip
+    figure = run_figures(read_run(run_dir), "run")["weighting_fits"]
+    assert [axes.get_ylabel() for axes in figure.axes][2] == SCALAR_LABELS[criterion]
+    assert list(figure.axes[2].lines[0].get_ydata()) == [8.3, 6.0, 5.0, 4.9]
+    log_x_axes([figure])
+    assert {axes.get_xscale() for axes in figure.axes} == {"symlog"} and "log scale" in figure.axes[0].get_xlabel()
+    report(str(run_dir), final_probe=False, log_x=True)  # the command's path
+    assert (run_dir / "report" / "weighting_fits.png").exists()
+    pretrain = read_run(run_dir).assign(**{"val/mlm_loss": [8.0, 7.0, 6.0, 5.0], "val/stsb_spearman": [60.0, 50.0, 45.0, 50.0]})
+    pretrain_figure = run_figures(pretrain, "run")["weighting_fits"]
+    control = sweep_figures({"simcse": read_run(run_dir), "mlm": pretrain}, "", "step", "run")
+    assert pretrain_figure.axes[2].get_ylabel() == "held-out MLM loss"  # a pretrain run's own criterion, not its backbone's STS-B
+    if criterion == "val/stsb_spearman":  # beside an MLM control: the criterion both arms log
+        assert control["weighting_IG_on_KL_w"].axes[2].get_ylabel() == SCALAR_LABELS["val/stsb_spearman"]
+
+
 def test_parallel_runs_share_the_cores_the_process_may_use(monkeypatch):
     # `taskset -c 1 ctrain sweep ...` beside another job: one core usable, so one thread a run, not cpu_count()'s share.
     monkeypatch.setattr(os, "cpu_count", lambda: 16)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Literal
 
@@ -69,6 +70,14 @@ def curve_of(frame: pd.DataFrame, column: str) -> pd.DataFrame:
     if f"{column}_ci_low" in frame and f"{column}_ci_high" in frame:
         curve = curve.assign(low=frame[f"{column}_ci_low"], high=frame[f"{column}_ci_high"])
     return curve
+
+
+def log_x_axes(figures: Iterable[Figure]) -> None:
+    """Every axes of `figures` on a symmetric-log x-axis, linear below 1 (step 0 stays on the axis)."""
+    for figure in figures:
+        for axes in figure.axes:
+            axes.set_xscale("symlog", linthresh=1)
+            axes.set_xlabel(f"{axes.get_xlabel()} (log scale)")
 
 
 def save_figure(figure: Figure, path: str | Path, dpi: float | None = None) -> Path:

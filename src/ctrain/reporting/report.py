@@ -34,6 +34,7 @@ from ctrain.reporting.figures import (
     XAxis,
     curve_of,
     line_figure,
+    log_x_axes,
     panel_figure,
     save_figure,
 )
@@ -45,7 +46,13 @@ SCALAR_LABELS = {
     "train/loss": "training loss",
     "convergence/objective": "training objective on fixed batches",
     "convergence/relative_range": "objective's relative range over the convergence window",
+    "val/mlm_loss": "held-out MLM loss",
+    "train/mlm_loss": "training MLM loss",
+    "val/mlm_accuracy": "held-out masked-token accuracy",
 }
+# The training criterion of a run (`ctrain fit`: STS-B dev; `ctrain pretrain`: the held-out MLM loss), drawn beside the
+# word-weight fits so that a change in the weighting is read against how far training has got.
+TRAINING_CRITERIA = ("val/mlm_loss", STS_DEV)  # a pretrain run logs both (STS-B dev of its backbone): its own first
 FIT_STATISTICS = {"r2": "R^2 of word weight on information", "beta": "slope beta of word weight on information"}
 FIT_TITLE = "word weight on information: R^2 and slope beta (shaded: interval)"
 
@@ -221,12 +228,21 @@ def fit_panels(curves: dict[str, tuple[pd.DataFrame, str]]) -> dict[str, dict[st
     return {words: {label: curve_of(frame, f"{prefix}_{statistic}") for label, (frame, prefix) in curves.items()} for statistic, words in FIT_STATISTICS.items()}
 
 
+def criterion_panel(runs: dict[str, pd.DataFrame]) -> dict[str, dict[str, pd.DataFrame]]:
+    """The runs' training criterion as one panel, a curve per run: the first of TRAINING_CRITERIA that every run logs
+    (a comparison of SimCSE arms with an MLM control: STS-B dev), else the first any run logs; none when none does."""
+    logged = [column for column in TRAINING_CRITERIA if any(column in frame for frame in runs.values())]
+    column = next((column for column in logged if all(column in frame for frame in runs.values())), logged[0] if logged else None)
+    return {SCALAR_LABELS[column]: {label: curve_of(frame, column) for label, frame in runs.items()}} if column else {}
+
+
 def run_figures(frame: pd.DataFrame, title: str, x: XAxis = "step") -> dict[str, Figure]:
     """Every metric family of one run against `x`, a line per layer / method and quantity; the word-weight fits in
-    one figure, R^2 beside beta."""
+    one figure, R^2 beside beta beside the training criterion."""
     figures = {}
     fits = {label: (frame, prefix) for label, prefix in weighting_fits(frame.columns).items()}
-    if fits and (figure := panel_figure(fit_panels(fits), f"{FIT_TITLE}\n{title}", x)) is not None:
+    panels = fit_panels(fits) | criterion_panel({"run": frame})
+    if fits and (figure := panel_figure(panels, f"{FIT_TITLE}\n{title}", x)) is not None:
         figures["weighting_fits"] = figure
     for name, (y_label, lines) in metric_families(frame.columns).items():
         if name.startswith("weighting_"):  # drawn above, R^2 beside beta
@@ -244,7 +260,7 @@ def sweep_figures(runs: dict[str, pd.DataFrame], title: str, x: XAxis, legend_ti
     fits = {label: prefix for frame in runs.values() for label, prefix in weighting_fits(frame.columns).items()}
     for fit, prefix in fits.items():
         curves = {label: (frame, prefix) for label, frame in runs.items()}
-        figure = panel_figure(fit_panels(curves), f"{fit}: {FIT_TITLE}\n{title}", x)
+        figure = panel_figure(fit_panels(curves) | criterion_panel(runs), f"{fit}: {FIT_TITLE}\n{title}", x)
         if figure is not None:
             for axes in figure.axes:
                 if axes.get_legend() is not None:
@@ -323,8 +339,11 @@ def _table(rows: list[dict], caption: str) -> str:
     return f"<table><caption>{html.escape(caption)}</caption><tr>{head}</tr>{body}</table>"
 
 
-def _write(figures: dict[str, Figure], out: Path, title: str, tables: list[str], extra: list[Path] = ()) -> Path:
-    """PNGs of `figures`, then report.html with them, the tables and `extra` images (already drawn)."""
+def _write(figures: dict[str, Figure], out: Path, title: str, tables: list[str], extra: list[Path] = (), log_x: bool = False) -> Path:
+    """PNGs of `figures` (their x-axes on a log scale with `log_x`), then report.html with them, the tables and `extra`
+    images (already drawn)."""
+    if log_x:
+        log_x_axes(figures.values())
     images = [save_figure(figure, out / f"{name}.png", dpi=110) for name, figure in figures.items()]
     captions = {name: (figure.get_suptitle() or figure.axes[0].get_ylabel()).split("\n")[0] for name, figure in figures.items()}
     captions.update({image.stem: f"final model: {image.stem.replace('_', ' ')}" for image in extra})
@@ -370,6 +389,7 @@ def report(
     compare: list[str] | None = None,
     reference: list[str] | None = None,
     seed_bands: bool = True,
+    log_x: bool = False,
 ) -> Path:
     """Draw the run or sweep in DIRECTORY; returns the HTML page.
 
@@ -386,6 +406,8 @@ def report(
             for gensim's word2vec).
         seed_bands: with --compare, runs whose configs differ only in seed_everything (and where they are written) are
             one curve: their mean at each step, shaded from the lowest to the highest seed; false draws each run.
+        log_x: the x-axis on a log scale (symmetric log, linear below 1 so that step 0 is drawn): for probes at
+            log-spaced steps (callbacks/probes_logspaced.yaml), where the early steps would otherwise overlap.
     """
     path = Path(directory)
     target = Path(out) if out else path / ("comparison" if compare else "report")
@@ -395,7 +417,7 @@ def report(
         runs = {label: seed_band([read_run(d) for d in dirs]) if len(dirs) > 1 else read_run(dirs[0]) for label, dirs in groups.items()}
         title = f"{sum(map(len, groups.values()))} runs compared" + (f", {len(groups)} curves (mean over seeds, shaded lowest to highest seed)" if len(groups) < sum(map(len, groups.values())) else "")
         rows = [{"run": label, "seeds": len(groups[label]), "last step": int(frame["step"].max()), **final_values(frame)} for label, frame in runs.items()]
-        return _write(sweep_figures(runs, title, x or "step", legend_title="run"), target, title, [_table(rows, "Final values of each run (the mean over seeds where it has several)")])
+        return _write(sweep_figures(runs, title, x or "step", legend_title="run"), target, title, [_table(rows, "Final values of each run (the mean over seeds where it has several)")], log_x=log_x)
     if (path / "sweep.yaml").exists():
         runs = {label: read_run(run_dir) for label, run_dir in sweep_runs(path).items()}
         if not runs:
@@ -416,7 +438,7 @@ def report(
             tables.insert(0, _table(lab_rows, lab_report.CAPTION))
             if seeds := lab_report.seed_rows(lab_rows):
                 tables.insert(0, _table(seeds, lab_report.SEEDS_CAPTION))
-        return _write(figures, target, title, tables)
+        return _write(figures, target, title, tables, log_x=log_x)
     if reference:
         raise ValueError(f"--reference draws a peer beside a Theorem-1 lab sweep's fits; '{path}' is a single run: give its sweep directory")
     frame = read_run(path)
@@ -424,7 +446,7 @@ def report(
     figures = run_figures(frame, title, x or "step")
     rows = [{"metric": words, "final value": value} for words, value in final_values(frame).items()]
     extra = final_probe_figures(path, target / "final_probe", probe_sentences) if final_probe else []
-    return _write(figures, target, title, [_table(rows, f"Final values, step {int(frame['step'].max())}")], extra)
+    return _write(figures, target, title, [_table(rows, f"Final values, step {int(frame['step'].max())}")], extra, log_x)
 
 
 def read_references(files: list[str]) -> dict[str, pd.DataFrame]:

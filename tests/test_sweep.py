@@ -263,6 +263,18 @@ def test_the_weighting_fits_are_drawn_beside_the_training_criterion_on_a_log_axi
         assert control["weighting_IG_on_KL_w"].axes[2].get_ylabel() == SCALAR_LABELS["val/stsb_spearman"]
 
 
+def test_a_pretrain_run_is_titled_by_its_architecture_or_its_start(tmp_path):
+    from ctrain.reporting.report import run_title
+
+    run_dir = tmp_path / "pretrain" / "version_0"
+    run_dir.mkdir(parents=True)
+    model = {"architecture": "roberta", "num_layers": 4, "hidden_size": 128}
+    (run_dir / "config.yaml").write_text(yaml.safe_dump({"model": model}))
+    assert run_title(run_dir) == "MLM pre-training of roberta, 4 layers x 128, run pretrain/version_0"
+    (run_dir / "config.yaml").write_text(yaml.safe_dump({"model": {**model, "init_from": "runs/start"}}))
+    assert run_title(run_dir).startswith("runs/start, run ")
+
+
 def test_parallel_runs_share_the_cores_the_process_may_use(monkeypatch):
     # `taskset -c 1 ctrain sweep ...` beside another job: one core usable, so one thread a run, not cpu_count()'s share.
     monkeypatch.setattr(os, "cpu_count", lambda: 16)

@@ -181,8 +181,12 @@ def seed_band(frames: list[pd.DataFrame]) -> pd.DataFrame:
 
 
 def run_title(run_dir: Path) -> str:
-    model = config_value(run_config(run_dir), "model.encoder.name") or "unknown model"
-    return f"{model}, run {run_dir.parent.name}/{run_dir.name}"
+    """The model a run trains (a pretrain run: its architecture and shape, or its starting model) and where the run is."""
+    config = run_config(run_dir)
+    model = config_value(config, "model.encoder.name") or config_value(config, "model.init_from")
+    if model is None and (architecture := config_value(config, "model.architecture")) is not None:
+        model = f"MLM pre-training of {architecture}, {config_value(config, 'model.num_layers')} layers x {config_value(config, 'model.hidden_size')}"
+    return f"{model or 'unknown model'}, run {run_dir.parent.name}/{run_dir.name}"
 
 
 # ---- figures ----

@@ -298,3 +298,15 @@ def test_ctrl_c_during_start_up_stops_the_run_even_when_sigint_was_ignored(tmp_p
     run.wait(timeout=600)
     assert run.returncode != 0, "".join(lines)[-3000:]
     assert not (tmp_path / "demo" / "version_0" / "model_final").exists()
+
+
+def test_a_value_outside_its_literal_is_one_line_naming_the_key_the_value_and_the_choices():
+    from typing import Literal
+
+    from ctrain.runtime import check_choice
+
+    for choices in (Literal["cos", "dot"], ("cos", "dot"), {"cos": 1, "dot": 2}):
+        check_choice("dot", choices, "model.similarity")
+        with pytest.raises(ValueError) as error:
+            check_choice("l2", choices, "model.similarity")
+        assert str(error.value) == "unknown model.similarity 'l2': choose one of cos, dot"

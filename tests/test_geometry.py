@@ -193,7 +193,7 @@ def test_isotropy2023_qualification_rule():
     assert float(per_type[0]) == pytest.approx(cosine(vectors[5], vectors[9]), abs=TOL)
     assert select_types(tokens, sentences, "all", 5, 1).type_ids.tolist() == [1, 2]
     assert select_types(tokens, sentences, "first_per_sentence", 1, 4).type_ids.tolist() == [3]  # default-style rule
-    with pytest.raises(ValueError, match="first_per_sentence or all"):
+    with pytest.raises(ValueError, match="choose one of first_per_sentence, all"):
         select_types(tokens, sentences, "first")
 
 
@@ -432,7 +432,7 @@ def test_conventions_specials_and_occurrences(tiny_bert):
     assert table.splitlines()[0].startswith("geometry (isotropy2023: include_specials True, occurrences first_per_sentence")
     with pytest.raises(ValueError, match="choose one of default, isotropy2023"):
         GeometryConfig(convention="paper").resolved()
-    with pytest.raises(ValueError, match="choose distinct or with_self"):
+    with pytest.raises(ValueError, match="unknown rogue_pairs .self.: choose one of distinct, with_self"):
         GeometryConfig(rogue_pairs="self").resolved()
 
 

@@ -175,3 +175,13 @@ def test_ddp_gather_loss_and_gradients_equal_single_process(loss_function, ddp_r
         for grad, reference in zip(grads, full):
             # Each rank's loss is a mean over its 4 anchors; DDP averages over 2 ranks -> same as the mean over 8.
             assert torch.allclose(grad / 2, reference.grad[rank * 4 : (rank + 1) * 4], atol=1e-6)
+
+
+def test_one_table_names_every_similarity():
+    from typing import get_args
+
+    from ctrain.models.similarity import SIMILARITIES, Similarity
+
+    assert tuple(SIMILARITIES) == get_args(Similarity)
+    with pytest.raises(ValueError, match="unknown similarity 'l2': choose one of cos, dot"):
+        similarity_matrix(torch.ones(2, 3), torch.ones(2, 3), "l2")

@@ -47,7 +47,7 @@ def diffcse_module(saved_encoder, saved_generator):
 
 
 def _detection_loss(module, input_ids, attention_mask, embeddings):
-    inputs = ObjectiveInputs(input_ids, attention_mask, embeddings, None, "cos", 0.05, 0, module.encoder)
+    inputs = ObjectiveInputs(input_ids, attention_mask, embeddings, None, 0, module.encoder)
     return module.objective.detection_loss(inputs)
 
 
@@ -226,3 +226,35 @@ def test_edit_mask_is_drawn_apart_from_the_positive_views(saved_encoder, saved_g
     batch = module.encoder.tokenize(sentences)
     module.training_step({**batch, "num_views": torch.tensor(1), "truncated": torch.zeros(16)}, 0)
     assert shares[0] == pytest.approx(0.3, abs=0.03)
+
+
+def _brute_force_info_nce(anchors, positives, similarity, temperature):
+    """-mean_i log softmax_j(sim(a_i, p_j) / T)[i], written out row by row."""
+    if similarity == "cos":
+        anchors, positives = torch.nn.functional.normalize(anchors, dim=-1), torch.nn.functional.normalize(positives, dim=-1)
+    losses = []
+    for i in range(len(anchors)):
+        logits = torch.stack([anchors[i] @ positive for positive in positives]) / temperature
+        losses.append(-(logits[i] - torch.logsumexp(logits, 0)))
+    return torch.stack(losses).mean()
+
+
+@pytest.mark.parametrize(("objective", "similarity", "temperature"), [("infonce", "dot", 0.5), ("infonce", "cos", 0.2), ("logistic", "dot", 2.0)])
+def test_an_objective_on_similarity_logits_owns_the_models_similarity_and_temperature(saved_encoder, objective, similarity, temperature):
+    module = ContrastiveModule(encoder=EncoderConfig(saved_encoder), objective=objective, similarity=similarity, temperature=temperature)
+    assert (module.objective.similarity, module.objective.temperature) == (similarity, temperature)
+    if objective == "infonce":  # the loss the step computes reads the objective's own settings
+        anchors, positives = torch.randn(4, 8, generator=torch.Generator().manual_seed(0)).double().chunk(2)
+        input_ids, attention_mask = _tokens(module)
+        inputs = ObjectiveInputs(input_ids, attention_mask, None, (anchors, positives), 0, module.encoder)
+        loss, _ = module.objective(inputs)
+        assert loss.item() == pytest.approx(_brute_force_info_nce(anchors, positives, similarity, temperature).item(), rel=1e-5)
+
+
+def test_objectives_without_similarity_logits_take_neither_setting(saved_encoder):
+    from dataclasses import fields
+
+    assert not {"similarity", "temperature"} & {field.name for field in fields(ObjectiveInputs)}  # no copy per step
+    for objective in ("sgns", "nli_classifier"):
+        module = ContrastiveModule(encoder=EncoderConfig(saved_encoder), objective=objective, similarity="dot", temperature=1.0)
+        assert not hasattr(module.objective, "similarity") and not hasattr(module.objective, "temperature")

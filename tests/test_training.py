@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from helpers import QUICK_FIT, ctrain_in_fork, quick_probes_preset
 
 from ctrain.cli import main
@@ -208,3 +209,15 @@ def test_probes_measure_the_trained_model_of_a_max_epochs_run(tmp_path):
         steps = [json.loads(line)["step"] for line in (run_dir / "probes" / f"{probe}.jsonl").read_text().splitlines()]
         assert steps == [0, 2, 4, 5], probe
     assert any(row["weighting/ig_kl_r2"] for row in _metrics(run_dir) if int(row["step"]) == last_step)
+
+
+def test_a_seeded_block_draws_from_its_seed_and_leaves_the_runs_generator_where_it_was():
+    from ctrain.runtime import seeded
+
+    torch.manual_seed(7)
+    expected_after = torch.rand(3)
+    torch.manual_seed(7)
+    with seeded(123):
+        inside = torch.rand(3)
+    assert torch.equal(inside, torch.rand(3, generator=torch.Generator().manual_seed(123)))
+    assert torch.equal(torch.rand(3), expected_after)

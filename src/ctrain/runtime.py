@@ -1,12 +1,15 @@
 """What a process of a run knows about the run: its global seed, a step's seed and the global batch.
 
-One definition each, shared by the contrastive and masked-LM modules, the data and the loggers.
+One definition each, shared by the contrastive and masked-LM modules, the data and the loggers; and the one
+check of a setting against its allowed values.
 """
 
 from __future__ import annotations
 
 import os
-from typing import Literal
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from typing import Any, Literal, get_args
 
 import numpy as np
 import torch
@@ -33,8 +36,7 @@ def step_seed(step: int, rank: int = 0, stream: Stream = "dropout", micro_batch:
     alone, so runs without accumulation keep their recorded results: its dropout stream by the plain formula,
     the others as independent streams of numpy's SeedSequence; later micro-batches add a fifth word of entropy.
     """
-    if stream not in STREAMS:
-        raise ValueError(f"unknown random stream '{stream}': choose one of {', '.join(STREAMS)}")
+    check_choice(stream, STREAMS, "random stream")
     if stream == "dropout" and micro_batch == 0:
         return global_seed() + STEP_STRIDE * step + rank
     entropy = [global_seed(), step, rank, STREAMS.index(stream)] + ([micro_batch] if micro_batch else [])
@@ -63,3 +65,42 @@ def seed_dropout(seed: int, device: torch.device) -> None:
 def global_batch_size(batch_size: int, trainer) -> int:
     """Examples per optimizer step over all processes: per-process batch x processes x accumulation."""
     return batch_size * trainer.world_size * trainer.accumulate_grad_batches
+
+
+@contextmanager
+def seeded(seed: int) -> Iterator[None]:
+    """Torch's CPU generator seeded with `seed` inside the block and restored after it: a draw (initial weights,
+    a fixed evaluation's dropout) that depends on its seed alone and leaves the run's own draws where they were."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield
+
+
+class SeededSteps:
+    """The seeds of a LightningModule's training steps, shared by the contrastive and masked-LM modules.
+
+    Dropout is seeded from (seed, step, micro-batch, rank) at the start of every training batch: a resumed
+    run and an uninterrupted one draw the same masks, whatever else used the RNG between steps (validation,
+    probes, dataloader start-up), and the micro-batches of an accumulated step differ.
+    """
+
+    _micro_batch = 0  # of the training batch in progress: its seeds differ from its step's other micro-batches'
+
+    def _step_seed(self, stream: Stream = "dropout", step: int | None = None) -> int:
+        """The seed of the training batch in progress, or of micro-batch 0 of a given `step`."""
+        if step is None:
+            return step_seed(self.global_step, self.global_rank, stream, self._micro_batch)
+        return step_seed(step, self.global_rank, stream)
+
+    def seed_training_batch(self, batch_idx: int) -> None:
+        """Seeds the dropout of training batch `batch_idx` (call it from `on_train_batch_start`)."""
+        self._micro_batch = micro_batch_index(batch_idx, self._trainer)
+        seed_dropout(self._step_seed(), self.device)
+
+
+def check_choice(value: Any, choices: Any, key: str) -> None:
+    """Raises the one-line error of setting `key` set to `value`, not one of `choices` (a Literal type or the
+    allowed values themselves), naming the allowed values."""
+    allowed: Iterable[Any] = get_args(choices) or choices
+    if value not in allowed:
+        raise ValueError(f"unknown {key} '{value}': choose one of {', '.join(map(str, allowed))}")

@@ -16,7 +16,7 @@ import pytorch_lightning as pl
 import torch
 
 from ctrain.convergence import has_converged, relative_range
-from ctrain.runtime import step_seed
+from ctrain.runtime import seeded, step_seed
 
 FIXED_STEP = 0  # the step whose random draws every evaluation reuses
 
@@ -88,8 +88,7 @@ class ObjectiveConvergence(_Plateau):
         total = torch.zeros((), device=pl_module.device)
         was_training = pl_module.training
         pl_module.train()
-        with torch.random.fork_rng(devices=[]), torch.no_grad():
-            torch.manual_seed(step_seed(FIXED_STEP, pl_module.global_rank, "dropout"))
+        with seeded(step_seed(FIXED_STEP, pl_module.global_rank, "dropout")), torch.no_grad():
             for batch in self.batches:
                 moved = pl_module.transfer_batch_to_device(batch, pl_module.device, 0)
                 total += pl_module.objective_value(moved, FIXED_STEP).float()

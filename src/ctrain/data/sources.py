@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Literal
 
 from ctrain import assets
+from ctrain.runtime import check_choice
 
 StsSplit = Literal["train", "dev", "test"]
 
@@ -25,8 +26,7 @@ def read_sts_b(split: StsSplit, directory: Path | None = None) -> list[tuple[str
     The files are tab-separated with the score in column 5 and the sentences in 6 and 7
     (1-based); some rows carry extra source fields after them, which are ignored.
     """
-    if split not in ("train", "dev", "test"):
-        raise ValueError(f"unknown STS-B split '{split}': choose train, dev or test")
+    check_choice(split, StsSplit, "STS-B split")
     path = (directory or assets.sts_b_dir()) / f"sts-{split}.csv"
     rows = []
     with path.open(encoding="utf-8") as handle:

@@ -26,6 +26,7 @@ from ctrain.models.bag import BagConfig, BagModel
 from ctrain.models.pooling import Pooler, PoolingMode
 from ctrain.models.st_modules import Dense
 from ctrain.models.tokenizers import tiny_tokenizer, without_special_tokens
+from ctrain.runtime import check_choice, seeded
 
 TINY_PREFIX = "tiny-"
 BAG_PREFIX = "bag-"
@@ -206,8 +207,7 @@ def tiny_backbone(
     architecture: str, tokenizer: PreTrainedTokenizerBase, hidden_size: int = 64, num_layers: int = 2, seed: int = 0
 ) -> nn.Module:
     """A randomly initialised encoder of the given family, sized for CPU tests and demos."""
-    if architecture not in TINY_ARCHITECTURES:
-        raise ValueError(f"unknown tiny architecture '{architecture}': choose one of {', '.join(TINY_ARCHITECTURES)}")
+    check_choice(architecture, TINY_ARCHITECTURES, "tiny architecture")
     config = AutoConfig.for_model(
         architecture,
         vocab_size=len(tokenizer),
@@ -219,8 +219,7 @@ def tiny_backbone(
         pad_token_id=tokenizer.pad_token_id,
         type_vocab_size=1 if architecture == "roberta" else 2,
     )
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+    with seeded(seed):
         return AutoModel.from_config(config, add_pooling_layer=False)
 
 
@@ -229,8 +228,7 @@ def bag_backbone(
 ) -> nn.Module:
     """A random bag-of-embeddings backbone over the tokenizer's vocabulary (ctrain.models.bag)."""
     config = BagConfig(vocab_size=len(tokenizer), hidden_size=hidden_size, num_hidden_layers=num_layers, pad_token_id=tokenizer.pad_token_id)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+    with seeded(seed):
         return BagModel(config)
 
 
@@ -239,8 +237,7 @@ def _random_backbone(source: str, trust_remote_code: bool, seed: int) -> nn.Modu
     keeps the loaded weights: transformers marks them initialised), in float32."""
     config = AutoConfig.from_pretrained(source, trust_remote_code=trust_remote_code)
     options = {"trust_remote_code": trust_remote_code, "dtype": torch.float32}
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+    with seeded(seed):
         try:
             return AutoModel.from_config(config, add_pooling_layer=False, **options)
         except TypeError:  # architectures without that argument have no such pooler
@@ -370,8 +367,7 @@ def load_encoder(
         raise ValueError(f"embedding_init_std must be positive, got {embedding_init_std}")
     encoder = _load_encoder(name, pooling, normalize, mlp_only_train, trust_remote_code, tiny_hidden_size, tiny_num_layers, seed, bag_layers, reinitialize)
     if embedding_init_std is not None:
-        with torch.random.fork_rng(devices=[]), torch.no_grad():
-            torch.manual_seed(seed)
+        with seeded(seed), torch.no_grad():
             nn.init.normal_(encoder.word_embeddings.weight, 0.0, embedding_init_std)
     return encoder
 
@@ -423,8 +419,7 @@ def _load_encoder(
             f"all-mpnet-base-v2 or tiny-bert"
         ) from None
     if reinitialize:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed + 1)
+        with seeded(seed + 1):
             for layer in declared.dense:
                 for module in layer.modules():
                     if isinstance(module, nn.Linear):

@@ -18,13 +18,12 @@ from transformers import PreTrainedTokenizerBase
 
 from ctrain.fileio import atomic_directory, atomic_write_text
 from ctrain.models.encoder import SentenceEncoder
+from ctrain.models.similarity import SIMILARITIES, Similarity
 from ctrain.models.st_modules import Dense, Normalize, Pooling, Transformer
-
-SIMILARITY_NAMES = {"cos": "cosine", "dot": "dot"}
 
 
 def save_sentence_transformer(
-    encoder: SentenceEncoder, path: str | Path, similarity: str = "cos", max_seq_length: int = 128
+    encoder: SentenceEncoder, path: str | Path, similarity: Similarity = "cos", max_seq_length: int = 128
 ) -> Path:
     """Write `encoder` to `path` (replacing it only once the new copy is complete)."""
     from sentence_transformers import SentenceTransformer
@@ -51,7 +50,7 @@ def save_sentence_transformer(
         modules.extend(copy.deepcopy(layer).float().cpu() for layer in encoder.dense)
         if encoder.normalize:
             modules.append(Normalize())
-        model = SentenceTransformer(modules=modules, device="cpu", similarity_fn_name=SIMILARITY_NAMES[similarity])
+        model = SentenceTransformer(modules=modules, device="cpu", similarity_fn_name=SIMILARITIES[similarity].st_name)
         model.save(str(staged))
     return Path(path)
 

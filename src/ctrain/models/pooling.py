@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Literal, get_args
+from typing import Literal
 
 import torch
 from torch import Tensor, nn
+
+from ctrain.runtime import check_choice
 
 PoolingMode = Literal["mean", "cls", "cls_mlp", "max"]
 
@@ -19,8 +21,7 @@ class Pooler(nn.Module):
 
     def __init__(self, mode: PoolingMode, hidden_size: int, mlp_only_train: bool = False) -> None:
         super().__init__()
-        if mode not in get_args(PoolingMode):
-            raise ValueError(f"unknown pooling '{mode}': choose one of {', '.join(get_args(PoolingMode))}")
+        check_choice(mode, PoolingMode, "pooling")
         self.mode = mode
         self.mlp_only_train = mlp_only_train
         self.mlp = nn.Sequential(nn.Linear(hidden_size, hidden_size), nn.Tanh()) if mode == "cls_mlp" else None

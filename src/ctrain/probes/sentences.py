@@ -6,15 +6,14 @@ import random
 from typing import Literal
 
 from ctrain.data.sources import read_sts_b
+from ctrain.runtime import check_choice
 
 Columns = Literal["first", "both"]
-COLUMNS: tuple[str, ...] = ("first", "both")
 
 
 def sts_b_sentences(split: str, columns: Columns = "both") -> list[str]:
     """The sentences of an STS-B split: the first of each pair, or both (pair by pair, first then second)."""
-    if columns not in COLUMNS:
-        raise ValueError(f"unknown columns '{columns}': choose one of {', '.join(COLUMNS)}")
+    check_choice(columns, Columns, "columns")
     rows = read_sts_b(split)
     return [row[0] for row in rows] if columns == "first" else [sentence for row in rows for sentence in row[:2]]
 

@@ -15,6 +15,7 @@ from torch import Tensor, nn
 from transformers import AutoModelForMaskedLM, PreTrainedTokenizerBase
 
 from ctrain.models.encoder import TINY_PREFIX, tiny_backbone
+from ctrain.runtime import seeded
 
 
 class FrozenGenerator:
@@ -59,8 +60,7 @@ class FrozenGenerator:
 def _load_masked_lm(source: str, tokenizer: PreTrainedTokenizerBase, seed: int) -> nn.Module:
     if source.startswith(TINY_PREFIX):
         config = tiny_backbone(source[len(TINY_PREFIX) :], tokenizer, hidden_size=64, num_layers=1, seed=seed).config
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
+        with seeded(seed):
             return AutoModelForMaskedLM.from_config(config)
     try:
         return AutoModelForMaskedLM.from_pretrained(source)
@@ -85,8 +85,7 @@ class ConditionedDiscriminator(nn.Module):
         if not hasattr(backbone, "embeddings"):
             raise ValueError(f"model.objective=diffcse needs an encoder with an embedding layer; {type(backbone).__name__} has none")
         self.backbone = copy.deepcopy(backbone)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
+        with seeded(seed):
             self.head = nn.Linear(backbone.config.hidden_size, 1)
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor, sentence_embeddings: Tensor) -> Tensor:

@@ -9,14 +9,13 @@ single-process update on the same global batch (not just the loss).
 
 from __future__ import annotations
 
-from typing import Literal
-
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor
 
-Similarity = Literal["cos", "dot"]
+from ctrain.models.similarity import SIMILARITIES, Similarity
+from ctrain.runtime import check_choice
 
 
 class _GatherWithGrad(torch.autograd.Function):
@@ -48,11 +47,10 @@ def gather_across_processes(tensor: Tensor) -> tuple[Tensor, int]:
 
 def similarity_matrix(anchors: Tensor, candidates: Tensor, similarity: Similarity) -> Tensor:
     """(A, C) cosines or inner products, in fp32 whatever the autocast dtype."""
+    check_choice(similarity, SIMILARITIES, "similarity")
     anchors, candidates = anchors.float(), candidates.float()
-    if similarity == "cos":
+    if SIMILARITIES[similarity].normalized:
         anchors, candidates = F.normalize(anchors, dim=-1), F.normalize(candidates, dim=-1)
-    elif similarity != "dot":
-        raise ValueError(f"unknown similarity '{similarity}': choose cos or dot")
     with torch.autocast(device_type=anchors.device.type, enabled=False):
         return anchors @ candidates.T
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal, get_args
+from typing import Literal
 
 import pytorch_lightning as pl
 import torch
@@ -11,13 +11,14 @@ from torch import Tensor
 
 from ctrain.keys import STS_DEV, STS_TEST, TRAIN_LOSS
 from ctrain.models.encoder import EncoderConfig
+from ctrain.models.similarity import SIMILARITIES, Similarity
 from ctrain.probes.sts import sts_spearman
-from ctrain.runtime import Stream, global_seed, micro_batch_index, seed_dropout, step_seed
-from ctrain.training.losses import Similarity
+from ctrain.runtime import SeededSteps, check_choice, global_seed
 from ctrain.training.objectives import (
     Objective,
     ObjectiveInputs,
     ObjectiveName,
+    SimilarityObjective,
     make_objective,
 )
 from ctrain.training.optim import OptimizerName, ScheduleName, build_optimizer
@@ -33,7 +34,7 @@ def _encoder_config(encoder: EncoderConfig | str | dict) -> EncoderConfig:
     return EncoderConfig(**encoder) if isinstance(encoder, dict) else encoder
 
 
-class ContrastiveModule(pl.LightningModule):
+class ContrastiveModule(SeededSteps, pl.LightningModule):
     """Fine-tunes an encoder with InfoNCE or another objective on dropout or given positives.
 
     Args:
@@ -41,8 +42,11 @@ class ContrastiveModule(pl.LightningModule):
             its name alone for the rest at their defaults.
         objective: a ctrain.training.objectives class (`class_path` in YAML) or its short name
             (infonce, symmetric_infonce, logistic, nli_classifier, diffcse, sgns) for its defaults.
-        similarity: cos, or dot (inner product, no normalisation: the theorem's setting).
+        similarity: cos, or dot (inner product, no normalisation: the theorem's setting); also the exported
+            model's similarity function.
         temperature: logits are similarity / temperature.
+            Both are handed once to an objective on similarity logits, which owns them from then on
+            (InfoNCE, symmetric_infonce, logistic, diffcse); sgns and nli_classifier use neither.
         positives: how an unsupervised sentence's positive is made: dropout (the same sentence through a
             second dropout mask, SimCSE), identical (the very same embedding: the theorem's s' = s),
             token_dropout (each view drops each word with probability `token_dropout`), halves (a random
@@ -72,9 +76,12 @@ class ContrastiveModule(pl.LightningModule):
         super().__init__()
         if temperature <= 0:
             raise ValueError(f"model.temperature must be positive, got {temperature}")
-        for name, value, choices in (("positives", positives, Positives), ("optimizer", optimizer, OptimizerName), ("schedule", schedule, ScheduleName)):
-            if value not in get_args(choices):
-                raise ValueError(f"unknown model.{name} '{value}': choose one of {', '.join(get_args(choices))}")
+        settings = {
+            "similarity": (similarity, Similarity), "positives": (positives, Positives),
+            "optimizer": (optimizer, OptimizerName), "schedule": (schedule, ScheduleName),
+        }  # fmt: skip
+        for name, (value, choices) in settings.items():
+            check_choice(value, choices, f"model.{name}")
         if not 0 <= token_dropout < 1:
             raise ValueError(f"model.token_dropout must be in [0, 1), got {token_dropout}")
         self.save_hyperparameters(ignore=["objective"])  # the objective's settings are in config.yaml; its weights in the state
@@ -82,29 +89,19 @@ class ContrastiveModule(pl.LightningModule):
         self.encoder = self.encoder_config.load(seed=global_seed())
         # Training-only parts (heads, tables) live in the objective: checkpointed, never exported.
         self.objective = make_objective(objective)
+        if isinstance(self.objective, SimilarityObjective):
+            self.objective.score_by(similarity, temperature)
         self.objective.attach(self.encoder, global_seed())
         self._sts_outputs: list[tuple[Tensor, Tensor]] = []
-        self._micro_batch = 0  # of the training batch in progress: its seeds differ from its step's other micro-batches'
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
         return self.encoder(input_ids=input_ids, attention_mask=attention_mask)
 
-    def _step_seed(self, stream: Stream = "dropout", step: int | None = None) -> int:
-        """The seed of the training batch in progress, or of micro-batch 0 of a given `step`."""
-        if step is None:
-            return step_seed(self.global_step, self.global_rank, stream, self._micro_batch)
-        return step_seed(step, self.global_rank, stream)
-
     def on_train_batch_start(self, batch: dict, batch_idx: int) -> None:
-        """Train mode and seeded dropout for every step.
-
-        The encoder is put in train mode whatever a loader, probe or user left it in: unsupervised
-        positives exist only through dropout. Dropout is seeded from (seed, step, micro-batch, rank): a
-        resumed run and an interrupted one draw the same masks, whatever else used the RNG between steps
-        (validation, probes, dataloader start-up), and the micro-batches of an accumulated step differ."""
+        """Train mode and seeded dropout (SeededSteps) for every step: the encoder is put in train mode whatever
+        a loader, probe or user left it in, as unsupervised positives exist only through dropout."""
         self.encoder.train()
-        self._micro_batch = micro_batch_index(batch_idx, self._trainer)
-        seed_dropout(self._step_seed(), self.device)
+        self.seed_training_batch(batch_idx)
 
     def setup(self, stage: str) -> None:
         """The objective reads the training corpus (sgns: its unigram distribution, the negatives' distribution)."""
@@ -147,10 +144,8 @@ class ContrastiveModule(pl.LightningModule):
         if self.objective.sentence_level:
             input_ids, attention_mask, embeddings, view_embeddings = self._embed_views(input_ids, attention_mask, views, step)
             size = view_embeddings[0].shape[0]
-        inputs = ObjectiveInputs(
-            input_ids, attention_mask, embeddings, view_embeddings, self.hparams.similarity, self.hparams.temperature,
-            self._step_seed("objective", step), self.encoder, batch.get("labels"),
-        )  # fmt: skip
+        seed = self._step_seed("objective", step)
+        inputs = ObjectiveInputs(input_ids, attention_mask, embeddings, view_embeddings, seed, self.encoder, batch.get("labels"))
         loss, extras = self.objective(inputs)
         return loss, extras, size, view_embeddings
 
@@ -191,10 +186,11 @@ class ContrastiveModule(pl.LightningModule):
         return loss
 
     def _likely_cause(self) -> str:
-        hp = self.hparams
-        if hp.similarity == "dot" and hp.temperature < 0.5:
+        hp, objective = self.hparams, self.objective
+        unbounded = isinstance(objective, SimilarityObjective) and not SIMILARITIES[objective.similarity].normalized
+        if unbounded and objective.temperature < 0.5:
             return (
-                f"dot similarity with temperature {hp.temperature} lets logits grow without bound; "
+                f"{objective.similarity} similarity with temperature {objective.temperature} lets logits grow without bound; "
                 "use model.similarity=cos or a larger model.temperature (e.g. 1.0)"
             )
         if self.trainer is not None and "16" in str(self.trainer.precision):

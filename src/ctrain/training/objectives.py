@@ -8,9 +8,11 @@
         init_args: {num_negatives: 5, alpha: 0.75}
 
 Each objective gets an `ObjectiveInputs` from ContrastiveModule's training step and returns the loss and
-any extra values to log (as `train/<name>`). Heads and tables that belong to an objective (SBERT's
-classifier, DiffCSE's discriminator, word2vec's output vectors) are its submodules: trained, checkpointed,
-never exported. The formulas are computed by the functions of ctrain.training.losses.
+any extra values to log (as `train/<name>`). An objective owns its settings: those on similarity logits
+(`SimilarityObjective`) hold the similarity and temperature, which ContrastiveModule hands them once, from
+`model.similarity` and `model.temperature`, as it builds them; SGNS and the NLI classifier have neither.
+Heads and tables that belong to an objective (SBERT's classifier, DiffCSE's discriminator, word2vec's output
+vectors) are its submodules: trained, checkpointed, never exported. The formulas are computed by the functions of ctrain.training.losses.
 """
 
 from __future__ import annotations
@@ -24,9 +26,10 @@ from torch import Tensor, nn
 from ctrain.data.datamodule import ContrastiveDataModule
 from ctrain.data.sources import NLI_LABELS
 from ctrain.models.encoder import SentenceEncoder
+from ctrain.models.similarity import Similarity
+from ctrain.runtime import check_choice
 from ctrain.training.diffcse import ConditionedDiscriminator, FrozenGenerator
 from ctrain.training.losses import (
-    Similarity,
     info_nce,
     logistic_loss,
     pair_classifier_loss,
@@ -53,8 +56,6 @@ class ObjectiveInputs:
     attention_mask: Tensor
     embeddings: Tensor | None
     views: tuple[Tensor, ...] | None
-    similarity: Similarity
-    temperature: float
     seed: int
     encoder: SentenceEncoder
     labels: Tensor | None = None
@@ -91,7 +92,20 @@ class Objective(nn.Module):
         raise NotImplementedError
 
 
-class InfoNCE(Objective):
+class SimilarityObjective(Objective):
+    """An objective on logits similarity(u, v) / temperature, which owns both settings (as sentence-transformers'
+    `MultipleNegativesRankingLoss(model, scale, similarity_fct)` does); ContrastiveModule sets them once from
+    model.similarity and model.temperature, so that a config's overlay can swap the objective and keep them."""
+
+    similarity: Similarity = "cos"
+    temperature: float = 0.05
+
+    def score_by(self, similarity: Similarity, temperature: float) -> None:
+        """Use logits `similarity` / `temperature` (model.similarity, model.temperature, which ContrastiveModule checks)."""
+        self.similarity, self.temperature = similarity, temperature
+
+
+class InfoNCE(SimilarityObjective):
     """SimCSE's InfoNCE (Gao et al., 2021): -log softmax_j(sim(a_i, p_j) / T)[j = i] over the (global) batch.
 
     Anchor i's positive is positives[i]; every other positive, and every hard negative when the data has
@@ -112,7 +126,7 @@ class InfoNCE(Objective):
     def forward(self, inputs: ObjectiveInputs) -> tuple[Tensor, dict[str, Tensor]]:
         anchors, positives, *hard = inputs.views
         hard_negatives = hard[0] if hard else None
-        loss = self.loss_function(anchors, positives, inputs.temperature, inputs.similarity, hard_negatives, self.hard_negative_weight)
+        loss = self.loss_function(anchors, positives, self.temperature, self.similarity, hard_negatives, self.hard_negative_weight)
         return loss, {}
 
 
@@ -127,7 +141,7 @@ class SymmetricInfoNCE(InfoNCE):
     loss_function = staticmethod(symmetric_info_nce)
 
 
-class Logistic(Objective):
+class Logistic(SimilarityObjective):
     """The word-weighting theorem's binary logistic objective (Kurita et al., 2023, Theorem 1).
 
     -log sigma(sim(s, s+) / T) - sum over `num_negatives` random other sentences s- of log sigma(-sim(s, s-) / T),
@@ -146,7 +160,7 @@ class Logistic(Objective):
     def forward(self, inputs: ObjectiveInputs) -> tuple[Tensor, dict[str, Tensor]]:
         anchors, positives = inputs.views[:2]
         generator = torch.Generator().manual_seed(inputs.seed)
-        loss = logistic_loss(anchors, positives, inputs.temperature, inputs.similarity, self.num_negatives, generator)
+        loss = logistic_loss(anchors, positives, self.temperature, self.similarity, self.num_negatives, generator)
         return loss, {}
 
 
@@ -270,6 +284,5 @@ def make_objective(objective: Objective | str) -> Objective:
     """The objective itself, or a short name's class with its defaults."""
     if isinstance(objective, Objective):
         return objective
-    if objective not in OBJECTIVES:
-        raise ValueError(f"unknown model.objective '{objective}': choose one of {', '.join(OBJECTIVES)} or a class_path")
+    check_choice(objective, OBJECTIVES, "model.objective")
     return OBJECTIVES[objective]()

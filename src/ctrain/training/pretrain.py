@@ -33,7 +33,7 @@ from ctrain.keys import STS_DEV
 from ctrain.models.encoder import SentenceEncoder, tiny_backbone, word_special_ids
 from ctrain.models.tokenizers import load_tokenizer
 from ctrain.probes.sts import encoder_sts
-from ctrain.runtime import Stream, global_seed, micro_batch_index, seed_dropout, step_seed
+from ctrain.runtime import SeededSteps, global_seed, seeded
 from ctrain.training.optim import ScheduleName, build_optimizer
 
 IGNORE_INDEX = -100  # the label of every position the loss skips (PyTorch's cross-entropy default)
@@ -154,7 +154,7 @@ class PackedRowsCollator:
         return masking_batch(input_ids, attention_mask, word_start if self.whole_word_masking else None, self.tokenizer)
 
 
-class MaskedLMModule(pl.LightningModule):
+class MaskedLMModule(SeededSteps, pl.LightningModule):
     """A BERT- or RoBERTa-shaped encoder with its MLM head, trained from random initialisation or from a saved masked LM.
 
     The shape is `tiny_backbone`'s (4 heads, feed-forward 4 x hidden), so `tiny-bert` with the
@@ -205,13 +205,11 @@ class MaskedLMModule(pl.LightningModule):
             self.tokenizer = load_tokenizer(tokenizer)
             seed = global_seed()
             config = tiny_backbone(architecture, self.tokenizer, hidden_size, num_layers, seed).config
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(seed)
+            with seeded(seed):
                 self.model = AutoModelForMaskedLM.from_config(config)
         else:
             self.tokenizer, self.model = _saved_masked_lm(init_from)
         self._held_out = torch.zeros(3, dtype=torch.float64)  # loss sum, correct, masked tokens
-        self._micro_batch = 0  # of the training batch in progress (gradient accumulation)
         self._sts_dev: list[tuple[str, str, float]] = []
         self._wall_seconds_before = 0.0  # wall time of the run before this process resumed it
         self._started: float | None = None
@@ -270,14 +268,10 @@ class MaskedLMModule(pl.LightningModule):
         loss_sum = torch.nn.functional.cross_entropy(logits, targets, reduction="sum")
         return loss_sum, (logits.argmax(-1) == targets).sum(), selected.sum()
 
-    def _step_seed(self, stream: Stream = "dropout") -> int:
-        return step_seed(self.global_step, self.global_rank, stream, self._micro_batch)
-
     def on_train_batch_start(self, batch: dict, batch_idx: int) -> None:
-        """Train mode (dropout on) and dropout seeded per step and micro-batch, as in ContrastiveModule."""
+        """Train mode (dropout on) and dropout seeded per step and micro-batch (SeededSteps)."""
         self.model.train()
-        self._micro_batch = micro_batch_index(batch_idx, self._trainer)
-        seed_dropout(self._step_seed(), self.device)
+        self.seed_training_batch(batch_idx)
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
         generator = torch.Generator().manual_seed(self._step_seed("mlm_masks"))

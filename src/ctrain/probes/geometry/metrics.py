@@ -20,6 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ctrain.runtime import check_choice
+
 ACCUMULATE = torch.float64
 UNIFORMITY_CHUNK = 256
 
@@ -81,8 +83,7 @@ def select_types(
     type qualifies with `min_occurrences` occurrences in total, in `min_sentences` sentences, and
     >= 2 used occurrences (a mean over pairs needs a pair).
     """
-    if occurrences not in ("first_per_sentence", "all"):
-        raise ValueError(f"unknown occurrences '{occurrences}': choose first_per_sentence or all")
+    check_choice(occurrences, Occurrences, "occurrences")
     token_ids, sentence_ids = token_ids.long().cpu(), sentence_ids.long().cpu()
     vocab = int(token_ids.max()) + 1 if token_ids.numel() else 1
     _, inverse = torch.unique(sentence_ids * vocab + token_ids, return_inverse=True)

@@ -33,6 +33,7 @@ from ctrain.probes.geometry.metrics import (
 )
 from ctrain.probes.geometry.streaming import Plan, stream
 from ctrain.probes.jsonio import to_strict_json
+from ctrain.runtime import check_choice
 
 if TYPE_CHECKING:
     from ctrain.models.encoder import SentenceEncoder
@@ -122,14 +123,11 @@ class GeometryConfig:
 
     def resolved(self) -> GeometryConfig:
         """A copy with the convention's values filled in, validated."""
-        if self.convention not in CONVENTIONS:
-            raise ValueError(f"unknown convention '{self.convention}': choose one of {', '.join(CONVENTIONS)}")
+        check_choice(self.convention, CONVENTIONS, "convention")
         filled = {name: value for name, value in CONVENTIONS[self.convention].items() if getattr(self, name) is None}
         config = dataclasses.replace(self, **filled)
-        if config.occurrences not in ("first_per_sentence", "all"):
-            raise ValueError(f"unknown occurrences '{config.occurrences}': choose first_per_sentence or all")
-        if config.rogue_pairs not in ("distinct", "with_self"):
-            raise ValueError(f"unknown rogue_pairs '{config.rogue_pairs}': choose distinct or with_self")
+        check_choice(config.occurrences, Occurrences, "occurrences")
+        check_choice(config.rogue_pairs, RoguePairs, "rogue_pairs")
         if min(config.anisotropy_sentences, config.informativity_tokens) < 2 or config.anisotropy_resamples < 1:
             raise ValueError("anisotropy_sentences and informativity_tokens need >= 2, anisotropy_resamples >= 1")
         return config

@@ -17,6 +17,7 @@ from ctrain.probes.weighting.keys import METHODS
 from ctrain.probes.weighting.regression import POINTS, Points
 from ctrain.probes.weighting.shapley import SHAP_MODES, ShapMode
 from ctrain.probes.weighting.theorem import TypeAverage, WordVector
+from ctrain.runtime import check_choice
 
 _CHOICES = {
     "ig_mode": ("exact", "sketch"),
@@ -101,8 +102,7 @@ class WeightingConfig:
         if unknown or not self.methods:
             raise ValueError(f"methods must be a non-empty subset of {METHODS}, got {self.methods}")
         for name, choices in _CHOICES.items():
-            if getattr(self, name) not in choices:
-                raise ValueError(f"unknown {name} '{getattr(self, name)}': choose one of {', '.join(choices)}")
+            check_choice(getattr(self, name), choices, name)
 
     def statistics(self, tokenizer: PreTrainedTokenizerBase, corpus: list[str]) -> TokenStatistics:
         """The token statistics of ``corpus`` with this config's units, include_self, dKL repeats, seed and truncation."""

@@ -46,6 +46,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from ctrain.models.encoder import SentenceEncoder, attribution_mode
 from ctrain.probes.weighting.adaptive import ADAPTIVE, adaptive_path_rule, fixed_path_rule
+from ctrain.runtime import check_choice
 
 Quadrature = Literal["gauss_legendre", "riemann_trapezoid", "adaptive"]
 QUADRATURES: tuple[str, ...] = ("gauss_legendre", "riemann_trapezoid", ADAPTIVE)
@@ -97,24 +98,22 @@ def output_directions(
     invariant under rotations of it). It uses the orthonormal DCT-II basis: dense
     cotangents ran about 2x faster than the one-hot rows of the identity on CPU.
     """
+    check_choice(mode, Mode, "mode")
     if mode == "exact":
         frequency, index = torch.arange(dim, dtype=torch.float64).unsqueeze(1), torch.arange(dim, dtype=torch.float64)
         basis = torch.cos(math.pi * (index + 0.5) * frequency / dim) * math.sqrt(2 / dim)
         basis[0] /= math.sqrt(2)
         return basis.float(), 1.0
-    if mode != "sketch":
-        raise ValueError(f"unknown mode '{mode}': choose exact or sketch")
     if sketch_size < 1:
         raise ValueError(f"sketch_size must be >= 1, got {sketch_size}")
+    check_choice(kind, SketchKind, "sketch kind")
     if kind == "rademacher":
         return torch.randint(0, 2, (sketch_size, dim), generator=generator).float() * 2 - 1, 1.0 / sketch_size
-    if kind == "orthogonal":
-        if sketch_size > dim:
-            raise ValueError(f"orthogonal sketches need sketch_size <= output dim {dim}, got {sketch_size}: lower sketch_size")
-        q, r = torch.linalg.qr(torch.randn(dim, sketch_size, generator=generator, dtype=torch.float64))
-        rows = (q * torch.sign(torch.diagonal(r))).T  # Haar-distributed orthonormal rows
-        return (math.sqrt(dim) * rows).float(), 1.0 / sketch_size
-    raise ValueError(f"unknown sketch kind '{kind}': choose rademacher or orthogonal")
+    if sketch_size > dim:
+        raise ValueError(f"orthogonal sketches need sketch_size <= output dim {dim}, got {sketch_size}: lower sketch_size")
+    q, r = torch.linalg.qr(torch.randn(dim, sketch_size, generator=generator, dtype=torch.float64))
+    rows = (q * torch.sign(torch.diagonal(r))).T  # Haar-distributed orthonormal rows
+    return (math.sqrt(dim) * rows).float(), 1.0 / sketch_size
 
 
 def integrated_gradients(
@@ -152,8 +151,7 @@ def integrated_gradients(
     points are spent; its error is the refinement's own exact check, whatever ``completeness`` says. The path is
     evaluated in chunks of ``steps`` rows a sentence, so memory stays that of the fixed rule.
     """
-    if completeness not in COMPLETENESS_CHECKS:
-        raise ValueError(f"unknown completeness check '{completeness}': choose one of {', '.join(COMPLETENESS_CHECKS)}")
+    check_choice(completeness, COMPLETENESS_CHECKS, "completeness check")
     generator = torch.Generator().manual_seed(seed)
     with attribution_mode(encoder) as device, torch.no_grad(), sdpa_kernel(SDPBackend.MATH):
         input_ids, attention_mask = input_ids.to(device), attention_mask.to(device)

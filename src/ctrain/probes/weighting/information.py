@@ -38,6 +38,7 @@ from torch import Tensor
 from transformers import PreTrainedTokenizerBase
 
 from ctrain.models.encoder import word_special_ids
+from ctrain.runtime import check_choice
 
 Units = Literal["tokens", "words"]
 UNITS: tuple[str, ...] = ("tokens", "words")
@@ -67,8 +68,7 @@ def segment(
     tokenizer: PreTrainedTokenizerBase, sentences: list[str], units: Units = "tokens", max_length: int | None = 128
 ) -> Segmentation:
     """Tokenise like ``SentenceEncoder.tokenize`` (right-aligned to the same positions) and find the units."""
-    if units not in UNITS:
-        raise ValueError(f"unknown units '{units}': choose one of {', '.join(UNITS)}")
+    check_choice(units, UNITS, "units")
     encoding = tokenizer(
         list(sentences), padding=True, truncation=max_length is not None, max_length=max_length, return_tensors="pt"
     )

@@ -52,6 +52,7 @@ import torch
 from transformers import PreTrainedTokenizerBase
 
 from ctrain.models.encoder import attribution_mode
+from ctrain.runtime import check_choice
 
 _SPACES = re.compile(r"[\s]+")
 TieBreaks = Literal["seeded", "global"]
@@ -258,8 +259,7 @@ def batched_owen_values(
     sentences), so that after the same ``np.random.seed`` the values equal the library's bit
     for bit up to the model's float rounding.
     """
-    if tie_breaks not in TIE_BREAKS:
-        raise ValueError(f"unknown tie_breaks '{tie_breaks}': choose one of {', '.join(TIE_BREAKS)}")
+    check_choice(tie_breaks, TIE_BREAKS, "tie_breaks")
     if tie_breaks == "global" and len(sentences) > 1:
         return [batched_owen_values(value_function, tokenizer, [s], max_evals, batch_size, None, "global")[0] for s in sentences]
     masker = text_masker(tokenizer)

@@ -29,6 +29,8 @@ import numpy as np
 import statsmodels.api as sm
 from scipy import stats
 
+from ctrain.runtime import check_choice
+
 Points = Literal["occurrence", "type"]
 POINTS: tuple[str, ...] = ("occurrence", "type")
 
@@ -105,10 +107,9 @@ def ols(x: np.ndarray, y: np.ndarray, spearman: bool = False) -> Regression:
 
 def regression_points(x: np.ndarray, y: np.ndarray, types: np.ndarray, points: Points) -> tuple[np.ndarray, np.ndarray]:
     """The points of the fit: one per occurrence, or one per type with ``y`` averaged over its occurrences."""
+    check_choice(points, Points, "points")
     if points == "occurrence":
         return np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
-    if points != "type":
-        raise ValueError(f"unknown points '{points}': choose one of {', '.join(POINTS)}")
     _, first, inverse = np.unique(types, return_index=True, return_inverse=True)
     means = np.bincount(inverse, weights=y) / np.bincount(inverse)
     return np.asarray(x, dtype=np.float64)[first], means
@@ -185,6 +186,7 @@ def bootstrap_fit(
     """
     if not 0 < confidence < 1:
         raise ValueError(f"confidence must be in (0, 1), got {confidence}")
+    check_choice(points, Points, "points")
     x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
     sentence = np.asarray(sentence, dtype=np.int64)
     keep = np.isfinite(x) & np.isfinite(y)
@@ -196,7 +198,7 @@ def bootstrap_fit(
         moments = np.zeros((num_sentences, 6))
         np.add.at(moments, sentence, np.stack([np.ones_like(x), x, y, x * x, x * y, y * y], axis=1))
         n, sx, sy, sxx, sxy, syy = (counts @ moments).T
-    elif points == "type":
+    else:
         if types is None:
             raise ValueError("points='type' needs the type of every occurrence")
         from scipy import sparse
@@ -212,7 +214,5 @@ def bootstrap_fit(
         xt = x[first]
         n, sx, sy = present.sum(1), present @ xt, means.sum(1)
         sxx, sxy, syy = present @ (xt * xt), means @ xt, (means * means).sum(1)
-    else:
-        raise ValueError(f"unknown points '{points}': choose one of {', '.join(POINTS)}")
     r2, slope = _fits_from_moments(n, sx, sy, sxx, sxy, syy)
     return Interval(*_percentiles(r2, confidence), *_percentiles(slope, confidence), resamples)

@@ -37,6 +37,7 @@ from transformers import PreTrainedTokenizerBase
 from ctrain.models.encoder import SentenceEncoder, attribution_mode
 from ctrain.probes.weighting.ig import Attribution
 from ctrain.probes.weighting.partition import batched_owen_values, length_grouped_encoder, text_masker
+from ctrain.runtime import check_choice
 
 ShapMode = Literal["exact", "permutation", "partition", "partition_native"]
 SHAP_MODES: tuple[str, ...] = ("exact", "permutation", "partition", "partition_native")
@@ -150,8 +151,7 @@ def shap_weights(
     values of sentences that exhaust ``max_evals``); in exact and permutation mode only the coalitions per forward
     pass (None: 256), which change no value.
     """
-    if mode not in SHAP_MODES:
-        raise ValueError(f"unknown shap_mode '{mode}': choose one of {', '.join(SHAP_MODES)}")
+    check_choice(mode, SHAP_MODES, "shap_mode")
     weights = torch.zeros(input_ids.shape, dtype=torch.float64)
     special = encoder.special_mask(input_ids)
     forward_batch = batch_size or 256

@@ -25,6 +25,7 @@ import torch
 from torch import Tensor
 
 from ctrain.probes.weighting.regression import Regression, ols
+from ctrain.runtime import check_choice
 
 WordVector = Literal["sum", "mean"]
 TypeAverage = Literal["vectors", "norms"]
@@ -32,14 +33,13 @@ TypeAverage = Literal["vectors", "norms"]
 
 def vectors_per_unit(states: Tensor, unit_of_position: Tensor, num_units: int, word_vector: WordVector = "sum") -> Tensor:
     """One vector per unit from per-position vectors (B, n, h); ``unit_of_position`` is -1 at specials."""
+    check_choice(word_vector, WordVector, "word_vector")
     valid = unit_of_position.ge(0)
     index = unit_of_position[valid]
     sums = torch.zeros(num_units, states.shape[-1], dtype=torch.float64, device=states.device)
     sums.index_add_(0, index, states[valid].double())
     if word_vector == "sum":
         return sums
-    if word_vector != "mean":
-        raise ValueError(f"unknown word_vector '{word_vector}': choose sum or mean")
     return sums / torch.bincount(index, minlength=num_units).clamp_min(1).unsqueeze(1)
 
 
@@ -69,16 +69,15 @@ def theorem_regressions(
     their type index into ``kl`` (only occurrences the caller wants in the fit). Any per-type
     quantity can stand for ``kl`` (the probe also passes dKL and -log P).
     """
+    check_choice(type_average, TypeAverage, "type_average")
     input_types, input_means = type_means(input_vectors, types)
     last_norms = torch.from_numpy(half_squared_norm(last_vectors))
     if type_average == "vectors":
         last_types, last_means = type_means(last_vectors, types)
         last_type_norms = half_squared_norm(last_means)
-    elif type_average == "norms":
+    else:
         last_types, last_mean_norms = type_means(last_norms, types)
         last_type_norms = last_mean_norms.numpy()
-    else:
-        raise ValueError(f"unknown type_average '{type_average}': choose vectors or norms")
     return {
         "input": ols(kl[input_types], half_squared_norm(input_means), spearman=True),
         "last": ols(kl[types], last_norms.numpy(), spearman=True),

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 SOURCE = Path(__file__).resolve().parents[1] / "src" / "ctrain"
-LEAVES = {"assets", "convergence", "fileio", "keys", "runtime"}
+LEAVES = {"assets", "fileio", "keys", "runtime"}
 ALLOWED = {
     "leaf": LEAVES,
     "data": LEAVES | {"data"},

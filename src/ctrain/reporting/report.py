@@ -370,14 +370,15 @@ def sweep_runs(sweep_dir: Path) -> dict[str, Path]:
 def final_probe_figures(run_dir: Path, out: Path, num_sentences: int) -> list[Path]:
     """The final model's weight-vs-KL scatter (with its regression line) and sentence weight bars, drawn by
     `ctrain probe` on the run's exported model (IG, sketch mode); none when the run exported no model yet."""
+    from ctrain.probes.model import probe_model, resolve_model
     from ctrain.probes.weighting import WeightingConfig
-    from ctrain.reporting.model_probe import probe, resolve_model
+    from ctrain.reporting.probe_figures import model_probe_figures
 
     if resolve_model(str(run_dir)) == str(run_dir):
         return []
     config = WeightingConfig(methods=("ig",), ig_mode="sketch", sketch_size=8, sketch_kind="orthogonal", steps=16)
-    probe(str(run_dir), measure=["weighting"], out=str(out), num_sentences=num_sentences, weighting=config)
-    return sorted(out.glob("*.png"))
+    probed = probe_model(str(run_dir), measure=["weighting"], out=str(out), num_sentences=num_sentences, weighting=config, say=print)
+    return sorted(model_probe_figures(probed))
 
 
 def report(

@@ -1,5 +1,5 @@
 """`ctrain fit | validate | test | probe | pretrain | corpus`: one LightningCLI over ContrastiveModule and
-ContrastiveDataModule; `ctrain pretrain` is the same CLI over the masked-LM pair (ctrain.training.pretrain).
+ContrastiveDataModule; `ctrain pretrain` is the same CLI over the masked-LM pair (ctrain.training.pretrain, ctrain.data.mlm).
 
 Every run writes one directory (the CSV logger's): config.yaml, checkpoints/{last,best}.ckpt,
 metrics.csv, model_final/ and model_best/ (sentence-transformers format).
@@ -49,7 +49,7 @@ AFTER_CHECKPOINT_PREFIXES = ("train/", "data/", "test/")  # rows logged at a che
 class CtrainCLI(LightningCLI):
     """LightningCLI with ctrain's always-on callbacks, a validation at step 0 and a closing summary.
 
-    Subclasses train another objective by changing the class attributes (see ctrain.training.pretrain)."""
+    Subclasses train another objective by changing the class attributes (see ctrain.cli.pretrain)."""
 
     model_class: type = ContrastiveModule
     datamodule_class: type = ContrastiveDataModule

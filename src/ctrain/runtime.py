@@ -6,10 +6,13 @@ One definition each, shared by the contrastive and masked-LM modules, the data a
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from typing import Literal
 
 import numpy as np
 import torch
+
+from ctrain.keys import EXAMPLES_SEEN
 
 # Distinct seeds per (step, rank); any odd constant larger than a world size works.
 STEP_STRIDE = 1_000_003
@@ -63,3 +66,11 @@ def seed_dropout(seed: int, device: torch.device) -> None:
 def global_batch_size(batch_size: int, trainer) -> int:
     """Examples per optimizer step over all processes: per-process batch x processes x accumulation."""
     return batch_size * trainer.world_size * trainer.accumulate_grad_batches
+
+
+def with_examples_seen(metrics: Mapping[str, float], step: int | None, examples_per_step: int | None) -> dict:
+    """`metrics` with `trainer/examples_seen` (step x global batch) added, as every logger writes them; unchanged
+    while the global batch is not known yet."""
+    if step is None or examples_per_step is None:
+        return dict(metrics)
+    return {**metrics, EXAMPLES_SEEN: step * examples_per_step}

@@ -26,20 +26,15 @@ from pytorch_lightning.cli import (
 from pytorch_lightning.loggers import CSVLogger, WandbLogger
 from pytorch_lightning.plugins.io import CheckpointIO, TorchCheckpointIO
 
-from ctrain.callbacks.outputs import RunOutputs, WandbProbeFigures, checkpoint_step
+from ctrain.callbacks.outputs import RunOutputs, checkpoint_step
 from ctrain.callbacks.probes import WordWeightingProbe
+from ctrain.callbacks.wandb_run import WandbOptions, WandbProbeFigures, git_revision, offline_sync_command, wandb_logger
 from ctrain.data.datamodule import ContrastiveDataModule
 from ctrain.fileio import atomic_path, complete_lines, remove_temporaries
 from ctrain.keys import IG_KL_R2, STS_DEV, STS_TEST
 from ctrain.models.encoder import EncoderConfig
 from ctrain.runtime import global_batch_size
-from ctrain.training.loggers import (
-    WandbOptions,
-    git_revision,
-    offline_sync_command,
-    wandb_logger,
-    write_csv_atomic,
-)
+from ctrain.training.loggers import write_csv_atomic
 from ctrain.training.module import ContrastiveModule
 
 AFTER_CHECKPOINT_PREFIXES = ("train/", "data/", "test/")  # rows logged at a checkpoint's step, after it was written

@@ -102,7 +102,7 @@ def projected_seconds(timed: list[tuple[int, float]], lengths: Sequence[int]) ->
 
 
 class ProgressLine:
-    """Prints `label: done/total sentences, elapsed, about T left` at most every `interval` seconds.
+    """Says `label: done/total sentences, elapsed, about T left` (to `say`) at most every `interval` seconds.
 
     The probe weighs short sentences first, so a rate per sentence underestimates what is left
     (by 3x on the full kurita2023 setup); the time left is projected from the batches' token lengths

@@ -109,7 +109,7 @@ def test_a_torn_last_line_of_metrics_csv_is_skipped_with_a_warning(tmp_path):
 
 
 def test_sweep_summary_skips_a_torn_last_line(tmp_path):
-    from ctrain.cli.sweep import run_summary
+    from ctrain.sweeps import run_summary
 
     run_dir = tmp_path / "run"
     run_dir.mkdir()

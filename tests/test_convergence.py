@@ -13,7 +13,7 @@ from ctrain.cli.fit import run_cli
 from ctrain.models.encoder import load_encoder
 from ctrain.models.export import save_sentence_transformer
 from ctrain.runtime import step_seed
-from ctrain.convergence import has_converged, relative_range
+from ctrain.callbacks.convergence import has_converged, relative_range
 from helpers import TOY_SENTENCES
 
 ROOT = Path(__file__).resolve().parents[1]

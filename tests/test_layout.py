@@ -1,6 +1,6 @@
 """The package layout's rule: lower layers never import higher ones, and every package imports on its own.
 
-Layers, lowest first: the shared leaf modules (assets, fileio, keys, runtime); data; models; probes; training;
+Layers, lowest first: the shared leaf modules (assets, fileio, keys, runtime, sweeps); data; models; probes; training;
 reporting; callbacks; cli. Each package may import its own layer and those listed as allowed below: never
 training, reporting or cli from models, data or probes, and never cli or training from reporting.
 Every import statement counts, those inside functions too.
@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 SOURCE = Path(__file__).resolve().parents[1] / "src" / "ctrain"
-LEAVES = {"assets", "convergence", "fileio", "keys", "runtime"}
+LEAVES = {"assets", "fileio", "keys", "runtime", "sweeps"}
 ALLOWED = {
     "leaf": LEAVES,
     "data": LEAVES | {"data"},

@@ -19,20 +19,19 @@ from ctrain.data.corpus import (
 )
 from ctrain.data.sources import read_sts_b
 from ctrain.keys import STS_DEV, STS_TEST
-from ctrain.models.encoder import EncoderConfig, load_encoder
-from ctrain.probes.sts import encoder_sts
-from ctrain.models.tokenizers import load_tokenizer
-from ctrain.training.module import ContrastiveModule
-from ctrain.training.pretrain import (
+from ctrain.data.mlm import (
     IGNORE_INDEX,
-    WALL_SECONDS,
     MaskedLMCollator,
-    MaskedLMModule,
     PackedRowsCollator,
     mask_tokens,
     pack_sentences,
     word_start_positions,
 )
+from ctrain.models.encoder import EncoderConfig, load_encoder, word_special_ids
+from ctrain.probes.sts import encoder_sts
+from ctrain.models.tokenizers import load_tokenizer
+from ctrain.training.module import ContrastiveModule
+from ctrain.training.pretrain import WALL_SECONDS, MaskedLMModule
 
 ROOT = Path(__file__).resolve().parents[1]
 MASK_ID, VOCAB = 4, 1000
@@ -100,7 +99,7 @@ def test_word_start_positions_by_hand():
 
 def test_collator_marks_specials_pad_and_word_pieces():
     tokenizer = load_tokenizer("bert-uncased")
-    batch = MaskedLMCollator(tokenizer, 32, whole_word_masking=True)(["tokenization is fun", "hi"])
+    batch = MaskedLMCollator(tokenizer, 32, whole_word_masking=True, special_ids=word_special_ids(tokenizer))(["tokenization is fun", "hi"])
     ids = batch["input_ids"]
     tokens = tokenizer.convert_ids_to_tokens(ids[0].tolist())
     assert tokens == ["[CLS]", "token", "##ization", "is", "fun", "[SEP]"]
@@ -112,11 +111,11 @@ def test_token_masking_makes_every_token_its_own_word():
     """`whole_word_masking: false`, one sentence a row or packed: word starts are the positions themselves."""
     tokenizer = load_tokenizer("bert-uncased")
     sentences = ["tokenization is fun", "hi"]
-    one_a_row = MaskedLMCollator(tokenizer, 32, whole_word_masking=False)(sentences)
-    packed = PackedRowsCollator(tokenizer, whole_word_masking=False)(pack_sentences(tokenizer, sentences, 6))
+    one_a_row = MaskedLMCollator(tokenizer, 32, whole_word_masking=False, special_ids=word_special_ids(tokenizer))(sentences)
+    packed = PackedRowsCollator(tokenizer, whole_word_masking=False, special_ids=word_special_ids(tokenizer))(pack_sentences(tokenizer, sentences, 6))
     for batch in (one_a_row, packed):
         assert batch["word_start"].tolist() == [list(range(batch["input_ids"].shape[1]))] * len(batch["input_ids"])
-    assert one_a_row["maskable"].tolist() == MaskedLMCollator(tokenizer, 32, whole_word_masking=True)(sentences)["maskable"].tolist()
+    assert one_a_row["maskable"].tolist() == MaskedLMCollator(tokenizer, 32, whole_word_masking=True, special_ids=word_special_ids(tokenizer))(sentences)["maskable"].tolist()
 
 
 def test_packed_rows_by_hand():
@@ -128,7 +127,7 @@ def test_packed_rows_by_hand():
         ["[CLS]", "##ization", "again", "[SEP]"],  # the word split between rows is a word in each
     ]
     assert [starts for _, starts in rows] == [[0, 1, 1, 3, 4, 5], [0, 1, 2, 3, 4, 5], [0, 1, 2, 3]]
-    batch = PackedRowsCollator(tokenizer, whole_word_masking=True)(rows)
+    batch = PackedRowsCollator(tokenizer, whole_word_masking=True, special_ids=word_special_ids(tokenizer))(rows)
     assert batch["attention_mask"].tolist()[2] == [1, 1, 1, 1, 0, 0] and batch["input_ids"][2, 4:].tolist() == [0, 0]
     assert batch["maskable"].tolist()[1] == [False, True, True, False, True, True]
 
@@ -154,7 +153,7 @@ def test_packing_keeps_every_token_once_in_order_in_full_rows(tokenizer_name):
         for position, word in enumerate(words):
             first = position if word is None else words.index(word)
             assert starts[position] == first
-    batch = PackedRowsCollator(tokenizer, whole_word_masking=True)(rows[:8])
+    batch = PackedRowsCollator(tokenizer, whole_word_masking=True, special_ids=word_special_ids(tokenizer))(rows[:8])
     assert batch["attention_mask"].all() and not batch["maskable"][:, 0].any()
     assert int(batch["maskable"].sum()) == sum(1 for ids, _ in rows[:8] for token in ids[1:] if token != tokenizer.sep_token_id)
 

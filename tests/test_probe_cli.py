@@ -8,7 +8,7 @@ from ctrain.cli import main
 from ctrain.cli.probe import probe_parser
 from ctrain.probes.sentences import sample_sentences, sts_b_sentences
 from ctrain.probes.weighting import BatchProgress, WeightingConfig
-from ctrain.reporting.model_probe import SETUPS, ProgressLine, output_directory, projected_seconds
+from ctrain.probes.model import SETUPS, ProgressLine, output_directory, projected_seconds
 
 
 def test_probe_writes_results_and_prints_tables(tmp_path, capsys):
@@ -31,7 +31,7 @@ def test_probe_writes_results_and_prints_tables(tmp_path, capsys):
 def test_a_gpu_that_is_not_there_is_a_one_line_error(monkeypatch):
     import torch
 
-    from ctrain.reporting.model_probe import probe_device
+    from ctrain.probes.model import probe_device
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert probe_device("auto") == torch.device("cpu")
@@ -112,7 +112,7 @@ def test_progress_line_times_neither_reused_batches_nor_the_first_weighed_one(ca
 def test_probe_resolves_a_run_directory(tmp_path):
     from ctrain.models.encoder import load_encoder
     from ctrain.models.export import save_sentence_transformer
-    from ctrain.reporting.model_probe import resolve_model
+    from ctrain.probes.model import resolve_model
 
     save_sentence_transformer(load_encoder("tiny-bert"), tmp_path / "model_final")
     assert resolve_model(str(tmp_path)) == str(tmp_path / "model_final")

@@ -13,7 +13,7 @@ import pytest
 from wandb_files import history_and_config
 
 from ctrain.cli import main
-from ctrain.training.loggers import offline_sync_command
+from ctrain.callbacks.wandb_run import offline_sync_command
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = [

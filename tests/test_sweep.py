@@ -17,8 +17,8 @@ import pytest
 import yaml
 
 from ctrain.cli import main
-from ctrain.cli.sweep import _run_one, plan_runs, read_sweep, threads_per_run
 from ctrain.reporting.report import compare_labels, config_value, read_run, seed_band, seed_groups
+from ctrain.sweeps import _run_one, parse_run_label, plan_runs, read_sweep, run_label, threads_per_run
 
 ROOT = Path(__file__).resolve().parent.parent
 SWEEP_FILES = sorted((ROOT / "sweeps").glob("*.yaml"))
@@ -294,3 +294,12 @@ def test_an_interrupted_run_resumes_with_its_own_subcommand(subcommand, tmp_path
     command = [sys.executable, "-m", "ctrain.cli", subcommand, "--config", "configs/x.yaml", "--seed_everything=1"]
     assert _run_one(command, run_dir, tmp_path / "log.txt", threads=1)[2] == "resumed"
     assert started == [[sys.executable, "-m", "ctrain.cli", subcommand, "--resume", str(run_dir)]]
+
+
+def test_a_run_label_reads_back_as_its_swept_values_and_names_colliding_keys_in_full():
+    settings = {"model.temperature": 0.05, "data.seed": 3, "model.seed": 4, "config": "callbacks/exact.yaml"}
+    label = run_label(settings, list(settings))
+    assert label == "model.temperature=0.05,data.seed=3,model.seed=4,config=exact"
+    assert parse_run_label(label) == {"model.temperature": "0.05", "data.seed": "3", "model.seed": "4", "config": "exact"}
+    assert run_label({"model.temperature": 1 / 3, "seed_everything": 1}, ["model.temperature", "seed_everything"]) == "temperature=0.3333,seed_everything=1"
+    assert parse_run_label("exact") == {"config": "exact"}  # a run named by its config file alone

@@ -12,10 +12,10 @@ import pytest
 import yaml
 
 from ctrain.cli import main
-from ctrain.cli.sweep import fit_command, plan_runs, read_sweep
 from helpers import covering_runs
 from ctrain.keys import EXAMPLES_SEEN
 from ctrain.reporting.report import config_value, metric_families, read_run
+from ctrain.sweeps import fit_command, plan_runs, read_sweep
 
 ROOT = Path(__file__).resolve().parent.parent
 SWEEP_FILES = sorted((ROOT / "sweeps").glob("*.yaml"))

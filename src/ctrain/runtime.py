@@ -7,12 +7,14 @@ check of a setting against its allowed values.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any, Literal, get_args
 
 import numpy as np
 import torch
+
+from ctrain.keys import EXAMPLES_SEEN
 
 # Distinct seeds per (step, rank); any odd constant larger than a world size works.
 STEP_STRIDE = 1_000_003
@@ -104,3 +106,11 @@ def check_choice(value: Any, choices: Any, key: str) -> None:
     allowed: Iterable[Any] = get_args(choices) or choices
     if value not in allowed:
         raise ValueError(f"unknown {key} '{value}': choose one of {', '.join(map(str, allowed))}")
+
+
+def with_examples_seen(metrics: Mapping[str, float], step: int | None, examples_per_step: int | None) -> dict:
+    """`metrics` with `trainer/examples_seen` (step x global batch) added, as every logger writes them; unchanged
+    while the global batch is not known yet."""
+    if step is None or examples_per_step is None:
+        return dict(metrics)
+    return {**metrics, EXAMPLES_SEEN: step * examples_per_step}

@@ -4,21 +4,49 @@ The loss logged every step is a different batch each step: its noise hides wheth
 `ObjectiveConvergence` takes `num_batches` training batches once, before the first step, and every
 `every_n_steps` evaluates the objective on them with the random draws of one fixed step (positives,
 negatives, dropout), so the tracked number is a function of the weights alone. It logs
-`convergence/objective` and `convergence/relative_range` (`ctrain.convergence.relative_range` over
+`convergence/objective` and `convergence/relative_range` (`relative_range` over
 the last `window` evaluations); once the range is below `tolerance` it logs `convergence/converged_step` and,
 with `stop: true`, ends the run (the last step is then probed like any last step). On several processes the
 objective is averaged over them, so every process takes the same decision.
+
+The plateau test itself (`relative_range`, `has_converged`) is a pure function of the history, tested on
+sequences with a known answer; the callbacks only collect the history and act on the answer.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
+import numpy as np
 import pytorch_lightning as pl
 import torch
 
-from ctrain.convergence import has_converged, relative_range
 from ctrain.runtime import seeded, step_seed
 
 FIXED_STEP = 0  # the step whose random draws every evaluation reuses
+
+
+def relative_range(values: Sequence[float], window: int) -> float:
+    """(max - min) / |mean| of the last `window` values: how far the objective moved over the window (inf if too short).
+
+    The range, not the change between the ends: an objective that oscillates has not converged even where its
+    first and last values agree.
+    """
+    if window < 2:
+        raise ValueError(f"a convergence window needs at least 2 evaluations, got {window}")
+    if len(values) < window:
+        return float("inf")
+    last = np.asarray(values[-window:], dtype=np.float64)
+    scale = abs(float(last.mean()))
+    spread = float(last.max() - last.min())
+    if scale == 0.0:
+        return 0.0 if spread == 0.0 else float("inf")
+    return spread / scale
+
+
+def has_converged(values: Sequence[float], window: int, tolerance: float) -> bool:
+    """True when the last `window` evaluations of the objective lie within `tolerance` of each other, relatively."""
+    return relative_range(values, window) < tolerance
 
 
 class _Plateau(pl.Callback):
@@ -109,7 +137,7 @@ class MetricConvergence(_Plateau):
     """Stop when a metric logged at each validation (default: the held-out MLM loss of `ctrain pretrain`) has plateaued.
 
     The held-out loss is already a function of the weights alone (fixed sentences, fixed masks), so no fixed batches
-    are needed as in `ObjectiveConvergence`: the same plateau test (`ctrain.convergence.has_converged`) runs on the
+    are needed as in `ObjectiveConvergence`: the same plateau test (`has_converged`) runs on the
     metric's values at the last `window` validations. Logs `convergence/metric_relative_range` at each validation and
     `convergence/converged_step` once; with `stop: true` the run ends there. Validations come every
     `trainer.val_check_interval` steps, so the window spans `window x val_check_interval` steps.

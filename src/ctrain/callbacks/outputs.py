@@ -124,49 +124,6 @@ class RunOutputs(pl.Callback):
             logger.log_metrics(scores, step=trainer.global_step)
 
 
-class WandbProbeFigures(pl.Callback):
-    """Logs the probes' figures (geometry per layer, word-weighting fits, so far) to W&B after each probe.
-
-    It reads what the probe callbacks appended to `<run dir>/probes/*.jsonl`, so it needs no
-    access to their internals; the CLI adds it when W&B is on. A probe's figures (`figures/<probe>_...`) are sent
-    when its file has new records, once per record: two probes measuring at one step send each figure once."""
-
-    def __init__(self) -> None:
-        self._records_seen: dict[str, int] = {}
-
-    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._log_new_figures(trainer)
-
-    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs, batch, batch_idx: int) -> None:
-        self._log_new_figures(trainer)
-
-    def _log_new_figures(self, trainer: pl.Trainer) -> None:
-        from pytorch_lightning.loggers import WandbLogger
-
-        from ctrain.reporting.report import (
-            figure_pixels,
-            read_probes,
-            run_figures,
-            run_title,
-        )
-
-        run_dir = Path(trainer.log_dir or trainer.default_root_dir)
-        if not trainer.is_global_zero:
-            return
-        records = {path.stem: len(path.read_text().splitlines()) for path in (run_dir / "probes").glob("*.jsonl")}
-        updated = tuple(f"{probe}_" for probe, count in records.items() if count != self._records_seen.get(probe))
-        if not updated:
-            return
-        self._records_seen = records
-        probes = read_probes(run_dir)
-        probes["examples"] = probes["step"]  # the x-axis drawn is the step; W&B also gets examples seen per row
-        figures = {name: figure for name, figure in run_figures(probes, run_title(run_dir), "step").items() if name.startswith(updated)}
-        for logger in trainer.loggers:
-            if isinstance(logger, WandbLogger):
-                for name, figure in figures.items():
-                    logger.log_image(key=f"figures/{name}", images=[figure_pixels(figure)], step=trainer.global_step)
-
-
 class PretrainOutputs(RunOutputs):
     """Flushes logs with every checkpoint (as RunOutputs) and saves the final model as a Hugging Face directory.
 

@@ -1,5 +1,5 @@
 """`ctrain fit | validate | test | probe | pretrain | corpus`: one LightningCLI over ContrastiveModule and
-ContrastiveDataModule; `ctrain pretrain` is the same CLI over the masked-LM pair (ctrain.training.pretrain).
+ContrastiveDataModule; `ctrain pretrain` is the same CLI over the masked-LM pair (ctrain.training.pretrain, ctrain.data.mlm).
 
 Every run writes one directory (the CSV logger's): config.yaml, checkpoints/{last,best}.ckpt,
 metrics.csv, model_final/ and model_best/ (sentence-transformers format).
@@ -26,20 +26,15 @@ from pytorch_lightning.cli import (
 from pytorch_lightning.loggers import CSVLogger, WandbLogger
 from pytorch_lightning.plugins.io import CheckpointIO, TorchCheckpointIO
 
-from ctrain.callbacks.outputs import RunOutputs, WandbProbeFigures, checkpoint_step
+from ctrain.callbacks.outputs import RunOutputs, checkpoint_step
 from ctrain.callbacks.probes import WordWeightingProbe
+from ctrain.callbacks.wandb_run import WandbOptions, WandbProbeFigures, git_revision, offline_sync_command, wandb_logger
 from ctrain.data.datamodule import ContrastiveDataModule
 from ctrain.fileio import atomic_path, complete_lines, remove_temporaries
 from ctrain.keys import IG_KL_R2, STS_DEV, STS_TEST
 from ctrain.models.encoder import EncoderConfig
 from ctrain.runtime import global_batch_size
-from ctrain.training.loggers import (
-    WandbOptions,
-    git_revision,
-    offline_sync_command,
-    wandb_logger,
-    write_csv_atomic,
-)
+from ctrain.training.loggers import write_csv_atomic
 from ctrain.training.module import ContrastiveModule
 
 AFTER_CHECKPOINT_PREFIXES = ("train/", "data/", "test/")  # rows logged at a checkpoint's step, after it was written
@@ -49,7 +44,7 @@ AFTER_CHECKPOINT_PREFIXES = ("train/", "data/", "test/")  # rows logged at a che
 class CtrainCLI(LightningCLI):
     """LightningCLI with ctrain's always-on callbacks, a validation at step 0 and a closing summary.
 
-    Subclasses train another objective by changing the class attributes (see ctrain.training.pretrain)."""
+    Subclasses train another objective by changing the class attributes (see ctrain.cli.pretrain)."""
 
     model_class: type = ContrastiveModule
     datamodule_class: type = ContrastiveDataModule

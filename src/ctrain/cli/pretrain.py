@@ -1,10 +1,11 @@
-"""`ctrain pretrain`: `ctrain fit`'s LightningCLI over the masked-LM pair of ctrain.training.pretrain."""
+"""`ctrain pretrain`: `ctrain fit`'s LightningCLI over the masked-LM pair (ctrain.training.pretrain, ctrain.data.mlm)."""
 
 from __future__ import annotations
 
 from ctrain.callbacks.outputs import PretrainOutputs
 from ctrain.cli.fit import CtrainCLI
-from ctrain.training.pretrain import MaskedLMModule, PretrainDataModule
+from ctrain.data.mlm import PretrainDataModule
+from ctrain.training.pretrain import MaskedLMModule
 
 
 class PretrainCLI(CtrainCLI):

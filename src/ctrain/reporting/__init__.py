@@ -1,2 +1,2 @@
-"""Reports: figures of runs and sweeps (report, lab_report, figures), probe figures (weighting_plots,
-geometry_plots) and the measurement of a saved model (model_probe, behind `ctrain probe`)."""
+"""Reports: figures of runs and sweeps (report, lab_report, figures) and of probes (weighting_plots, geometry_plots,
+and probe_figures for what `ctrain probe` measured)."""

@@ -18,6 +18,7 @@ from matplotlib.figure import Figure
 
 from ctrain.probes.weighting.keys import FIT_KEYS, THEOREM_INPUT_HALF_NORM_MEAN, THEOREM_KEYS
 from ctrain.reporting.figures import QUANTITY_LABELS, XAxis, curve_of, line_figure
+from ctrain.sweeps import parse_run_label, run_label
 
 TARGET_LABELS = {"input": "input rows", "last_type": "last-layer states (type means)"}
 STATISTIC_LABELS = {"slope": "slope", "r2": "R^2", "spearman": "Spearman"}
@@ -93,25 +94,19 @@ def seed_rows(rows: list[dict]) -> list[dict]:
     return summary
 
 
-def _parts(label: str) -> dict[str, str]:
-    """`seed_everything=1,config=exact` (a sweep run's directory name) -> its swept values."""
-    parts = dict(part.split("=", 1) for part in label.replace(", ", ",").split(",") if "=" in part)
-    return parts if parts else {"config": label}
-
-
 def _setting(label: str) -> str:
     """The run's setting: its label without the seed; a swept config file by its name."""
-    swept = _parts(label)
+    swept = parse_run_label(label)
     parts = {key: value for key, value in swept.items() if key != SEED_KEY}
     if list(parts) == ["config"]:
         return parts["config"]
     if not parts and SEED_KEY in swept:  # a sweep over seeds alone: one setting
         return "all seeds"
-    return ",".join(f"{key}={value}" for key, value in parts.items()) or label
+    return run_label(parts, list(parts)) if parts else label
 
 
 def _seed(label: str) -> str | None:
-    return _parts(label).get(SEED_KEY)
+    return parse_run_label(label).get(SEED_KEY)
 
 
 def seed_band(frames: list[pd.DataFrame], key: str) -> pd.DataFrame:

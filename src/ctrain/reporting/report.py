@@ -39,6 +39,7 @@ from ctrain.reporting.figures import (
     save_figure,
 )
 from ctrain.reporting.geometry_plots import words as geometry_words
+from ctrain.sweeps import parse_run_label, run_label
 
 SCALAR_LABELS = {
     STS_DEV: "STS-B dev Spearman x100",
@@ -165,7 +166,9 @@ def seed_groups(labels: dict[Path, str]) -> dict[str, list[Path]]:
 def _group_label(run_dirs: list[Path], first_label: str) -> str:
     """A sweep run's label without its seed, else the run's model and logger name; with the number of seeds."""
     if "seed_everything=" in first_label:
-        unseeded = re.sub(r"(, )?seed_everything=[^,]*", "", first_label).replace(": , ", ": ").rstrip(": ")
+        sweep_name, label = first_label.split(": ", 1)
+        settings = {key: value for key, value in parse_run_label(label).items() if key != "seed_everything"}
+        unseeded = f"{sweep_name}: {run_label(settings, list(settings))}" if settings else sweep_name
         return f"{unseeded} ({len(run_dirs)} seeds)"
     return f"{first_label.split(' (')[0]} ({run_dirs[0].parent.name}, {len(run_dirs)} seeds)"
 
@@ -355,7 +358,8 @@ def _write(figures: dict[str, Figure], out: Path, title: str, tables: list[str],
 
 
 def sweep_runs(sweep_dir: Path) -> dict[str, Path]:
-    """Run label (its swept values in words) -> run directory, in ascending order of the swept values."""
+    """Run label (`ctrain.sweeps.run_label` of the swept values the run's config.yaml holds) -> run directory, in
+    ascending order of the swept values."""
     spec = yaml.safe_load((sweep_dir / "sweep.yaml").read_text())
     keys = [key for key in spec.get("parameters", {}) if "values" in spec["parameters"][key] or "distribution" in spec["parameters"][key]]
     swept = {run_dir: [config_value(run_config(run_dir), key) for key in keys] for run_dir in (sweep_dir / "runs").iterdir() if (run_dir / "config.yaml").exists()}
@@ -366,7 +370,7 @@ def sweep_runs(sweep_dir: Path) -> dict[str, Path]:
     def label(run_dir: Path) -> str:  # a swept --config file is not in config.yaml: the directory names it
         if None in swept[run_dir]:
             return run_dir.name
-        return ", ".join(f"{key.split('.')[-1]}={value}" for key, value in zip(keys, swept[run_dir])) or run_dir.name
+        return run_label(dict(zip(keys, swept[run_dir])), keys) if keys else run_dir.name
 
     return {label(run_dir): run_dir for run_dir in sorted(swept, key=lambda run_dir: (ascending(run_dir), run_dir.name))}
 
@@ -374,14 +378,15 @@ def sweep_runs(sweep_dir: Path) -> dict[str, Path]:
 def final_probe_figures(run_dir: Path, out: Path, num_sentences: int) -> list[Path]:
     """The final model's weight-vs-KL scatter (with its regression line) and sentence weight bars, drawn by
     `ctrain probe` on the run's exported model (IG, sketch mode); none when the run exported no model yet."""
+    from ctrain.probes.model import probe_model, resolve_model
     from ctrain.probes.weighting import WeightingConfig
-    from ctrain.reporting.model_probe import probe, resolve_model
+    from ctrain.reporting.probe_figures import model_probe_figures
 
     if resolve_model(str(run_dir)) == str(run_dir):
         return []
     config = WeightingConfig(methods=("ig",), ig_mode="sketch", sketch_size=8, sketch_kind="orthogonal", steps=16)
-    probe(str(run_dir), measure=["weighting"], out=str(out), num_sentences=num_sentences, weighting=config)
-    return sorted(out.glob("*.png"))
+    probed = probe_model(str(run_dir), measure=["weighting"], out=str(out), num_sentences=num_sentences, weighting=config, say=print)
+    return sorted(model_probe_figures(probed))
 
 
 def report(

@@ -1,9 +1,11 @@
-"""The word-weighting and geometry measurements of any model, without training (`ctrain probe MODEL`).
+"""The word-weighting and geometry measurements of any model, without training: the engine of `ctrain probe MODEL`.
 
 MODEL is a hub id, a local directory, a ctrain run directory (its model_best/, else
 model_final/), an offline short name (all-MiniLM-L6-v2, all-mpnet-base-v2) or tiny-bert.
-Results go to `--out` as JSON plus figures, and the headline numbers to the terminal.
-`--setup NAME` starts from a paper's measurement (`SETUPS`); any flag given after it wins.
+`probe_model` writes the results to its output folder as JSON and returns them; what a long run is doing
+(the set-up, progress and the time left) goes to its `say` callable, and the terminal tables and figures
+are drawn from the returned results by cli/probe.py and reporting/probe_figures.py.
+`SETUPS` name a paper's measurement; any argument given beside it wins.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import re
 import shutil
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Literal
 
@@ -25,16 +27,14 @@ from ctrain.fileio import atomic_write_text
 from ctrain.models.encoder import load_encoder
 from ctrain.probes.sentences import Columns, sample_sentences, sts_b_sentences
 from ctrain.probes.sts import encoder_sts
+from ctrain.probes.geometry import GeometryConfig, GeometryResult, geometry_probe
 from ctrain.probes.weighting import (
-    FIT_KEYS,
     KURITA2023_WEIGHTING,
-    THEOREM_KEYS,
     BatchProgress,
     WeightingConfig,
-    completeness_warning,
+    WeightingResult,
     weighting_probe,
 )
-from ctrain.probes.weighting.keys import IG_COMPLETENESS_ERROR_MAX, IG_COMPLETENESS_ERROR_MEAN, IG_EVALUATIONS_MEAN
 
 Measurement = Literal["sts", "weighting", "geometry"]
 Setup = Literal["kurita2023", "isotropy2023"]
@@ -51,7 +51,7 @@ SETUPS: dict[str, dict] = {
     # The isotropy / learning-dynamics study: its geometry convention on all first sentences of STS-B test.
     "isotropy2023": {"measure": ["sts", "geometry"], "conventions": ["isotropy2023"], "geometry_sentences": None},
 }
-"""Named setups: the probe() arguments each one sets (the flags given on the command line still win)."""
+"""Named setups: the probe_model() arguments each one sets (the flags given on the command line still win)."""
 
 
 def probe_device(device: str) -> torch.device:
@@ -102,7 +102,7 @@ def projected_seconds(timed: list[tuple[int, float]], lengths: Sequence[int]) ->
 
 
 class ProgressLine:
-    """Prints `label: done/total sentences, elapsed, about T left` at most every `interval` seconds.
+    """Says `label: done/total sentences, elapsed, about T left` (to `say`) at most every `interval` seconds.
 
     The probe weighs short sentences first, so a rate per sentence underestimates what is left
     (by 3x on the full kurita2023 setup); the time left is projected from the batches' token lengths
@@ -110,8 +110,10 @@ class ProgressLine:
     allocator warm-up) and reused batches none, so neither is timed.
     """
 
-    def __init__(self, label: str, interval: float = 10.0, clock: Callable[[], float] = time.perf_counter) -> None:
-        self.label, self.interval, self.clock = label, interval, clock
+    def __init__(
+        self, label: str, interval: float = 10.0, clock: Callable[[], float] = time.perf_counter, say: Callable[[str], None] = print
+    ) -> None:
+        self.label, self.interval, self.clock, self.say = label, interval, clock, say
         self.started = self.last = self.previous = clock()
         self.first: tuple[int, float] | None = None  # sentences and seconds of the first batch
         self.done = 0
@@ -146,12 +148,40 @@ class ProgressLine:
         elapsed = now - self.started
         rest = batch.lengths[batch.batch + 1 :]
         left = projected_seconds(self.timed, rest) if self.timed else self.seconds_for(batch.total) - elapsed
-        print(f"  {self.label}: {batch.done}/{batch.total} sentences, {format_seconds(elapsed)} elapsed, "
-              f"about {format_seconds(max(left, 0.0))} left", flush=True)  # fmt: skip
+        self.say(f"  {self.label}: {batch.done}/{batch.total} sentences, {format_seconds(elapsed)} elapsed, "
+                 f"about {format_seconds(max(left, 0.0))} left")  # fmt: skip
 
 
-def probe(
+def _quiet(line: str) -> None:
+    """`say` for callers that only want the returned results."""
+
+
+@dataclass
+class WeightingRun:
+    """The word-weighting probe of one model as `ctrain probe` ran it: the result, its corpus and its timing."""
+
+    result: WeightingResult
+    num_sentences: int  # sentences weighed
+    corpus_size: int  # sentences whose token statistics (KL, dKL, -log P) were counted
+    seconds: float
+    projected_corpus_seconds: float  # all corpus_size sentences at this run's rate (a sample's projection)
+
+
+@dataclass
+class ModelProbe:
+    """What `probe_model` measured on one model; each measurement not asked for stays empty."""
+
+    model: str
+    directory: Path
+    description: str  # the model's architecture, layers, device, pooling and normalisation, in words
+    sts: dict[str, tuple[float, int]] = field(default_factory=dict)  # STS-B split -> (Spearman x100, pairs)
+    weighting: WeightingRun | None = None
+    geometry: dict[str, GeometryResult] = field(default_factory=dict)  # convention -> result
+
+
+def probe_model(
     model: str,
+    *,
     setup: Setup | None = None,
     measure: list[Measurement] = ["sts", "weighting"],  # noqa: B006 (jsonargparse reads the default)
     out: str | None = None,
@@ -164,7 +194,8 @@ def probe(
     max_length: int = 128,
     seed: int = 0,
     device: str = "auto",
-) -> None:
+    say: Callable[[str], None] = _quiet,
+) -> ModelProbe:
     """Probe MODEL.
 
     Args:
@@ -181,77 +212,55 @@ def probe(
         max_length: tokens per sentence (geometry; weighting has --weighting.max_length).
         seed: seed of the geometry probe (weighting has --weighting.seed, which also draws the sentences).
         device: where the model runs: auto (the GPU when torch sees one, else the CPU), cpu, cuda or cuda:N.
+        say: where the lines on a long run's set-up and progress go (`ctrain probe` prints them).
     """
     for option, value in (("--num_sentences", num_sentences), ("--geometry_sentences", geometry_sentences)):
         if value is not None and value < 1:
             raise ValueError(f"{option} {value}: give at least 1 sentence, or null for all of them")
-    source = resolve_model(model)
     on = probe_device(device)
-    encoder = load_encoder(source).to(on)
+    encoder = load_encoder(resolve_model(model)).to(on)
     directory = Path(out) if out else output_directory(model, setup)
     directory.mkdir(parents=True, exist_ok=True)
-    print(f"ctrain probe: {model} ({encoder.backbone.config.model_type}, {encoder.num_layers} layers, on {on}, "
-          f"pooling {encoder.pooler.mode}, normalize {encoder.normalize}) -> {directory}"
-          + (f", setup {setup}" if setup else ""))  # fmt: skip
+    description = (f"{encoder.backbone.config.model_type}, {encoder.num_layers} layers, on {on}, "
+                   f"pooling {encoder.pooler.mode}, normalize {encoder.normalize}")  # fmt: skip
+    say(f"ctrain probe: {model} ({description}) -> {directory}" + (f", setup {setup}" if setup else ""))
+    probed = ModelProbe(model, directory, description)
     if "sts" in measure:
-        for sts_split in ("dev", "test"):
-            spearman, pairs = encoder_sts(encoder, read_sts_b(sts_split))
-            print(f"STS-B {sts_split}: Spearman x100 {spearman:.2f} over {pairs} pairs")
+        probed.sts = {sts_split: encoder_sts(encoder, read_sts_b(sts_split)) for sts_split in ("dev", "test")}
     if "weighting" in measure:
-        _weighting(encoder, model, directory, split, columns, num_sentences, weighting)
+        probed.weighting = _weighting(encoder, directory, split, columns, num_sentences, weighting, say)
     if "geometry" in measure:
-        _geometry(encoder, model, directory, conventions, geometry_sentences, max_length, seed)
+        for convention in conventions:
+            config = GeometryConfig(convention=convention, num_sentences=geometry_sentences, max_length=max_length, seed=seed)
+            probed.geometry[convention] = result = geometry_probe(encoder, config=config)
+            atomic_write_text(directory / f"geometry_{convention}.json", result.to_json())
+    return probed
 
 
-def _weighting(encoder, model: str, directory: Path, split: str, columns: Columns, num_sentences: int | None, config: WeightingConfig) -> None:
-    from ctrain.reporting.weighting_plots import (
-        plot_sentence_weights,
-        plot_weight_vs_information,
-    )
-
+def _weighting(
+    encoder, directory: Path, split: str, columns: Columns, num_sentences: int | None, config: WeightingConfig, say: Callable[[str], None]
+) -> WeightingRun:
     corpus = sts_b_sentences(split, columns)
     sentences = sample_sentences(corpus, num_sentences, config.seed)
     c = config
     statistics = c.statistics(encoder.tokenizer, corpus)
     kl_kind = "counts" if c.include_self else "leaves out"
-    print(f"\nword weighting: {len(sentences)} of {len(corpus)} STS-B {split} sentences ({columns} columns); "
-          f"KL, dKL and -log P over all {len(corpus)}; KL {kl_kind} the word's own occurrence (include_self={c.include_self})")
-    print(f"  IG {c.ig_mode}" + (f" (sketch_size {c.sketch_size}, {c.sketch_kind})" if c.ig_mode == "sketch" else "")
-          + (f", adaptive quadrature (tol {c.completeness_tol:g}, at most {c.max_evaluations} points)" if c.quadrature == "adaptive" else f", {c.steps} {c.quadrature} steps")
-          + (f"; SHAP {c.shap_mode}" if "shap" in c.methods else "")
-          + (f", batch {_shap_batch(encoder, c)}" if "shap" in c.methods and c.shap_mode.startswith("partition") else "")
-          + f"; {c.units}, min_count {c.min_count}")  # fmt: skip
-    progress = ProgressLine("weighting")
+    say(f"\nword weighting: {len(sentences)} of {len(corpus)} STS-B {split} sentences ({columns} columns); "
+        f"KL, dKL and -log P over all {len(corpus)}; KL {kl_kind} the word's own occurrence (include_self={c.include_self})")
+    say(f"  IG {c.ig_mode}" + (f" (sketch_size {c.sketch_size}, {c.sketch_kind})" if c.ig_mode == "sketch" else "")
+        + (f", adaptive quadrature (tol {c.completeness_tol:g}, at most {c.max_evaluations} points)" if c.quadrature == "adaptive" else f", {c.steps} {c.quadrature} steps")
+        + (f"; SHAP {c.shap_mode}" if "shap" in c.methods else "")
+        + (f", batch {_shap_batch(encoder, c)}" if "shap" in c.methods and c.shap_mode.startswith("partition") else "")
+        + f"; {c.units}, min_count {c.min_count}")  # fmt: skip
+    progress = ProgressLine("weighting", say=say)
     batches = directory / "weighting_batches"  # each weighed batch, until weighting.json is written: a rerun resumes
     if kept := len(list(batches.glob("batch_*.pt"))):
-        print(f"  {kept} batches kept in {batches} by an interrupted run: reused if they came from this same probe")
+        say(f"  {kept} batches kept in {batches} by an interrupted run: reused if they came from this same probe")
     result = weighting_probe(encoder, sentences, config, statistics, progress, resume_dir=batches)
     seconds = progress.finish()
     atomic_write_text(directory / "weighting.json", result.to_json())
     shutil.rmtree(batches)
-    ci = f", [{100 * c.confidence:g}% bootstrap interval over {c.bootstrap_resamples} resamples of the sentences]" if c.bootstrap_resamples else ""
-    print(f"\n  (R^2 x100, beta x100, n{ci})  {seconds / len(sentences):.2f} s/sentence, {format_seconds(seconds)} in all")
-    for method in c.methods:
-        for quantity, label in (("kl", "KL(w)"), ("selfinfo", "-log P(w)"), ("dkl", "dKL(w)")):
-            keys = FIT_KEYS[method, quantity]
-            print(f"  {method.upper():4s} vs {label:10s} R^2 {100 * result.metrics[keys.r2]:7.2f}"
-                  f"{_interval(result.metrics, keys.r2_ci_low, keys.r2_ci_high)}   beta {100 * result.metrics[keys.slope]:8.2f}"
-                  f"{_interval(result.metrics, keys.slope_ci_low, keys.slope_ci_high)}   n {int(result.metrics[keys.n])}")  # fmt: skip
-        plot_weight_vs_information(result, directory / f"{method}_vs_kl.png", method, "kl", model)
-        plot_sentence_weights(result, directory / f"{method}_sentences.png", 4, method, model)
-    if IG_COMPLETENESS_ERROR_MEAN in result.metrics:
-        print(f"  IG completeness error: mean {result.metrics[IG_COMPLETENESS_ERROR_MEAN]:.2e}, "
-              f"max {result.metrics[IG_COMPLETENESS_ERROR_MAX]:.2e}; {result.metrics[IG_EVALUATIONS_MEAN]:.1f} path points a sentence")  # fmt: skip
-        if warning := completeness_warning(result.metrics, c):
-            print(f"  {warning}")
-    for (target, quantity), keys in THEOREM_KEYS.items():
-        if keys.r2 in result.metrics and quantity == "kl":
-            print(f"  Theorem 1, 0.5||w||^2 vs KL ({target}): R^2 {result.metrics[keys.r2]:.4f}, "
-                  f"slope {result.metrics[keys.slope]:.4f}, intercept {result.metrics[keys.intercept]:.4f}, "
-                  f"Spearman {result.metrics[keys.spearman]:.4f}")  # fmt: skip
-    if len(sentences) < len(corpus):
-        print(f"  projected time of all {len(corpus)} sentences on this machine: "
-              f"about {format_seconds(progress.seconds_for(len(corpus)))} (from these {len(sentences)} random ones)")
+    return WeightingRun(result, len(sentences), len(corpus), seconds, progress.seconds_for(len(corpus)))
 
 
 def _shap_batch(encoder, config: WeightingConfig) -> str:
@@ -261,27 +270,3 @@ def _shap_batch(encoder, config: WeightingConfig) -> str:
     from ctrain.probes.weighting.partition import library_batch_size
 
     return f"{library_batch_size(encoder.tokenizer)} (the shap library's default)"
-
-
-def _interval(metrics: dict[str, float], low: str | None, high: str | None) -> str:
-    """` [low, high]` (x100) where the metrics hold the interval, else nothing."""
-    if low not in metrics or high not in metrics:
-        return ""
-    return f" [{100 * metrics[low]:.2f}, {100 * metrics[high]:.2f}]"
-
-
-def _geometry(encoder, model, directory, conventions, geometry_sentences, max_length, seed):
-    from ctrain.probes.geometry import (
-        GeometryConfig,
-        format_layer_table,
-        geometry_probe,
-    )
-    from ctrain.reporting.geometry_plots import plot_metrics_by_layer
-
-    for convention in conventions:
-        config = GeometryConfig(convention=convention, num_sentences=geometry_sentences, max_length=max_length, seed=seed)
-        result = geometry_probe(encoder, config=config)
-        atomic_write_text(directory / f"geometry_{convention}.json", result.to_json())
-        plot_metrics_by_layer(result, directory / f"geometry_{convention}.png", model)
-        print(f"\ngeometry, convention {convention}, {result.num_sentences} STS-B {config.split} sentences:")
-        print(format_layer_table(result))

@@ -1,5 +1,6 @@
-"""`ctrain fit | validate | test | probe | pretrain | corpus`: one LightningCLI over ContrastiveModule and
-ContrastiveDataModule; `ctrain pretrain` is the same CLI over the masked-LM pair (ctrain.training.pretrain, ctrain.data.mlm).
+"""`ctrain fit | validate | test`: one LightningCLI over ContrastiveModule and ContrastiveDataModule;
+`ctrain pretrain` is the same CLI over the masked-LM pair (ctrain.training.pretrain, ctrain.data.mlm).
+`ctrain probe`, `corpus`, `sweep` and `report` are plain commands of their own (ctrain.cli.main).
 
 Every run writes one directory (the CSV logger's): config.yaml, checkpoints/{last,best}.ckpt,
 metrics.csv, model_final/ and model_best/ (sentence-transformers format).

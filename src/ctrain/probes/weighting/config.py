@@ -34,10 +34,10 @@ _CHOICES = {
 
 @dataclass
 class WeightingConfig:
-    """Every setting of the word-weighting probe, with the spec's defaults; presets override only what they must.
+    """Every setting of the word-weighting probe, with the defaults of docs/metrics.md; presets override only what they must.
 
     ``include_self`` decides whether an occurrence of ``w`` counts itself in
-    ``P_sent(.|w)`` (spec section 1: yes, as the paper's "sentences containing w"
+    ``P_sent(.|w)`` (docs/metrics.md, "Information of a token type": yes, as the paper's "sentences containing w"
     and the theorem's proof do). ``sketch_size`` and ``sketch_kind`` only matter with
     ``ig_mode="sketch"``; the ``shap_*`` fields only with ``"shap"`` in ``methods``.
     ``completeness`` is how sketch mode checks IG's completeness (``integrated_gradients``):

@@ -101,8 +101,8 @@ def pack_sentences(tokenizer: PreTrainedTokenizerBase, sentences: list[str], max
     """The sentences' tokens end to end in rows of `max_length` (token ids, word starts), as BERT and RoBERTa pre-train.
 
     Each row starts with [CLS] (<s>), each sentence ends with [SEP] (</s>), and a sentence that does not fit goes on
-    in the next row: no padding and nothing truncated, where one sentence a row at max_length 32 is 26% padding and
-    drops 13% of the corpus's BERT word-pieces. A token's word start is the row position of its word's first token;
+    in the next row: no padding and nothing truncated, where one sentence a row pads short sentences and truncates
+    long ones (docs/vanilla_start.md measures both). A token's word start is the row position of its word's first token;
     a word split between two rows counts as a word in each.
     """
     encoded = tokenizer(sentences, add_special_tokens=False)

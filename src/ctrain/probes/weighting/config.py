@@ -123,8 +123,8 @@ KURITA2023_WEIGHTING = WeightingConfig(
     ig_mode="sketch",
     sketch_size=16,
     sketch_kind="orthogonal",
-    # 16 Gauss-Legendre steps give the 50-step IG-on-KL R^2 to 0.01 points (100 sentences: 47.99 vs 48.00;
-    # 24: 43.38 vs 43.37; 64: 52.19 vs 52.20, c' within 1.5%) at a third of IG's cost (docs/kurita_setup.md).
+    # 16 Gauss-Legendre steps, not 50: at a third of IG's cost they give the 50-step R^2 within the sketch's own
+    # error (docs/kurita_setup.md, "IG: sketch size and quadrature against exact IG", has the figures and commands).
     steps=16,
 )
 """The word-weighting paper's IG and SHAP; everything else is WeightingConfig's default."""

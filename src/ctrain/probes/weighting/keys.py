@@ -14,7 +14,6 @@ from typing import Literal
 from ctrain.probes.weighting.regression import FitKeys
 
 PREFIX = "weighting/"
-Method = Literal["ig", "shap"]
 METHODS: tuple[str, ...] = ("ig", "shap")
 Quantity = Literal["kl", "dkl", "selfinfo"]
 QUANTITIES: tuple[str, ...] = ("kl", "dkl", "selfinfo")

@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader
 from transformers import PreTrainedTokenizerBase
 
 from ctrain.data import sources
-from ctrain.data.datamodule import EpochSampler, resumable_sampler
+from ctrain.data.datamodule import resumable_sampler
 
 IGNORE_INDEX = -100  # the label of every position the loss skips (PyTorch's cross-entropy default)
 
@@ -169,7 +169,6 @@ class PretrainDataModule(pl.LightningDataModule):
         self.sentences: list[str] = []
         self.held_out: list[str] = []
         self.rows: list[tuple[list[int], list[int]]] = []
-        self.sampler: EpochSampler | None = None
 
     def load_training_examples(self, world_size: int) -> None:
         """Read the file once and split off the held-out sentences; fail early on too little data."""
@@ -202,9 +201,9 @@ class PretrainDataModule(pl.LightningDataModule):
         hp = self.hparams
         module = self.trainer.lightning_module
         examples, collate = (self.rows, module.packed_collator) if hp.pack else (self.sentences, module.collator)
-        self.sampler = resumable_sampler(self.trainer, len(examples), hp.batch_size)
+        sampler = resumable_sampler(self.trainer, len(examples), hp.batch_size)
         return DataLoader(
-            examples, batch_size=hp.batch_size, sampler=self.sampler, drop_last=True, collate_fn=collate,
+            examples, batch_size=hp.batch_size, sampler=sampler, drop_last=True, collate_fn=collate,
             num_workers=hp.num_workers, persistent_workers=hp.num_workers > 0,
         )  # fmt: skip
 

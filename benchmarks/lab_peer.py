@@ -187,7 +187,7 @@ class Replica:
 
 
 def replica_steps(config: Replica, encoder=None):
-    """ctrain's `sgns` training (ContrastiveModule._sgns_loss, EpochSampler, Collator, SGD) without Lightning.
+    """ctrain's `sgns` training (ctrain.training.objectives.SGNS, EpochSampler, Collator, SGD) without Lightning.
 
     Yields (steps done, input table, output table, loss) after every step (first (0, ..., nan)). With the defaults it
     reproduces `ctrain fit --config configs/theorem_lab.yaml --config configs/theorem_lab/sgns.yaml` (seed 42) step for

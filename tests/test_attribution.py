@@ -1,4 +1,4 @@
-"""IG and SHAP word weights (spec sections 2 and 3) against captum, brute-force Shapley values and closed forms."""
+"""IG and SHAP word weights (docs/metrics.md, "Weights") against captum, brute-force Shapley values and closed forms."""
 
 import itertools
 import math

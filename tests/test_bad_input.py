@@ -228,6 +228,24 @@ def test_remove_temporaries_takes_only_what_atomic_writes_left(tmp_path):
     assert sorted(path.relative_to(tmp_path).as_posix() for path in tmp_path.rglob("*")) == ["checkpoints", "metrics.csv", "model_final", "model_final/weights"]
 
 
+def test_write_csv_atomic_takes_every_key_and_keeps_the_old_file_when_a_row_fails(tmp_path):
+    """The one CSV writer of metrics.csv and the sweep summary: header from the rows' keys in first-seen order."""
+    import csv
+
+    from ctrain.fileio import write_csv_atomic
+
+    path = tmp_path / "summary.csv"
+    write_csv_atomic(path, [{"run": "a", "status": "finished"}, {"run": "b", "sts_dev_final": "50.1"}])
+    with path.open(newline="") as handle:
+        reader = csv.DictReader(handle)
+        assert reader.fieldnames == ["run", "status", "sts_dev_final"]
+        assert list(reader)[1] == {"run": "b", "status": "", "sts_dev_final": "50.1"}
+    before = path.read_text()
+    with pytest.raises(ValueError, match="unknown"):  # csv.DictWriter: a row key outside the given fields
+        write_csv_atomic(path, [{"run": "c", "unknown": 1}], fields=["run"])
+    assert path.read_text() == before and sorted(p.name for p in tmp_path.iterdir()) == ["summary.csv"]
+
+
 def test_a_checkpoint_killed_mid_save_leaves_its_partial_file_in_the_run_directory(tmp_path):
     """kill -9 inside the save: no partial file in the system's temporary directory, one hidden .tmp beside the target."""
     import tempfile

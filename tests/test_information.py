@@ -1,4 +1,4 @@
-"""Token statistics (spec section 1) against values computed by hand on toy corpora."""
+"""Token statistics (docs/metrics.md, "Information of a token type") against values computed by hand on toy corpora."""
 
 import math
 

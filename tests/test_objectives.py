@@ -115,8 +115,11 @@ def test_diffcse_bad_settings_are_one_line(saved_encoder, tmp_path):
         ContrastiveModule(encoder=EncoderConfig(saved_encoder), objective="diffcse")
     small = BertConfig(vocab_size=100, hidden_size=8, num_hidden_layers=1, num_attention_heads=2, intermediate_size=8)
     BertForMaskedLM(small).save_pretrained(tmp_path)
-    with pytest.raises(ValueError, match="predicts 100 tokens but the encoder's tokenizer has 30522") as error:
+    with pytest.raises(ValueError, match="model.objective.init_args.generator .* predicts 100 tokens but the encoder's tokenizer has 30522") as error:
         ContrastiveModule(encoder=EncoderConfig(saved_encoder), objective=DiffCSE(generator=str(tmp_path)))
+    assert "\n" not in str(error.value)
+    with pytest.raises(OSError, match="model.objective.init_args.generator") as error:
+        ContrastiveModule(encoder=EncoderConfig(saved_encoder), objective=DiffCSE(generator=str(tmp_path / "missing")))
     assert "\n" not in str(error.value)
     with pytest.raises(ValueError, match="unknown model.objective 'simclr'"):
         ContrastiveModule(encoder=EncoderConfig(saved_encoder), objective="simclr")

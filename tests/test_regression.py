@@ -1,4 +1,4 @@
-"""OLS (spec section 4) against numpy least squares and textbook standard errors."""
+"""OLS (docs/metrics.md, "Keys") against numpy least squares and textbook standard errors."""
 
 import math
 

@@ -10,11 +10,12 @@ by the people and tools the user shares them with. Temporaries are hidden and en
 
 from __future__ import annotations
 
+import csv
 import os
 import shutil
 import tempfile
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -45,6 +46,18 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
     """Write `text` to `path` atomically, with normal permissions."""
     with atomic_path(path) as temporary:
         temporary.write_text(text)
+    return Path(path)
+
+
+def write_csv_atomic(path: str | Path, rows: Sequence[Mapping], fields: Sequence[str] | None = None) -> Path:
+    """Write `rows` as a CSV file with a header, atomically. `fields` defaults to every key of the rows, in the order
+    they first appear; a row without a field leaves its cell empty."""
+    if fields is None:
+        fields = list(dict.fromkeys(key for row in rows for key in row))
+    with atomic_path(path) as temporary, temporary.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(rows)
     return Path(path)
 
 

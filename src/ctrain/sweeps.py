@@ -34,7 +34,7 @@ from pathlib import Path
 
 import yaml
 
-from ctrain.fileio import atomic_path, atomic_write_text, complete_lines
+from ctrain.fileio import atomic_write_text, complete_lines, write_csv_atomic
 from ctrain.keys import STS_DEV, STS_TEST, STS_TEST_BEST
 
 SUMMARY_METRICS = {STS_DEV: "sts_dev_final", STS_TEST: "sts_test_final", STS_TEST_BEST: "sts_test_best"}
@@ -205,14 +205,6 @@ def run_summary(run_dir: Path) -> dict[str, str]:
     return values
 
 
-def _write_summary(path: Path, rows: list[dict]) -> None:
-    fields = list(dict.fromkeys(key for row in rows for key in row))
-    with atomic_path(path) as temporary, temporary.open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=fields)
-        writer.writeheader()
-        writer.writerows(rows)
-
-
 def threads_per_run(parallel: int) -> int:
     """Torch threads for each of `parallel` concurrent runs: the cores this process may use (its CPU affinity, so
     `taskset` or a cluster's cgroup pinning is respected), shared equally."""
@@ -339,7 +331,7 @@ def _run_sweep(path: Path, spec: dict, plan: dict, runs: list[tuple[str, dict]],
             failed += code != 0
             skipped = action == "already finished"
             rows[label].update(status=status, seconds=earlier_seconds.get(label, "") if skipped else round(seconds, 1), **summary)
-            _write_summary(summary_file, list(rows.values()))
+            write_csv_atomic(summary_file, list(rows.values()))
             scores = f", STS-B dev {float(summary['sts_dev_final']):.2f}" if "sts_dev_final" in summary else ""
             where = f"log {sweep_dir / 'logs' / f'{label}.log'}" if code else str(run_dir)
             outcome = action if skipped else f"{action}, {status} in {seconds:.0f} s"

@@ -21,6 +21,7 @@ import numpy as np
 import pytorch_lightning as pl
 import torch
 
+from ctrain.keys import MLM_HELD_OUT_LOSS
 from ctrain.runtime import seeded, step_seed
 
 FIXED_STEP = 0  # the step whose random draws every evaluation reuses
@@ -143,7 +144,7 @@ class MetricConvergence(_Plateau):
     `trainer.val_check_interval` steps, so the window spans `window x val_check_interval` steps.
     """
 
-    def __init__(self, monitor: str = "val/mlm_loss", window: int = 5, tolerance: float = 0.01, stop: bool = True) -> None:
+    def __init__(self, monitor: str = MLM_HELD_OUT_LOSS, window: int = 5, tolerance: float = 0.01, stop: bool = True) -> None:
         super().__init__(window, tolerance, stop)
         self.monitor = monitor
 

@@ -63,8 +63,7 @@ class RunOutputs(pl.Callback):
 
     written = "model_final/, model_best/"  # what on_fit_end adds to the run directory, for the closing summary
 
-    def __init__(self, max_seq_length: int = 128) -> None:
-        self.max_seq_length = max_seq_length
+    def __init__(self) -> None:
         self.run_dir: Path | None = None
         self._lightning_step: int | None = None
         self.validated_step: int | None = None  # the optimizer step of the last validation during fit
@@ -103,7 +102,7 @@ class RunOutputs(pl.Callback):
         facts = run_facts(trainer, pl_module, run_dir)
         final_test, _ = encoder_sts(pl_module.encoder, test_rows)
         scores = {STS_TEST: final_test}
-        save_sentence_transformer(pl_module.encoder, run_dir / "model_final", similarity, self.max_seq_length)
+        save_sentence_transformer(pl_module.encoder, run_dir / "model_final", similarity)
         dev = trainer.callback_metrics.get(STS_DEV)
         final_dev = None if dev is None or self.validated_step is None else Score(float(dev), self.validated_step)
         write_model_card(run_dir / "model_final", facts, "final", final_dev, Score(final_test, trainer.global_step))
@@ -114,7 +113,7 @@ class RunOutputs(pl.Callback):
             encoder = copy.deepcopy(pl_module.encoder)
             encoder.load_state_dict({k.removeprefix("encoder."): v for k, v in state.items() if k.startswith("encoder.")})
             scores[STS_TEST_BEST], _ = encoder_sts(encoder, test_rows)
-            save_sentence_transformer(encoder, run_dir / "model_best", similarity, self.max_seq_length)
+            save_sentence_transformer(encoder, run_dir / "model_best", similarity)
             best_dev = trainer.checkpoint_callback.best_model_score
             write_model_card(
                 run_dir / "model_best", facts, "best",

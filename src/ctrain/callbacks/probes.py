@@ -59,10 +59,6 @@ class _ScheduledProbe(pl.Callback):
 
     name = "probe"
 
-    @property
-    def seconds_key(self) -> str:
-        return f"{self.name}/seconds"
-
     def __init__(self, every_n_steps: int = 100, log_spaced: bool = False, num_sentences: int = 300, split: str = "dev") -> None:
         if every_n_steps < 1:
             raise ValueError(f"every_n_steps must be >= 1, got {every_n_steps}")
@@ -112,7 +108,7 @@ class _ScheduledProbe(pl.Callback):
         metrics, record = self.measure(pl_module)
         prefix = f"{self.name}/"
         metrics = {key if key.startswith(prefix) else prefix + key: value for key, value in metrics.items()}
-        metrics[self.seconds_key] = time.perf_counter() - started  # the probe's own cost, to budget it
+        metrics[prefix + "seconds"] = time.perf_counter() - started  # the probe's own cost, to budget it
         self.measured[step] = metrics
         for logger in trainer.loggers:
             logger.log_metrics(metrics, step=step)
@@ -150,7 +146,6 @@ class WordWeightingProbe(_ScheduledProbe):
     """
 
     name = "weighting"
-    seconds_key = "weighting/seconds"
 
     def __init__(
         self,

@@ -1,5 +1,6 @@
-"""`ctrain fit | validate | test | probe | pretrain | corpus`: one LightningCLI over ContrastiveModule and
-ContrastiveDataModule; `ctrain pretrain` is the same CLI over the masked-LM pair (ctrain.training.pretrain, ctrain.data.mlm).
+"""`ctrain fit | validate | test`: one LightningCLI over ContrastiveModule and ContrastiveDataModule;
+`ctrain pretrain` is the same CLI over the masked-LM pair (ctrain.training.pretrain, ctrain.data.mlm).
+`ctrain probe`, `corpus`, `sweep` and `report` are plain commands of their own (ctrain.cli.main).
 
 Every run writes one directory (the CSV logger's): config.yaml, checkpoints/{last,best}.ckpt,
 metrics.csv, model_final/ and model_best/ (sentence-transformers format).
@@ -30,11 +31,10 @@ from ctrain.callbacks.outputs import RunOutputs, checkpoint_step
 from ctrain.callbacks.probes import WordWeightingProbe
 from ctrain.callbacks.wandb_run import WandbOptions, WandbProbeFigures, git_revision, offline_sync_command, wandb_logger
 from ctrain.data.datamodule import ContrastiveDataModule
-from ctrain.fileio import atomic_path, complete_lines, remove_temporaries
+from ctrain.fileio import atomic_path, complete_lines, remove_temporaries, write_csv_atomic
 from ctrain.keys import IG_KL_R2, STS_DEV, STS_TEST
 from ctrain.models.encoder import EncoderConfig
 from ctrain.runtime import global_batch_size
-from ctrain.training.loggers import write_csv_atomic
 from ctrain.training.module import ContrastiveModule
 
 AFTER_CHECKPOINT_PREFIXES = ("train/", "data/", "test/")  # rows logged at a checkpoint's step, after it was written
@@ -316,7 +316,7 @@ def _drop_metrics_after(metrics_file: Path, step: int) -> None:
     with io.StringIO(complete_lines(metrics_file), newline="") as handle:
         reader = csv.DictReader(handle)
         fields, rows = reader.fieldnames or [], [row for row in reader if _logged_before_checkpoint(row, step)]
-    write_csv_atomic(str(metrics_file), fields, rows)
+    write_csv_atomic(metrics_file, rows, fields)
 
 
 def _logged_before_checkpoint(row: dict[str, str], step: int) -> bool:

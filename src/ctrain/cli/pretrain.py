@@ -5,6 +5,7 @@ from __future__ import annotations
 from ctrain.callbacks.outputs import PretrainOutputs
 from ctrain.cli.fit import CtrainCLI
 from ctrain.data.mlm import PretrainDataModule
+from ctrain.keys import MLM_HELD_OUT_LOSS
 from ctrain.training.pretrain import MaskedLMModule
 
 
@@ -14,6 +15,6 @@ class PretrainCLI(CtrainCLI):
     model_class = MaskedLMModule
     datamodule_class = PretrainDataModule
     outputs_class = PretrainOutputs
-    monitor, monitor_mode, monitor_label = "val/mlm_loss", "min", "held-out MLM loss"
+    monitor, monitor_mode, monitor_label = MLM_HELD_OUT_LOSS, "min", "held-out MLM loss"
     default_run_name = "pretrain"
     command = "pretrain"

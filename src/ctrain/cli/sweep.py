@@ -1,13 +1,4 @@
-"""`ctrain sweep FILE`: run a W&B sweep file locally, without a W&B server (the engine is ctrain.sweeps).
-
-The same file works with `wandb sweep FILE` + `wandb agent`. Here, grid and random methods run
-one after another or N at a time, each run a `ctrain fit` subprocess whose directory is
-`<sweep dir>/runs/<swept values>`. The sweep directory holds sweep.yaml (the file as given),
-plan.json (the runs, fixed at the first start, so a random sweep resumes the same draws),
-logs/, summary.csv (one row per run, rewritten after each) and .lock (held while a `ctrain sweep`
-runs the directory: a second one stops at once). Started again, a sweep skips finished runs and
-resumes interrupted ones from their last checkpoint (`ctrain fit --resume`).
-"""
+"""`ctrain sweep FILE`: the command line of the sweep engine, ctrain.sweeps, whose docstring is its help text."""
 
 from __future__ import annotations
 
@@ -15,12 +6,13 @@ import sys
 
 from jsonargparse import ActionConfigFile, ActionYesNo, ArgumentParser
 
+from ctrain import sweeps
 from ctrain.sweeps import sweep
 
 
 def sweep_parser() -> ArgumentParser:
     """`ctrain sweep`'s parser: sweep()'s arguments, FILE positional, --dry_run a flag."""
-    parser = ArgumentParser(prog="ctrain sweep", description=__doc__)
+    parser = ArgumentParser(prog="ctrain sweep", description=sweeps.__doc__)
     parser.add_argument("--config", action=ActionConfigFile, help="YAML with any of the arguments below")
     parser.add_function_arguments(sweep, as_positional=True, skip={"dry_run"})
     parser.add_argument("--dry_run", action=ActionYesNo, default=False, help="print each run's directory and command, run nothing")

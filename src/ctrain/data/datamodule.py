@@ -217,7 +217,6 @@ class ContrastiveDataModule(pl.LightningDataModule):
         self.labels: list[int] | None = None
         self.dev: list[tuple[str, str, float]] = []
         self.test: list[tuple[str, str, float]] = []
-        self.sampler: EpochSampler | None = None
 
     @property
     def tokenizer(self):
@@ -290,13 +289,13 @@ class ContrastiveDataModule(pl.LightningDataModule):
         hp = self.hparams
         wants_labels = getattr(getattr(self.trainer.lightning_module, "objective", None), "reads_labels", False)
         items = self.training_items(wants_labels)
-        self.sampler = resumable_sampler(self.trainer, len(items), hp.batch_size, hp.shuffle)
-        cache_size = hp.cache_texts if _epochs_to_train(self.trainer, self.sampler.batches_per_epoch()) > 1 else 0
+        sampler = resumable_sampler(self.trainer, len(items), hp.batch_size, hp.shuffle)
+        cache_size = hp.cache_texts if _epochs_to_train(self.trainer, sampler.batches_per_epoch()) > 1 else 0
         labelled = wants_labels and self.labels is not None
         return DataLoader(
             items,
             batch_size=hp.batch_size,
-            sampler=self.sampler,
+            sampler=sampler,
             drop_last=True,
             collate_fn=Collator(self.tokenizer, hp.max_length, labelled, cache_size),
             num_workers=hp.num_workers,

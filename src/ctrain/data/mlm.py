@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader
 from transformers import PreTrainedTokenizerBase
 
 from ctrain.data import sources
-from ctrain.data.datamodule import EpochSampler, resumable_sampler
+from ctrain.data.datamodule import resumable_sampler
 
 IGNORE_INDEX = -100  # the label of every position the loss skips (PyTorch's cross-entropy default)
 
@@ -101,8 +101,8 @@ def pack_sentences(tokenizer: PreTrainedTokenizerBase, sentences: list[str], max
     """The sentences' tokens end to end in rows of `max_length` (token ids, word starts), as BERT and RoBERTa pre-train.
 
     Each row starts with [CLS] (<s>), each sentence ends with [SEP] (</s>), and a sentence that does not fit goes on
-    in the next row: no padding and nothing truncated, where one sentence a row at max_length 32 is 26% padding and
-    drops 13% of the corpus's BERT word-pieces. A token's word start is the row position of its word's first token;
+    in the next row: no padding and nothing truncated, where one sentence a row pads short sentences and truncates
+    long ones (docs/vanilla_start.md measures both). A token's word start is the row position of its word's first token;
     a word split between two rows counts as a word in each.
     """
     encoded = tokenizer(sentences, add_special_tokens=False)
@@ -169,7 +169,6 @@ class PretrainDataModule(pl.LightningDataModule):
         self.sentences: list[str] = []
         self.held_out: list[str] = []
         self.rows: list[tuple[list[int], list[int]]] = []
-        self.sampler: EpochSampler | None = None
 
     def load_training_examples(self, world_size: int) -> None:
         """Read the file once and split off the held-out sentences; fail early on too little data."""
@@ -202,9 +201,9 @@ class PretrainDataModule(pl.LightningDataModule):
         hp = self.hparams
         module = self.trainer.lightning_module
         examples, collate = (self.rows, module.packed_collator) if hp.pack else (self.sentences, module.collator)
-        self.sampler = resumable_sampler(self.trainer, len(examples), hp.batch_size)
+        sampler = resumable_sampler(self.trainer, len(examples), hp.batch_size)
         return DataLoader(
-            examples, batch_size=hp.batch_size, sampler=self.sampler, drop_last=True, collate_fn=collate,
+            examples, batch_size=hp.batch_size, sampler=sampler, drop_last=True, collate_fn=collate,
             num_workers=hp.num_workers, persistent_workers=hp.num_workers > 0,
         )  # fmt: skip
 

@@ -1,6 +1,6 @@
 """A sentence encoder: any Hugging Face encoder plus a pooling head.
 
-`SentenceEncoder.forward` is the function `f(X)` of the probe spec: the sentence
+`SentenceEncoder.forward` is the function `f(X)` of docs/metrics.md: the sentence
 embedding the model returns at inference. It accepts `inputs_embeds` and explicit
 `position_ids`, which the Integrated-Gradients probe needs (RoBERTa and MPNet
 derive positions from the input ids, so a PAD baseline must not move them).

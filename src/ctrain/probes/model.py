@@ -201,7 +201,7 @@ def probe_model(
     Args:
         model: hub id, local path, run directory, all-MiniLM-L6-v2, all-mpnet-base-v2 or tiny-bert.
         setup: a paper's measurement: kurita2023 (word weighting) or isotropy2023 (geometry); later flags override it.
-        measure: what to compute: sts (STS-B dev/test Spearman x100), weighting (spec 1-5), geometry (spec 6).
+        measure: what to compute: sts (STS-B dev/test Spearman x100), weighting and geometry (docs/metrics.md).
         out: output directory (default: probe_results/<model>[-<setup>]).
         split: STS-B split of the weighting corpus; the token statistics use all its sentences.
         columns: first sentence of each pair, or both.

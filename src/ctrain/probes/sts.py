@@ -1,4 +1,4 @@
-"""Semantic textual similarity (spec section 7)."""
+"""Semantic textual similarity (docs/metrics.md, "Training and evaluation")."""
 
 from __future__ import annotations
 

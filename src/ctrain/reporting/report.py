@@ -26,7 +26,7 @@ import yaml
 from matplotlib.figure import Figure
 
 from ctrain.fileio import atomic_write_text, complete_lines
-from ctrain.keys import EXAMPLES_SEEN, STS_DEV, STS_TEST
+from ctrain.keys import EXAMPLES_SEEN, MLM_HELD_OUT_LOSS, STS_DEV, STS_TEST
 from ctrain.reporting import lab_report
 from ctrain.reporting.figures import (
     METHOD_LABELS,
@@ -47,13 +47,13 @@ SCALAR_LABELS = {
     "train/loss": "training loss",
     "convergence/objective": "training objective on fixed batches",
     "convergence/relative_range": "objective's relative range over the convergence window",
-    "val/mlm_loss": "held-out MLM loss",
+    MLM_HELD_OUT_LOSS: "held-out MLM loss",
     "train/mlm_loss": "training MLM loss",
     "val/mlm_accuracy": "held-out masked-token accuracy",
 }
 # The training criterion of a run (`ctrain fit`: STS-B dev; `ctrain pretrain`: the held-out MLM loss), drawn beside the
 # word-weight fits so that a change in the weighting is read against how far training has got.
-TRAINING_CRITERIA = ("val/mlm_loss", STS_DEV)  # a pretrain run logs both (STS-B dev of its backbone): its own first
+TRAINING_CRITERIA = (MLM_HELD_OUT_LOSS, STS_DEV)  # a pretrain run logs both (STS-B dev of its backbone): its own first
 FIT_STATISTICS = {"r2": "R^2 of word weight on information", "beta": "slope beta of word weight on information"}
 FIT_TITLE = "word weight on information: R^2 and slope beta (shaded: interval)"
 

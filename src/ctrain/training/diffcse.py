@@ -34,7 +34,7 @@ class FrozenGenerator:
         vocabulary = self.model.get_output_embeddings().weight.shape[0]
         if vocabulary < len(tokenizer):
             raise ValueError(
-                f"model.diffcse_generator '{source}' predicts {vocabulary} tokens but the encoder's tokenizer has "
+                f"model.objective.init_args.generator '{source}' predicts {vocabulary} tokens but the encoder's tokenizer has "
                 f"{len(tokenizer)}: use a generator with the encoder's tokenizer (distilbert-base-uncased for bert-base-uncased)"
             )
         self.mask_token_id = tokenizer.mask_token_id
@@ -66,7 +66,7 @@ def _load_masked_lm(source: str, tokenizer: PreTrainedTokenizerBase, seed: int) 
         return AutoModelForMaskedLM.from_pretrained(source)
     except OSError:
         raise OSError(
-            f"cannot load the masked language model '{source}' (model.diffcse_generator): give a local directory "
+            f"cannot load the masked language model '{source}' (model.objective.init_args.generator): give a local directory "
             f"with its config and weights (download it on a connected machine), or tiny-bert for a CPU run"
         ) from None
 

@@ -15,17 +15,10 @@ from pytorch_lightning.loggers import CSVLogger
 from pytorch_lightning.loggers.csv_logs import ExperimentWriter
 from pytorch_lightning.loggers.logger import rank_zero_experiment
 
-from ctrain.fileio import atomic_path
+from ctrain.fileio import write_csv_atomic
 from ctrain.runtime import with_examples_seen
 
 STEP_KEY = "step"
-
-
-def write_csv_atomic(path: str, fields: list[str], rows: list[dict]) -> None:
-    with atomic_path(path) as temporary, temporary.open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=fields)
-        writer.writeheader()
-        writer.writerows(rows)
 
 
 class _AppendingWriter(ExperimentWriter):
@@ -49,7 +42,7 @@ class _AppendingWriter(ExperimentWriter):
         self.rows.extend(self.metrics)
         self.rows.sort(key=lambda row: int(row[STEP_KEY]))  # stable: rows of one step keep their order
         self.metrics = []
-        write_csv_atomic(self.metrics_file_path, self.metrics_keys, self.rows)
+        write_csv_atomic(self.metrics_file_path, self.rows, self.metrics_keys)
 
 
 class RunCSVLogger(CSVLogger):

@@ -27,7 +27,7 @@ from transformers import AutoModelForMaskedLM, PreTrainedTokenizerBase
 
 from ctrain.data import sources
 from ctrain.data.mlm import IGNORE_INDEX, MaskedLMCollator, PackedRowsCollator, mask_tokens, pack_sentences
-from ctrain.keys import STS_DEV
+from ctrain.keys import MLM_HELD_OUT_LOSS, STS_DEV
 from ctrain.models.encoder import SentenceEncoder, tiny_backbone, word_special_ids
 from ctrain.models.tokenizers import load_tokenizer
 from ctrain.probes.sts import encoder_sts
@@ -179,7 +179,7 @@ class MaskedLMModule(SeededSteps, pl.LightningModule):
         """Held-out loss and accuracy per masked token over the whole held-out set."""
         loss_sum, correct, count = self._held_out.tolist()
         self._held_out.zero_()
-        self.log("val/mlm_loss", loss_sum / max(count, 1), prog_bar=True, sync_dist=True)
+        self.log(MLM_HELD_OUT_LOSS, loss_sum / max(count, 1), prog_bar=True, sync_dist=True)
         self.log("val/mlm_accuracy", correct / max(count, 1), sync_dist=True)
         self._sts_dev = self._sts_dev or sources.read_sts_b("dev")
         spearman, _ = encoder_sts(self.encoder, self._sts_dev)

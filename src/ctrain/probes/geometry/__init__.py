@@ -1,4 +1,4 @@
-"""Geometry of the representation space per layer (probe spec section 6).
+"""Geometry of the representation space per layer (docs/metrics.md, "Geometry").
 
 - `metrics`: the metrics as pure functions of accumulated sums; `layer_metrics` computes every
   logged per-layer value.

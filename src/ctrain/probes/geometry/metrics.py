@@ -1,4 +1,4 @@
-"""The geometry metrics (probe spec section 6) as pure functions of accumulated sums.
+"""The geometry metrics (docs/metrics.md, "Geometry") as pure functions of accumulated sums.
 
 Every per-layer value that `GeometryProbe` logs as `geometry/<name>/layer_<l>` is computed in
 `layer_metrics` below, from the sufficient statistics in `LayerSums`; the sentence-level values

@@ -1,4 +1,4 @@
-"""Word weighting (probe spec sections 1-5): attribution weights of words regressed on their information.
+"""Word weighting (docs/metrics.md, "Word weighting"): attribution weights of words regressed on their information.
 
 - `information`: the statistics corpus's per-type counts, KL, dKL and -log P, and the units of a sentence.
 - `ig`: Integrated Gradients weights (exact or sketched), and the unit weights ``c'`` of any attribution.

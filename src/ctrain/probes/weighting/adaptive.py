@@ -16,8 +16,8 @@ Decisions:
   cancellation between sub-intervals cannot fool, is under ``tol * ||f(1) - f(0)||``. Each round splits the fewest
   sub-intervals, largest residual first, that hold half of that sum (as many as the budget allows).
 - Sub-intervals narrower than ``2 * MIN_WIDTH`` (about 1.2e-7 of t) are not split: the path is evaluated in
-  float32, whose relative spacing is 2^-24. On all-mpnet-base-v2, two sentences left at 36% and 21% by a floor of
-  2^-20 came to 0.9% and 3.2% with this one (512 points allowed; docs/kurita_setup.md). Their residual is given up (it stays in the
+  float32, whose relative spacing is 2^-24: a coarser floor leaves all-mpnet-base-v2's attention switches on the
+  path unresolved (docs/kurita_setup.md, "IG: adaptive quadrature"). Their residual is given up (it stays in the
   reported error); the stopping rule and the split shares count the sub-intervals that can still be split.
 - The reported completeness error is that of the final rule, ``||sum_t w_t g'(t) - (f(1) - f(0))|| / ||f(1) - f(0)||``,
   the same quantity as the fixed rules report.

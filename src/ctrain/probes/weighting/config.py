@@ -34,10 +34,10 @@ _CHOICES = {
 
 @dataclass
 class WeightingConfig:
-    """Every setting of the word-weighting probe, with the spec's defaults; presets override only what they must.
+    """Every setting of the word-weighting probe, with the defaults of docs/metrics.md; presets override only what they must.
 
     ``include_self`` decides whether an occurrence of ``w`` counts itself in
-    ``P_sent(.|w)`` (spec section 1: yes, as the paper's "sentences containing w"
+    ``P_sent(.|w)`` (docs/metrics.md, "Information of a token type": yes, as the paper's "sentences containing w"
     and the theorem's proof do). ``sketch_size`` and ``sketch_kind`` only matter with
     ``ig_mode="sketch"``; the ``shap_*`` fields only with ``"shap"`` in ``methods``.
     ``completeness`` is how sketch mode checks IG's completeness (``integrated_gradients``):
@@ -123,8 +123,8 @@ KURITA2023_WEIGHTING = WeightingConfig(
     ig_mode="sketch",
     sketch_size=16,
     sketch_kind="orthogonal",
-    # 16 Gauss-Legendre steps give the 50-step IG-on-KL R^2 to 0.01 points (100 sentences: 47.99 vs 48.00;
-    # 24: 43.38 vs 43.37; 64: 52.19 vs 52.20, c' within 1.5%) at a third of IG's cost (docs/kurita_setup.md).
+    # 16 Gauss-Legendre steps, not 50: at a third of IG's cost they give the 50-step R^2 within the sketch's own
+    # error (docs/kurita_setup.md, "IG: sketch size and quadrature against exact IG", has the figures and commands).
     steps=16,
 )
 """The word-weighting paper's IG and SHAP; everything else is WeightingConfig's default."""

@@ -1,4 +1,4 @@
-"""Word weights by Integrated Gradients (probe spec section 2), and the unit weights ``c'`` of any attribution.
+"""Word weights by Integrated Gradients (docs/metrics.md, "Weights"), and the unit weights ``c'`` of any attribution.
 
 IG attributes the inference sentence embedding ``f(X)`` (eval mode, fp32, autocast
 off: ``attribution_mode``) and leaves the model as it found it: train/eval mode and parameter
@@ -6,7 +6,7 @@ dtypes are restored, parameter ``.grad`` is never written (gradients are taken w
 only, through ``torch.func.vjp``) and the global torch RNG is never consumed (random
 sketch directions come from a ``torch.Generator`` seeded by an argument). SHAP is ``shapley``'s.
 
-Decisions where the spec is open:
+Decisions the papers leave open:
 
 - IG runs the backbone with the *math* scaled-dot-product-attention kernel: the CPU
   flash kernel has no batching rule for its backward, so a batched VJP through it
@@ -21,13 +21,13 @@ Decisions where the spec is open:
   dense cotangents ran about 2x faster on CPU than one-hot ones.
 - Sketch directions satisfy ``E[v v^T] = I`` and the estimate is the mean over the
   ``r = sketch_size`` directions. Orthogonal directions are ``sqrt(d)`` times ``r``
-  orthonormal rows of a Haar matrix (the spec's "scaled by sqrt(d/r)" written per
+  orthonormal rows of a Haar matrix (r orthonormal directions scaled by sqrt(d/r), written per
   direction), exact at ``r = d``.
 - Completeness is exact in both modes: exact mode sums its ``IG_ijk``; sketch mode,
   which never forms them, uses ``sum_ij IG_ijk = sum_a w_a (J(a) (x - b))_k``, one
   forward-mode JVP along the path (a few forward passes' cost).
 - A unit made of several positions (a word in ``units="words"``) weighs
-  ``sqrt(sum_i c_i^2)`` over its positions: the Frobenius norm of the spec extended to
+  ``sqrt(sum_i c_i^2)`` over its positions: the Frobenius norm of ``c_i`` extended to
   all input dims of the word. ``c'`` divides by the mean over the sentence's units.
 """
 

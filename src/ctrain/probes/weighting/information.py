@@ -1,11 +1,11 @@
-"""Information-theoretic quantities of token types (probe spec section 1).
+"""Information-theoretic quantities of token types (docs/metrics.md, "Information of a token type").
 
 Everything is counted over a *statistics corpus* tokenised by the model's own
 tokenizer. A *unit* is one occurrence of a type: a tokenizer token (``units="tokens"``,
 the default) or a whole word (``units="words"``: consecutive positions with the same
 ``word_ids()`` value merged). Special tokens are never types.
 
-Decisions where the spec is open:
+Decisions the papers leave open:
 
 - "Special" means ``tokenizer.all_special_ids`` except [UNK] (the same set as
   ``SentenceEncoder.special_mask``: [UNK] stands for a word of the sentence, so it is

@@ -14,7 +14,6 @@ from typing import Literal
 from ctrain.probes.weighting.regression import FitKeys
 
 PREFIX = "weighting/"
-Method = Literal["ig", "shap"]
 METHODS: tuple[str, ...] = ("ig", "shap")
 Quantity = Literal["kl", "dkl", "selfinfo"]
 QUANTITIES: tuple[str, ...] = ("kl", "dkl", "selfinfo")
@@ -40,7 +39,7 @@ def fit_keys(fit: str, slope: str, spearman: bool = False, intervals: bool = Fal
 FIT_KEYS: dict[tuple[str, str], FitKeys] = {
     (method, quantity): fit_keys(f"{method}_{quantity}", "beta", intervals=True) for method in METHODS for quantity in QUANTITIES
 }
-"""(method, quantity) -> keys of the OLS of ``c'`` on that quantity (spec section 4), with the bootstrap interval
+"""(method, quantity) -> keys of the OLS of ``c'`` on that quantity (docs/metrics.md, "Keys"), with the bootstrap interval
 of R^2 and beta over probe sentences (``*_ci_low`` / ``*_ci_high``; logged when ``bootstrap_resamples > 0``)."""
 
 THEOREM_KEYS: dict[tuple[str, str], FitKeys] = {
@@ -48,8 +47,8 @@ THEOREM_KEYS: dict[tuple[str, str], FitKeys] = {
     for target in THEOREM_TARGETS
     for quantity in QUANTITIES
 }
-"""(Theorem-1 target, quantity) -> keys of the OLS of ``0.5 ||w||^2`` on that quantity, with Spearman (spec section 5;
-KL keeps its original names)."""
+"""(Theorem-1 target, quantity) -> keys of the OLS of ``0.5 ||w||^2`` on that quantity, with Spearman (docs/metrics.md,
+"Keys"; KL keeps its original names)."""
 
 NUM_SENTENCES = "weighting/num_sentences"
 NUM_UNITS = "weighting/num_units"

@@ -3,11 +3,11 @@
 ``weighting_probe`` is what the training callback and ``ctrain probe`` call. It
 weighs every unit of the probe sentences by IG (and optionally SHAP), one ``weigh_batch``
 at a time, regresses the normalised weights ``c'`` on ``KL``, ``dKL`` and ``I`` of a
-statistics corpus (spec sections 1-4), and measures Theorem 1 (section 5). Pass
+statistics corpus, and measures Theorem 1 (docs/metrics.md, "Word weighting"). Pass
 ``statistics`` (``WeightingConfig.statistics``) to reuse them across calls: they depend on
 the corpus and the tokenizer only, not on the weights being trained.
 
-Decisions where the spec is open:
+Decisions the papers leave open:
 
 - The same ``min_count`` filter applies to the KL, dKL and I regressions and to the
   theorem fits, so that all of them use the same points and their R^2 compare; set

@@ -1,6 +1,6 @@
-"""OLS of word weights on information (probe spec section 4), also used for Theorem 1.
+"""OLS of word weights on information (docs/metrics.md, "Keys"), also used for Theorem 1.
 
-Decisions where the spec is open:
+Decisions the papers leave open:
 
 - Non-finite points (e.g. NaN KL of a type without context) are dropped before the
   fit; ``n`` counts the points actually used.

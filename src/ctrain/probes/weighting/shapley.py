@@ -1,10 +1,10 @@
-"""Word weights by SHAP (probe spec section 3): Shapley values of the unit tokens, or the paper's PartitionSHAP.
+"""Word weights by SHAP (docs/metrics.md, "Weights"): Shapley values of the unit tokens, or the paper's PartitionSHAP.
 
 Like IG (``ig``), SHAP attributes the inference sentence embedding ``f(X)`` under
 ``attribution_mode`` and leaves the model as it found it; permutations come from a
 ``torch.Generator`` seeded by an argument, never from the global RNG.
 
-Decisions where the spec is open:
+Decisions the papers leave open:
 
 - SHAP ``exact`` mode enumerates all coalitions of sentences with at most
   ``max_exact_tokens`` players and samples permutations beyond (exact enumeration

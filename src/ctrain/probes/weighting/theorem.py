@@ -1,9 +1,9 @@
-"""Theorem 1 of the word-weighting theory measured directly (probe spec section 5).
+"""Theorem 1 of the word-weighting theory measured directly (docs/metrics.md, "Keys").
 
 The theory predicts ``0.5 ||w||^2 ~ KL(w)`` (slope 1) for a mean-pooled encoder
 trained with an inner-product objective. We regress ``0.5 ||w||^2`` on ``KL(w)``.
 
-Decisions where the spec is open:
+Decisions the papers leave open:
 
 - The vector of a multi-position unit (a word of several subwords) is the *sum* of
   its positions' vectors by default (its total contribution to a mean-pooled sum), or

@@ -77,7 +77,7 @@ def step0_encoder(config: str):
 def probe_once(encoder, sentences, config, statistics):
     """Seconds, and per sentence the normalised IG weights of its fitted occurrences, and the fit with its interval."""
     started = time.perf_counter()
-    result = weighting_probe(encoder, sentences, config, statistics)
+    result = weighting_probe(encoder, sentences, config, statistics=statistics)
     seconds = time.perf_counter() - started
     x, y, _, sentence = result.occurrences("ig", "kl")
     by_sentence = {sentences[i]: (x[sentence == i], y[sentence == i]) for i in np.unique(sentence)}

@@ -105,7 +105,7 @@ def main(argv: list[str] | None = None) -> None:
     runs = {}
     for mode in ("exact", "sketch"):
         runs[mode], seconds_run = timed(
-            weighting_probe, encoder, sentences, WeightingConfig(ig_mode=mode, sketch_size=args.sketch_size, **common), statistics
+            weighting_probe, encoder, sentences, WeightingConfig(ig_mode=mode, sketch_size=args.sketch_size, **common), statistics=statistics
         )
         wall, cpu = (seconds_run / len(sentences)).tolist()
         print(f"\n[3] {mode:<6} probe on {len(sentences)} sentences, m={args.r2_steps}: {wall:.2f} s/sentence wall, {cpu:.2f} s cpu")

@@ -71,7 +71,7 @@ def probe_with_split_times(encoder, sentences, config, statistics, clock: Clock,
         return attribution
 
     weigh = functools.partial(weigh_batch, attribute=timed_attribute)
-    result = clock.timed(f"{tag} total", weighting_probe, encoder, sentences, config, statistics, weigh=weigh)
+    result = clock.timed(f"{tag} total", weighting_probe, encoder, sentences, config, statistics=statistics, weigh=weigh)
     return result, captured
 
 
@@ -135,7 +135,7 @@ def main(argv: list[str] | None = None) -> None:
     # warm-up: numba compiles shap's helpers on first use, the allocator grows
     warm = sentences[:2]
     for mode in ("partition", "partition_native"):
-        weighting_probe(encoder, warm, dataclasses.replace(base, shap_mode=mode, theorem=False), statistics)
+        weighting_probe(encoder, warm, dataclasses.replace(base, shap_mode=mode, theorem=False), statistics=statistics)
 
     clock = Clock()
     library, lib_captured = probe_with_split_times(

@@ -67,12 +67,12 @@ def run_variant(variant: str, model: str, sentences: list[str], corpus: list[str
         encoder = load_encoder(model, normalize=not encoder.normalize)
         label = f"normalize_{'on' if encoder.normalize else 'off'}"
     statistics = token_statistics(
-        encoder.tokenizer, corpus, config.units, config.include_self, config.dkl_repeats, config.seed, config.max_length
+        encoder.tokenizer, corpus, units=config.units, include_self=config.include_self, dkl_repeats=config.dkl_repeats, seed=config.seed, max_length=config.max_length
     )
     absent = absent_token(encoder, encoder.tokenizer.pad_token) if variant == "pad_absent" else contextlib.nullcontext()
     started = time.perf_counter()
     with absent:
-        result = weighting_probe(encoder, sentences, config, statistics, resume_dir=out / label)
+        result = weighting_probe(encoder, sentences, config, statistics=statistics, resume_dir=out / label)
     metrics = {key: value for key, value in result.metrics.items() if key.startswith("weighting/shap_")}
     return {"variant": label, "config": dataclasses.asdict(config), "metrics": metrics, "seconds": time.perf_counter() - started}
 

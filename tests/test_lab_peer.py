@@ -40,7 +40,7 @@ def test_fits_are_the_lab_probes(lab_peer, probe):
         counts.index_add_(0, torch.tensor([t for s in ids for t in s]), torch.ones(sum(map(len, ids))))
         encoder.word_embeddings.weight.mul_(1 + counts.sqrt().unsqueeze(1))
     config = WeightingConfig(ig_mode="sketch", sketch_size=8, sketch_kind="orthogonal", steps=16, max_length=32, batch_size=64)
-    metrics = weighting_probe(encoder, probe.sentences, config, probe.statistics).metrics
+    metrics = weighting_probe(encoder, probe.sentences, config, statistics=probe.statistics).metrics
     fits = probe.fits(encoder.word_embeddings.weight)
     for quantity, key in (("kl", "theorem_input"), ("dkl", "theorem_input_dkl"), ("selfinfo", "theorem_input_selfinfo")):
         fit = fits[quantity]

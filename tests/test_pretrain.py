@@ -56,7 +56,7 @@ def test_token_masking_rates_and_80_10_10_split():
     chosen_total, as_mask, as_random, unchanged = 0, 0, 0, 0
     draws = 400
     for _ in range(draws):
-        masked, labels = mask_tokens(input_ids, maskable, word_start, MASK_ID, VOCAB, generator)
+        masked, labels = mask_tokens(input_ids, maskable, word_start, mask_token_id=MASK_ID, vocab_size=VOCAB, generator=generator)
         chosen = labels != IGNORE_INDEX
         assert not chosen[~maskable].any(), "a special or pad token was chosen"
         assert torch.equal(labels[chosen], input_ids[chosen])
@@ -82,7 +82,7 @@ def test_whole_word_masking_chooses_all_pieces_of_a_word_together():
     generator = torch.Generator().manual_seed(1)
     chosen_words, words = 0, 0
     for _ in range(300):
-        _, labels = mask_tokens(input_ids, maskable, word_start, MASK_ID, VOCAB, generator)
+        _, labels = mask_tokens(input_ids, maskable, word_start, mask_token_id=MASK_ID, vocab_size=VOCAB, generator=generator)
         chosen = labels != IGNORE_INDEX
         first = maskable & (word_start == positions)  # first piece of each word
         second = maskable & ~first

@@ -83,13 +83,13 @@ def _brute_force(x, y, types, sentence, num_sentences, points, resamples, confid
 def test_bootstrap_equals_a_brute_force_loop_of_refits(points):
     x, y, types, sentence = _synthetic(12)
     x[types == types[3]] = np.nan  # a type without information: dropped, as ols drops it
-    interval = bootstrap_fit(x, y, sentence, 13, points, types, resamples=200, confidence=0.9, seed=7)  # sentence 12 has no points
+    interval = bootstrap_fit(x, y, sentence, 13, points=points, types=types, resamples=200, confidence=0.9, seed=7)  # sentence 12 has no points
     expected = _brute_force(x, y, types, sentence, 13, points, 200, 0.9, 7)
     got = (interval.r2_low, interval.r2_high, interval.slope_low, interval.slope_high)
     np.testing.assert_allclose(got, expected, rtol=1e-8, atol=1e-12)
-    again = bootstrap_fit(x, y, sentence, 13, points, types, resamples=200, confidence=0.9, seed=7)
+    again = bootstrap_fit(x, y, sentence, 13, points=points, types=types, resamples=200, confidence=0.9, seed=7)
     assert again == interval  # same seed, same interval
-    assert bootstrap_fit(x, y, sentence, 13, points, types, resamples=200, confidence=0.9, seed=8) != interval
+    assert bootstrap_fit(x, y, sentence, 13, points=points, types=types, resamples=200, confidence=0.9, seed=8) != interval
 
 
 @pytest.mark.parametrize("points", POINTS)
@@ -98,7 +98,7 @@ def test_bootstrap_interval_contains_the_estimate_and_narrows_with_more_sentence
     for num_sentences in (20, 80, 320):
         x, y, types, sentence = _synthetic(num_sentences, seed=1)
         fit = ols(*regression_points(x, y, types, points))
-        interval = bootstrap_fit(x, y, sentence, num_sentences, points, types, resamples=500, seed=0)
+        interval = bootstrap_fit(x, y, sentence, num_sentences, points=points, types=types, resamples=500, seed=0)
         assert interval.slope_low <= fit.slope <= interval.slope_high
         if points == "occurrence":  # type means of a resample are noisier than the data's, so their R^2 runs low
             assert interval.r2_low <= fit.r2 <= interval.r2_high

@@ -283,7 +283,7 @@ def test_probe_on_the_training_corpus_measures_what_the_run_trained_on(toy_corpu
     assert len(texts) == 12 and callback.corpus == texts
     assert len(callback.sentences) == 5 and set(callback.sentences) <= set(texts)
     c = callback.config
-    expected = token_statistics(cli.model.encoder.tokenizer, texts, c.units, c.include_self, c.dkl_repeats, c.seed, c.max_length)
+    expected = token_statistics(cli.model.encoder.tokenizer, texts, units=c.units, include_self=c.include_self, dkl_repeats=c.dkl_repeats, seed=c.seed, max_length=c.max_length)
     assert callback.statistics.num_sentences == 12 and callback.statistics.types == expected.types
     np.testing.assert_array_equal(callback.statistics.kl, expected.kl)
     with pytest.raises(ValueError, match="split='training'.* needs a run"):

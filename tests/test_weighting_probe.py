@@ -261,8 +261,8 @@ def test_demo_preset_measures_the_last_step_on_the_same_inputs_as_step_0(tmp_pat
     sentences = sample_sentences(sts_b_sentences("dev"), 4, config.seed)
     assert first["sentences_sha256"] == sentences_hash(sentences) != sentences_hash(sentences[::-1])
     statistics = token_statistics(
-        load_encoder("tiny-bert").tokenizer, sts_b_sentences("dev"), config.units, config.include_self, config.dkl_repeats,
-        config.seed, config.max_length,
+        load_encoder("tiny-bert").tokenizer, sts_b_sentences("dev"), units=config.units, include_self=config.include_self, dkl_repeats=config.dkl_repeats,
+        seed=config.seed, max_length=config.max_length,
     )  # fmt: skip
     assert first["statistics_sha256"] == statistics_hash(statistics)
     assert first["metrics"]["weighting/num_sentences"] == last["metrics"]["weighting/num_sentences"] == 4

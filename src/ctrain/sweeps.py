@@ -233,6 +233,7 @@ def _run_one(command: list[str], run_dir: Path, log_file: Path, threads: int) ->
 def sweep(
     file: str,
     out: str | None = None,
+    *,
     parallel: int = 1,
     count: int | None = None,
     seed: int = 0,

@@ -184,7 +184,7 @@ class WordWeightingProbe(_ScheduledProbe):
         if self.statistics is None:
             self.statistics = self.config.statistics(pl_module.encoder.tokenizer, self.corpus)
             self.statistics_sha256 = statistics_hash(self.statistics)
-        result = weighting_probe(pl_module.encoder, self.sentences, self.config, self.statistics)
+        result = weighting_probe(pl_module.encoder, self.sentences, self.config, statistics=self.statistics)
         if warning := completeness_warning(result.metrics, self.config):
             print(warning, flush=True)
         record = {

@@ -193,6 +193,7 @@ class ContrastiveDataModule(pl.LightningDataModule):
     def __init__(
         self,
         train: str = "sts-b",
+        *,
         supervised: bool = False,
         columns: list[str] | None = None,
         label_column: str | None = None,

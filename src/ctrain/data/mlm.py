@@ -29,6 +29,7 @@ def mask_tokens(
     input_ids: Tensor,
     maskable: Tensor,
     word_start: Tensor,
+    *,
     mask_token_id: int,
     vocab_size: int,
     generator: torch.Generator,
@@ -157,6 +158,7 @@ class PretrainDataModule(pl.LightningDataModule):
     def __init__(
         self,
         train: str = "data/corpus/all.txt",
+        *,
         val_size: int = 1000,
         batch_size: int = 64,
         eval_batch_size: int = 128,

@@ -12,7 +12,7 @@ import json
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import KW_ONLY, dataclass, field
 from itertools import chain
 from pathlib import Path
 
@@ -320,6 +320,7 @@ class EncoderConfig:
     """
 
     name: str = "tiny-bert"
+    _: KW_ONLY  # the name may be given alone; every other setting by its name
     pooling: PoolingMode | None = None
     mlp_only_train: bool = False
     normalize: bool | None = None
@@ -342,6 +343,7 @@ class EncoderConfig:
 
 def load_encoder(
     name: str,
+    *,
     pooling: PoolingMode | None = None,
     normalize: bool | None = None,
     mlp_only_train: bool = False,
@@ -365,7 +367,7 @@ def load_encoder(
     """
     if embedding_init_std is not None and embedding_init_std <= 0:
         raise ValueError(f"embedding_init_std must be positive, got {embedding_init_std}")
-    encoder = _load_encoder(name, pooling, normalize, mlp_only_train, trust_remote_code, tiny_hidden_size, tiny_num_layers, seed, bag_layers, reinitialize)
+    encoder = _load_encoder(name, pooling=pooling, normalize=normalize, mlp_only_train=mlp_only_train, trust_remote_code=trust_remote_code, tiny_hidden_size=tiny_hidden_size, tiny_num_layers=tiny_num_layers, seed=seed, bag_layers=bag_layers, reinitialize=reinitialize)
     if embedding_init_std is not None:
         with seeded(seed), torch.no_grad():
             nn.init.normal_(encoder.word_embeddings.weight, 0.0, embedding_init_std)
@@ -374,6 +376,7 @@ def load_encoder(
 
 def _load_encoder(
     name: str,
+    *,
     pooling: PoolingMode | None,
     normalize: bool | None,
     mlp_only_train: bool,

@@ -256,7 +256,7 @@ def _weighting(
     batches = directory / "weighting_batches"  # each weighed batch, until weighting.json is written: a rerun resumes
     if kept := len(list(batches.glob("batch_*.pt"))):
         say(f"  {kept} batches kept in {batches} by an interrupted run: reused if they came from this same probe")
-    result = weighting_probe(encoder, sentences, config, statistics, progress, resume_dir=batches)
+    result = weighting_probe(encoder, sentences, config, statistics=statistics, progress=progress, resume_dir=batches)
     seconds = progress.finish()
     atomic_write_text(directory / "weighting.json", result.to_json())
     shutil.rmtree(batches)

@@ -392,6 +392,7 @@ def final_probe_figures(run_dir: Path, out: Path, num_sentences: int) -> list[Pa
 def report(
     directory: str,
     out: str | None = None,
+    *,
     x: XAxis | None = None,
     final_probe: bool = True,
     probe_sentences: int = 48,

@@ -63,6 +63,7 @@ class ContrastiveModule(SeededSteps, pl.LightningModule):
         self,
         encoder: EncoderConfig | str = EncoderConfig(),  # noqa: B008 (read by jsonargparse, never mutated)
         objective: Objective | ObjectiveName = "infonce",
+        *,
         similarity: Similarity = "cos",
         temperature: float = 0.05,
         positives: Positives = "dropout",
@@ -224,4 +225,4 @@ class ContrastiveModule(SeededSteps, pl.LightningModule):
     def configure_optimizers(self) -> dict:
         """AdamW (or SGD) with warm-up then linear decay (or constant), over the encoder and the objective's parts."""
         hp = self.hparams
-        return build_optimizer(self, self.trainer.estimated_stepping_batches, hp.learning_rate, hp.weight_decay, hp.warmup, hp.optimizer, hp.schedule)
+        return build_optimizer(self, self.trainer.estimated_stepping_batches, hp.learning_rate, weight_decay=hp.weight_decay, warmup=hp.warmup, optimizer=hp.optimizer, schedule=hp.schedule)

@@ -14,6 +14,7 @@ def build_optimizer(
     module: nn.Module,
     total_steps: int,
     learning_rate: float,
+    *,
     weight_decay: float = 0.0,
     warmup: float = 0.0,
     optimizer: OptimizerName = "adamw",

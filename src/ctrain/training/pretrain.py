@@ -68,6 +68,7 @@ class MaskedLMModule(SeededSteps, pl.LightningModule):
         self,
         architecture: Literal["bert", "roberta"] = "bert",
         tokenizer: str = "bert-uncased",
+        *,
         hidden_size: int = 128,
         num_layers: int = 4,
         mlm_probability: float = 0.15,
@@ -143,7 +144,7 @@ class MaskedLMModule(SeededSteps, pl.LightningModule):
         cost more than the encoder."""
         masked, labels = mask_tokens(
             batch["input_ids"].cpu(), batch["maskable"].cpu(), batch["word_start"].cpu(),
-            self.tokenizer.mask_token_id, len(self.tokenizer), generator, self.hparams.mlm_probability,
+            mask_token_id=self.tokenizer.mask_token_id, vocab_size=len(self.tokenizer), generator=generator, probability=self.hparams.mlm_probability,
         )  # fmt: skip
         masked, labels = masked.to(self.device), labels.to(self.device)
         states = self.model.base_model(input_ids=masked, attention_mask=batch["attention_mask"]).last_hidden_state
@@ -190,7 +191,7 @@ class MaskedLMModule(SeededSteps, pl.LightningModule):
         """AdamW without decay on biases and LayerNorm, linear warm-up then `schedule` (as contrastive training)."""
         hp = self.hparams
         return build_optimizer(
-            self, self.trainer.estimated_stepping_batches, hp.learning_rate, hp.weight_decay, hp.warmup, schedule=hp.schedule
+            self, self.trainer.estimated_stepping_batches, hp.learning_rate, weight_decay=hp.weight_decay, warmup=hp.warmup, schedule=hp.schedule
         )
 
 

@@ -61,7 +61,7 @@ CONVENTIONS: dict[str, dict[str, object]] = {
 }
 
 
-@dataclass
+@dataclass(kw_only=True)
 class GeometryConfig:
     """Settings of the geometry probe. Fields left None take the convention's value (`CONVENTIONS`).
 

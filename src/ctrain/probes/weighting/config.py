@@ -32,7 +32,7 @@ _CHOICES = {
 }
 
 
-@dataclass
+@dataclass(kw_only=True)
 class WeightingConfig:
     """Every setting of the word-weighting probe, with the defaults of docs/metrics.md; presets override only what they must.
 
@@ -106,7 +106,7 @@ class WeightingConfig:
 
     def statistics(self, tokenizer: PreTrainedTokenizerBase, corpus: list[str]) -> TokenStatistics:
         """The token statistics of ``corpus`` with this config's units, include_self, dKL repeats, seed and truncation."""
-        return token_statistics(tokenizer, corpus, self.units, self.include_self, self.dkl_repeats, self.seed, self.max_length)
+        return token_statistics(tokenizer, corpus, units=self.units, include_self=self.include_self, dkl_repeats=self.dkl_repeats, seed=self.seed, max_length=self.max_length)
 
 
 KURITA2023_WEIGHTING = WeightingConfig(

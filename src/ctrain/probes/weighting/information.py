@@ -159,6 +159,7 @@ class TokenStatistics:
 def token_statistics(
     tokenizer: PreTrainedTokenizerBase,
     sentences: list[str],
+    *,
     units: Units = "tokens",
     include_self: bool = True,
     dkl_repeats: int = 5,

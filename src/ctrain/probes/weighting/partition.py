@@ -240,6 +240,7 @@ def batched_owen_values(
     sentences: Sequence[str],
     max_evals: int = 500,
     batch_size: int | None = None,
+    *,
     seeds: Sequence[int] | None = None,
     tie_breaks: TieBreaks = "seeded",
 ) -> list[np.ndarray]:
@@ -261,7 +262,7 @@ def batched_owen_values(
     """
     check_choice(tie_breaks, TIE_BREAKS, "tie_breaks")
     if tie_breaks == "global" and len(sentences) > 1:
-        return [batched_owen_values(value_function, tokenizer, [s], max_evals, batch_size, None, "global")[0] for s in sentences]
+        return [batched_owen_values(value_function, tokenizer, [s], max_evals, batch_size, seeds=None, tie_breaks="global")[0] for s in sentences]
     masker = text_masker(tokenizer)
     batch_size = masker.default_batch_size if batch_size is None else batch_size
     seeds = list(seeds) if seeds is not None else list(range(len(sentences)))

@@ -111,7 +111,7 @@ class WeightingResult:
         """Bootstrap interval (over the ``num_sentences`` probe sentences) of the ``{method}_{quantity}`` fit."""
         x, y, types, sentence = self.occurrences(method, quantity)
         c = self.config
-        return bootstrap_fit(x, y, sentence, num_sentences, c.points, types, c.bootstrap_resamples, c.confidence, c.seed)
+        return bootstrap_fit(x, y, sentence, num_sentences, points=c.points, types=types, resamples=c.bootstrap_resamples, confidence=c.confidence, seed=c.seed)
 
     def to_json(self) -> str:
         """Config, metrics and one record per unit as strict JSON (NaN written as null), full float precision."""
@@ -122,6 +122,7 @@ def weighting_probe(
     encoder: SentenceEncoder,
     sentences: list[str],
     config: WeightingConfig | None = None,
+    *,
     statistics: TokenStatistics | None = None,
     progress: Callable[[BatchProgress], None] | None = None,
     resume_dir: str | Path | None = None,

@@ -169,6 +169,7 @@ def bootstrap_fit(
     y: np.ndarray,
     sentence: np.ndarray,
     num_sentences: int,
+    *,
     points: Points = "occurrence",
     types: np.ndarray | None = None,
     resamples: int = 1000,

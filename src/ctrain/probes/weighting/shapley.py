@@ -162,7 +162,7 @@ def shap_weights(
 
     if mode == "partition_native":  # the same values as "partition", all sentences' coalitions batched together
         native = batched_owen_values(
-            length_grouped_encoder(encoder), encoder.tokenizer, sentences, max_evals, batch_size, [seed + b for b in range(len(sentences))]
+            length_grouped_encoder(encoder), encoder.tokenizer, sentences, max_evals, batch_size, seeds=[seed + b for b in range(len(sentences))]
         )  # fmt: skip
     for b, (ids, keep) in enumerate(zip(input_ids, attention_mask.bool())):
         players = torch.nonzero(keep & ~special[b])[:, 0].cpu()

@@ -39,7 +39,7 @@ vanilla-start: setup
 	test -f data/corpus/all.txt || $(BIN)/ctrain corpus --output data/corpus
 	if [ -f $(START_RUN)/checkpoints/last.ckpt ]; then $(BIN)/ctrain pretrain --resume $(START_RUN); \
 	else $(BIN)/ctrain pretrain --config configs/pretrain_bert_cpu.yaml --config configs/pretrain_converged_cpu.yaml \
-	  --config callbacks/pretrain_convergence.yaml --config callbacks/probes_logspaced_300.yaml; fi
+	  --config callbacks/probes_logspaced_300.yaml --config callbacks/pretrain_convergence.yaml; fi
 
 # The emergence comparison from the converged start, three seeds an arm, probes at log-spaced steps from step 0: SimCSE
 # from the start and from random initialisation of its shape, and the control (the start under its MLM objective for as

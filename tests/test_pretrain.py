@@ -424,3 +424,18 @@ def test_pretraining_stops_when_the_held_out_loss_converges(tmp_path, tolerance,
     assert max(trained) == stopped_at - 1  # Lightning's step column counts from 0: step k is the (k+1)-th update
     converged = [row["convergence/converged_step"] for row in rows if row.get("convergence/converged_step")]
     assert converged == ([str(stopped_at)] if stopped_at < 10 else [])
+
+
+def test_make_vanilla_start_composes_the_convergence_stop_with_the_probes(capsys):
+    """The Makefile's command for the converged start keeps MetricConvergence: a preset that sets
+    `trainer.callbacks:` after `callbacks/pretrain_convergence.yaml` (which appends) would silently drop it."""
+    import re
+
+    target = re.search(r"^vanilla-start:.*?\n((?:\t.*\n)+)", (ROOT / "Makefile").read_text(), re.MULTILINE).group(1)
+    command = target[target.index("else"):].replace("\\\n", " ")
+    configs = re.findall(r"--config (\S+?);?\s", command)
+    assert "callbacks/pretrain_convergence.yaml" in configs
+    with pytest.raises(SystemExit):
+        main(["pretrain", *(word for config in configs for word in ("--config", str(ROOT / config))), "--print_config"])
+    callbacks = [entry["class_path"] for entry in yaml.safe_load(capsys.readouterr().out)["trainer"]["callbacks"]]
+    assert callbacks == ["ctrain.callbacks.WordWeightingProbe", "ctrain.callbacks.GeometryProbe", "ctrain.callbacks.MetricConvergence"]

@@ -72,6 +72,16 @@ def curve_of(frame: pd.DataFrame, column: str) -> pd.DataFrame:
     return curve
 
 
+def seed_band(frames: list[pd.DataFrame]) -> pd.DataFrame:
+    """The seeds' mean of every metric at each step, with `_ci_low` / `_ci_high` the lowest and highest seed (replacing
+    a single run's bootstrap interval: the band is the spread over seeds)."""
+    stacked = pd.concat(frames, ignore_index=True)
+    metrics = [column for column in stacked.select_dtypes("number").columns if column != "step" and not column.endswith(("_ci_low", "_ci_high"))]
+    by_step = stacked.groupby("step")[metrics]
+    band = pd.concat([by_step.mean(), by_step.min().add_suffix("_ci_low"), by_step.max().add_suffix("_ci_high")], axis=1)
+    return band.copy().reset_index()  # copy: one block, not one per column (pandas warns on every later insert)
+
+
 def log_x_axes(figures: Iterable[Figure]) -> None:
     """Every axes of `figures` on a symmetric-log x-axis, linear below 1 (step 0 stays on the axis)."""
     for figure in figures:

@@ -17,7 +17,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from ctrain.probes.weighting.keys import FIT_KEYS, THEOREM_INPUT_HALF_NORM_MEAN, THEOREM_KEYS
-from ctrain.reporting.figures import QUANTITY_LABELS, XAxis, curve_of, line_figure
+from ctrain.reporting.figures import QUANTITY_LABELS, XAxis, curve_of, line_figure, seed_band
 from ctrain.sweeps import parse_run_label, run_label
 
 TARGET_LABELS = {"input": "input rows", "last_type": "last-layer states (type means)"}
@@ -109,18 +109,15 @@ def _seed(label: str) -> str | None:
     return parse_run_label(label).get(SEED_KEY)
 
 
-def seed_band(frames: list[pd.DataFrame], key: str) -> pd.DataFrame:
-    """The curve of `key` over seeds: mean per step, `low` and `high` the lowest and highest seed (one seed: no band)."""
-    curves = [curve_of(frame, key).dropna(subset=["value"])[["step", "examples", "value"]] for frame in frames]
-    curves = [curve for curve in curves if not curve.empty]
-    if not curves:
+def seed_curve(frames: list[pd.DataFrame], key: str) -> pd.DataFrame:
+    """The curve of `key` over seeds: `figures.seed_band`'s mean per step, `low` and `high` the lowest and highest
+    seed (one seed: its curve, no band)."""
+    measured = [frame for frame in frames if key in frame and frame[key].notna().any()]
+    if not measured:
         return pd.DataFrame({"step": [], "examples": [], "value": []})
-    if len(curves) == 1:
-        return curves[0]
-    grouped = pd.concat(curves).groupby("step")
-    return pd.DataFrame(
-        {"examples": grouped["examples"].first(), "value": grouped["value"].mean(), "low": grouped["value"].min(), "high": grouped["value"].max()}
-    ).reset_index()
+    if len(measured) == 1:
+        return curve_of(measured[0], key).dropna(subset=["value"])[["step", "examples", "value"]]
+    return curve_of(seed_band(measured), key).dropna(subset=["value"]).reset_index(drop=True)
 
 
 def figures(
@@ -142,7 +139,7 @@ def figures(
             for statistic, words in STATISTIC_LABELS.items():
                 key = getattr(THEOREM_KEYS[target, quantity], statistic)
                 y_label = f"{words} of 0.5||w||^2 on {quantity_words}, {target_words}"
-                curves = {name: seed_band(frames, key) for name, frames in frames_by_setting.items()}
+                curves = {name: seed_curve(frames, key) for name, frames in frames_by_setting.items()}
                 figure = line_figure(curves, y_label, f"{y_label}\n{title}", x)
                 if figure is None:
                     continue
@@ -158,7 +155,7 @@ def figures(
                     axes.set_yscale("symlog", linthresh=1.0)
                     axes.axhline(1.0, color="black", linestyle=":", linewidth=1)
     y_label = "mean 0.5||w||^2 of the fitted input rows"
-    curves = {name: seed_band(frames, THEOREM_INPUT_HALF_NORM_MEAN) for name, frames in frames_by_setting.items()}
+    curves = {name: seed_curve(frames, THEOREM_INPUT_HALF_NORM_MEAN) for name, frames in frames_by_setting.items()}
     if (figure := line_figure(curves, y_label, f"{y_label}\n{title}", x)) is not None:  # the norms' growth
         figure.axes[0].set_yscale("log")
         _log_steps(figure.axes[0], curves)

@@ -37,6 +37,7 @@ from ctrain.reporting.figures import (
     log_x_axes,
     panel_figure,
     save_figure,
+    seed_band,
 )
 from ctrain.reporting.geometry_plots import words as geometry_words
 from ctrain.sweeps import parse_run_label, run_label
@@ -171,16 +172,6 @@ def _group_label(run_dirs: list[Path], first_label: str) -> str:
         unseeded = f"{sweep_name}: {run_label(settings, list(settings))}" if settings else sweep_name
         return f"{unseeded} ({len(run_dirs)} seeds)"
     return f"{first_label.split(' (')[0]} ({run_dirs[0].parent.name}, {len(run_dirs)} seeds)"
-
-
-def seed_band(frames: list[pd.DataFrame]) -> pd.DataFrame:
-    """The seeds' mean of every metric at each step, with `_ci_low` / `_ci_high` the lowest and highest seed (replacing
-    a single run's bootstrap interval: the band is the spread over seeds)."""
-    stacked = pd.concat(frames, ignore_index=True)
-    metrics = [column for column in stacked.select_dtypes("number").columns if column != "step" and not column.endswith(("_ci_low", "_ci_high"))]
-    by_step = stacked.groupby("step")[metrics]
-    band = pd.concat([by_step.mean(), by_step.min().add_suffix("_ci_low"), by_step.max().add_suffix("_ci_high")], axis=1)
-    return band.copy().reset_index()  # copy: one block, not one per column (pandas warns on every later insert)
 
 
 def run_title(run_dir: Path) -> str:

@@ -240,7 +240,7 @@ def test_the_weighting_fits_are_drawn_beside_the_training_criterion_on_a_log_axi
     """The run's criterion (STS-B dev of `ctrain fit`, the held-out MLM loss of `ctrain pretrain`) is the third panel;
     `--log_x true` puts every x-axis on a symmetric log scale, step 0 included."""
     from ctrain.reporting.figures import log_x_axes
-    from ctrain.reporting.report import SCALAR_LABELS, read_run, report, run_figures, sweep_figures
+    from ctrain.reporting.report import SCALAR_LABELS, read_run, run_figures, sweep_figures
 
     run_dir = tmp_path / "run"
     run_dir.mkdir()
@@ -253,7 +253,7 @@ def test_the_weighting_fits_are_drawn_beside_the_training_criterion_on_a_log_axi
     assert list(figure.axes[2].lines[0].get_ydata()) == [8.3, 6.0, 5.0, 4.9]
     log_x_axes([figure])
     assert {axes.get_xscale() for axes in figure.axes} == {"symlog"} and "log scale" in figure.axes[0].get_xlabel()
-    report(str(run_dir), final_probe=False, log_x=True)  # the command's path
+    main(["report", str(run_dir), "--final_probe", "false", "--log_x", "true"])  # as users run it
     assert (run_dir / "report" / "weighting_fits.png").exists()
     pretrain = read_run(run_dir).assign(**{"val/mlm_loss": [8.0, 7.0, 6.0, 5.0], "val/stsb_spearman": [60.0, 50.0, 45.0, 50.0]})
     pretrain_figure = run_figures(pretrain, "run")["weighting_fits"]

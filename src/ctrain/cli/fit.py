@@ -62,8 +62,7 @@ class CtrainCLI(LightningCLI):
         """fit, validate and test (the model has no predict step, so `predict` is not offered); only the one the
         command line names, when it names one: each subcommand's parser takes about 0.2 s to build and a run uses one."""
         offered = {name: keys for name, keys in LightningCLI.subcommands().items() if name in ("fit", "validate", "test")}
-        requested = getattr(self, "requested_subcommand", None)
-        return {requested: offered[requested]} if requested in offered else offered
+        return {self.requested_subcommand: offered[self.requested_subcommand]} if self.requested_subcommand in offered else offered
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")

@@ -18,7 +18,8 @@ setup with one change:
 
 Printed and written to OUT/shap_sensitivity.json: R^2 and beta x100 of SHAP c' on KL(w) and on -log P(w), each
 with its 95% bootstrap interval over 1000 resamples of the sentences (the probe's own). Each variant's weighed
-batches are kept under OUT/<variant>/, so a stopped run resumes where it stopped. `--toy` runs every variant on a
+batches are kept under OUT/<variant>/, so a stopped run resumes where it stopped; `include_self_off` changes only the
+fits, so it refits the setup's batches. `--toy` runs every variant on a
 tiny random BERT, the 8 longest sentences and a 40-evaluation budget in seconds (the test's mode; its numbers mean nothing).
 
     PYTHONPATH=src python benchmarks/shap_sensitivity.py --model all-mpnet-base-v2 --sentences 300 --out shap_sensitivity
@@ -39,6 +40,7 @@ from ctrain.fileio import atomic_write_text
 from ctrain.models.encoder import SentenceEncoder, load_encoder
 from ctrain.probes.sentences import sample_sentences, sts_b_sentences
 from ctrain.probes.weighting import FIT_KEYS, KURITA2023_WEIGHTING, WeightingConfig, token_statistics, weighting_probe
+from ctrain.probes.weighting.store import FIT_ONLY_FIELDS
 
 VARIANTS = ("setup", "batch_256", "normalize", "include_self_off", "pad_absent", "words")
 FITS = (("kl", "KL(w)"), ("selfinfo", "-log P(w)"))
@@ -70,9 +72,10 @@ def run_variant(variant: str, model: str, sentences: list[str], corpus: list[str
         encoder.tokenizer, corpus, units=config.units, include_self=config.include_self, dkl_repeats=config.dkl_repeats, seed=config.seed, max_length=config.max_length
     )
     absent = absent_token(encoder, encoder.tokenizer.pad_token) if variant == "pad_absent" else contextlib.nullcontext()
+    refit_only = variant in CONFIG_CHANGES and set(CONFIG_CHANGES[variant]) <= FIT_ONLY_FIELDS  # the setup's weights, refitted
     started = time.perf_counter()
     with absent:
-        result = weighting_probe(encoder, sentences, config, statistics=statistics, resume_dir=out / label)
+        result = weighting_probe(encoder, sentences, config, statistics=statistics, resume_dir=out / ("setup" if refit_only else label))
     metrics = {key: value for key, value in result.metrics.items() if key.startswith("weighting/shap_")}
     return {"variant": label, "config": dataclasses.asdict(config), "metrics": metrics, "seconds": time.perf_counter() - started}
 

@@ -316,6 +316,14 @@ def test_an_interrupted_probe_resumes_from_its_kept_batches(tiny_bert, tmp_path)
     assert resumed.to_json() == uninterrupted.to_json()
 
     weighed.clear()
+    refit = WeightingConfig(**{**FAST, "include_self": False, "min_count": 1, "points": "type", "bootstrap_resamples": 20})
+    reused = weighting_probe(model, SENTENCES, refit, statistics=refit.statistics(model.tokenizer, SENTENCES), resume_dir=kept, weigh=weigh)
+    assert weighed == []  # settings only the fits read: every batch reused, and the fits equal a fresh probe's
+    assert reused.to_json() == weighting_probe(model, SENTENCES, refit).to_json()
+    weighting_probe(model, SENTENCES, WeightingConfig(**{**FAST, "steps": 6}), resume_dir=kept, weigh=weigh)
+    assert weighed == [0, 4, 8]  # a setting the weighing reads: nothing reused
+
+    weighed.clear()
     other = load_encoder("tiny-bert", seed=1)
     weighting_probe(other, SENTENCES, config, resume_dir=kept, weigh=weigh)  # another model's probe: nothing reused
     assert weighed == [0, 4, 8]

@@ -14,6 +14,9 @@ from ctrain.fileio import atomic_path, atomic_write_text
 from ctrain.models.encoder import SentenceEncoder
 from ctrain.probes.weighting.config import WeightingConfig
 
+FIT_ONLY_FIELDS = frozenset({"min_count", "include_self", "dkl_repeats", "points", "bootstrap_resamples", "confidence"})
+"""Settings the fits read and the weighing does not: a probe rerun with another of them reuses the kept batches."""
+
 
 @dataclass(frozen=True)
 class BatchProgress:
@@ -34,14 +37,15 @@ class BatchStore:
     """Each weighed batch of a long probe, kept on disk so that an interrupted probe resumes where it stopped.
 
     A batch is one file, written atomically. ``key.json`` fingerprints what the batches depend on (the
-    sentences, the config, the model's weights, byte for byte: a float sum would change with the number of
-    threads and clear the batches of the same probe resumed with another); a directory left by a different probe
-    is cleared.
+    sentences, the config but its ``FIT_ONLY_FIELDS``, the model's weights, byte for byte: a float sum would change
+    with the number of threads and clear the batches of the same probe resumed with another); a directory left by a
+    probe that weighed differently is cleared.
     """
 
     def __init__(self, directory: Path, encoder: SentenceEncoder, sentences: list[str], config: WeightingConfig) -> None:
         self.directory = Path(directory)
-        digest = hashlib.sha256(json.dumps([sentences, asdict(config)], sort_keys=True, default=str).encode())
+        weighing = {name: value for name, value in asdict(config).items() if name not in FIT_ONLY_FIELDS}
+        digest = hashlib.sha256(json.dumps([sentences, weighing], sort_keys=True, default=str).encode())
         with torch.no_grad():
             for name, tensor in encoder.state_dict().items():
                 digest.update(name.encode())

@@ -30,6 +30,8 @@ def test_every_demo_column_is_defined_in_metrics_doc_and_the_run_prints_its_weig
     missing = sorted(key for key in keys if f"`{key}`" not in doc)
     assert not missing, f"docs/metrics.md does not name these metrics.csv columns: {missing}"
     printed = capsys.readouterr().out
-    curve = re.findall(r"step +(\d+): (\d\.\d{4}) \[(\d\.\d{4}), (\d\.\d{4})\]", printed)
-    assert "IG-on-KL R^2 [95% interval]" in printed and [int(step) for step, *_ in curve] == [0, 2]
-    assert all(float(low) <= float(high) for _, _, low, high in curve)  # a percentile interval need not hold the estimate
+    number = r"([+-]?\d\.\d{4})"
+    curve = re.findall(rf"step +(\d+): R\^2 {number} \[{number}, {number}\]  beta {number} \[{number}, {number}\]", printed)
+    assert "IG-on-KL R^2 and beta [95% interval]" in printed and [int(step) for step, *_ in curve] == [0, 2]
+    for _, _, r2_low, r2_high, beta, beta_low, beta_high in curve:  # a percentile interval need not hold the estimate
+        assert 0 <= float(r2_low) <= float(r2_high) <= 1 and float(beta_low) <= float(beta_high) and beta[0] in "+-"

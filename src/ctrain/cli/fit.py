@@ -32,8 +32,9 @@ from ctrain.callbacks.probes import WordWeightingProbe
 from ctrain.callbacks.wandb_run import WandbOptions, WandbProbeFigures, git_revision, offline_sync_command, wandb_logger
 from ctrain.data.datamodule import ContrastiveDataModule
 from ctrain.fileio import atomic_path, complete_lines, remove_temporaries, write_csv_atomic
-from ctrain.keys import IG_KL_R2, STS_DEV, STS_TEST
+from ctrain.keys import STS_DEV, STS_TEST
 from ctrain.models.encoder import EncoderConfig
+from ctrain.probes.weighting.keys import FIT_KEYS
 from ctrain.runtime import global_batch_size
 from ctrain.training.module import ContrastiveModule
 
@@ -148,10 +149,11 @@ class CtrainCLI(LightningCLI):
         if best is not None and best_path:
             print(f"  {label} best:     {float(best):.2f} (step {checkpoint_step(best_path)})")
         for probe in (c for c in self.trainer.callbacks if isinstance(c, WordWeightingProbe) and c.measured):
-            print(f"  IG-on-KL R^2 [{probe.config.confidence:.0%} interval] ({IG_KL_R2}, docs/metrics.md):")
+            keys = FIT_KEYS["ig", "kl"]  # beta beside R^2: a negative relation weakening is not weighting fading
+            print(f"  IG-on-KL R^2 and beta [{probe.config.confidence:.0%} interval] ({keys.r2}, {keys.slope}, docs/metrics.md):")
             for step, metrics in sorted(probe.measured.items()):
-                low, high = metrics.get(f"{IG_KL_R2}_ci_low", math.nan), metrics.get(f"{IG_KL_R2}_ci_high", math.nan)
-                print(f"    step {step:>6}: {metrics.get(IG_KL_R2, math.nan):.4f} [{low:.4f}, {high:.4f}]")
+                r2, beta = ([metrics.get(k, math.nan) for k in (name, f"{name}_ci_low", f"{name}_ci_high")] for name in (keys.r2, keys.slope))
+                print(f"    step {step:>6}: R^2 {r2[0]:.4f} [{r2[1]:.4f}, {r2[2]:.4f}]  beta {beta[0]:+.4f} [{beta[1]:+.4f}, {beta[2]:+.4f}]")
         for logger in self.trainer.loggers:
             if isinstance(logger, WandbLogger) and logger._experiment is not None:
                 print(f"  W&B run {logger.experiment.id}: files in {logger.experiment.dir}")

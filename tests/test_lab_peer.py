@@ -1,26 +1,17 @@
-"""benchmarks/lab_peer.py measures what the lab measures and trains what ctrain trains."""
+"""benchmarks/lab/lab_peer.py measures what the lab measures and trains what ctrain trains."""
 
-import importlib.util
 import math
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
+from helpers import load_benchmark
 
 
 @pytest.fixture(scope="module")
 def lab_peer():
-    if str(ROOT / "benchmarks") not in sys.path:
-        sys.path.insert(0, str(ROOT / "benchmarks"))  # the script imports its folder's _toy, as when run from there
-    spec = importlib.util.spec_from_file_location("lab_peer", ROOT / "benchmarks" / "lab_peer.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["lab_peer"] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("lab/lab_peer.py")
 
 
 @pytest.fixture(scope="module")

@@ -14,18 +14,18 @@ Subcommands:
              no special tokens; one run per (ns_exponent, epochs), each with gensim's own linearly decaying rate.
     replica  ctrain's `sgns` step in plain torch (same batches, pairs, negatives, init, SGD; no Lightning), with
              switches for what differs from word2vec; `--check RUN_DIR` compares it with a ctrain run's probe.
-    runs     the fits logged by ctrain runs (metrics.csv of `ctrain fit ... --config benchmarks/lab_peer_probe.yaml`).
+    runs     the fits logged by ctrain runs (metrics.csv of `ctrain fit ... --config benchmarks/lab/lab_peer_probe.yaml`).
     cost     where a ctrain bag `sgns` step's time goes (Lightning step vs the bare step, its parts).
     plot     ctrain runs' Spearman of 0.5 ||w||^2 on KL against epochs, beside one word2vec run's, snapshotted at the
              end of chosen epochs (its rate decays over the whole run, as one ctrain run's trajectory is one run):
              a PNG and a CSV of every point, its columns named as ctrain's metrics, so that
              `ctrain report SWEEP --reference OUT.csv` draws word2vec in the lab sweep's figures.
 
-    python benchmarks/lab_peer.py gensim [--epochs 1 2 5 10 20 50 100] [--ns-exponents 1.0 0.75] [--negative 5]
-    python benchmarks/lab_peer.py replica --steps 16500 --lr 10 [--no-self] [--schedule linear] [--reduction sum]
-    python benchmarks/lab_peer.py runs runs/.../version_0 [...]
-    python benchmarks/lab_peer.py cost [--threads 1]
-    python benchmarks/lab_peer.py plot RUN_DIR [...] --out lab_trajectories.png [--epochs 120] [--negative 5]
+    python benchmarks/lab/lab_peer.py gensim [--epochs 1 2 5 10 20 50 100] [--ns-exponents 1.0 0.75] [--negative 5]
+    python benchmarks/lab/lab_peer.py replica --steps 16500 --lr 10 [--no-self] [--schedule linear] [--reduction sum]
+    python benchmarks/lab/lab_peer.py runs runs/.../version_0 [...]
+    python benchmarks/lab/lab_peer.py cost [--threads 1]
+    python benchmarks/lab/lab_peer.py plot RUN_DIR [...] --out lab_trajectories.png [--epochs 120] [--negative 5]
 
 On shared cores run everything with OMP_NUM_THREADS=1: with 2 torch threads beside other jobs a bag sgns step cost
 6-7x the CPU time (thread spinning), e.g. 187 vs 28 ms CPU, 610 vs 90 ms wall, measured by `cost`.
@@ -39,12 +39,15 @@ import argparse
 import csv
 import math
 import os
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/, where the shared --toy option lives
 from _toy import add_toy_option
 
 QUANTITIES = ("kl", "dkl", "selfinfo")

@@ -20,6 +20,7 @@ from ctrain.models.encoder import EncoderConfig, load_encoder
 from ctrain.models.export import save_sentence_transformer
 from ctrain.probes.weighting import token_statistics
 from ctrain.probes.weighting import THEOREM_KEYS, WeightingConfig, weighting_probe
+from ctrain.probes.weighting.lab_peer import train_word2vec
 from ctrain.training.losses import sgns_loss
 from ctrain.training.module import ContrastiveModule
 from helpers import TOY_SENTENCES
@@ -168,10 +169,8 @@ def test_sgns_control_orders_planted_types_by_their_kl(tmp_path):
     half_norm = 0.5 * encoder.word_embeddings.weight[ids].detach().double().pow(2).sum(1).numpy()
     norms = dict(zip(topic_words + COMMON, half_norm))
     assert min(norms[w] for w in topic_words) > max(norms[w] for w in COMMON), norms
-    word2vec = pytest.importorskip("gensim.models").Word2Vec(
-        [sentence.split() for sentence in sentences], vector_size=16, window=8, shrink_windows=False, min_count=1, sg=1, hs=0,
-        negative=1, ns_exponent=1.0, sample=0, workers=1, seed=0, epochs=20,
-    )  # fmt: skip
+    pytest.importorskip("gensim.models")
+    word2vec = train_word2vec([sentence.split() for sentence in sentences], width=16, epochs=20, negative=1, ns_exponent=1.0, min_count=1, seed=0)
     peer = {word: 0.5 * float(np.sum(word2vec.wv[word] ** 2)) for word in topic_words + COMMON}
     assert min(peer[w] for w in topic_words) > max(peer[w] for w in COMMON), peer
 

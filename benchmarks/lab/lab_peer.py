@@ -1,11 +1,7 @@
 """Theorem-1 lab's positive control checked against a peer: gensim's word2vec and ctrain's `sgns`, trained long.
 
-Everything is measured with ctrain's own probe functions on the lab's points (docs/theorem_lab.md,
-callbacks/theorem_lab.yaml, `split: training`): the 300 probe sentences drawn with seed 0 from the lab's training
-texts (the 10,566 unique STS-B train sentences), the token statistics (`KL`, `dKL`, `-log P`, include_self, 5 shuffles,
-seed 0) of those texts at 32 tokens, types seen at least 5 times, one point per type, OLS of `0.5 ||w||^2` of the INPUT rows with Spearman
-(`ctrain.probes.weighting.theorem.theorem_regressions`, as `weighting_probe` calls it). `LabProbe.fits` gives exactly the
-lab's `weighting/theorem_input*` numbers for the same rows (tests/test_lab_peer.py checks it).
+Everything is measured with the lab's own probe, `ctrain.probes.weighting.lab_peer.LabProbe`: the lab's fits of
+`0.5 ||w||^2` of the input rows on KL, dKL and -log P, on the lab's points (docs/theorem_lab.md).
 
 Subcommands:
 
@@ -47,72 +43,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ctrain.probes.weighting import QUANTITIES
+from ctrain.probes.weighting.lab_peer import LAB_MAX_LENGTH, Fit, LabProbe, gensim_rows, lab_training_tokens, train_word2vec
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/, where the shared --toy option lives
 from _toy import add_toy_option
 
-QUANTITIES = ("kl", "dkl", "selfinfo")
-MAX_LENGTH, BATCH, WIDTH, SEED = 32, 64, 64, 42
+MAX_LENGTH, BATCH, WIDTH, SEED = LAB_MAX_LENGTH, 64, 64, 42
 STEPS_PER_EPOCH = 10_566 // BATCH  # 165: the lab's unique STS-B train sentences, last partial batch dropped
-
-
-@dataclass(frozen=True)
-class Fit:
-    slope: float
-    r2: float
-    spearman: float
-    n: int
-
-
-class LabProbe:
-    """The lab's theorem fits of any (vocab, width) table of token rows, by ctrain's functions."""
-
-    def __init__(self, tokenizer=None, num_sentences: int = 300, min_count: int = 5) -> None:
-        from ctrain.models.encoder import load_encoder
-        from ctrain.probes.sentences import sample_sentences
-        from ctrain.probes.weighting import WeightingConfig
-        from ctrain.probes.weighting.information import segment
-
-        config = WeightingConfig(max_length=MAX_LENGTH)  # the lab presets' max_length; the rest defaults
-        self.tokenizer = tokenizer or load_encoder("bag-bert").tokenizer
-        corpus, _ = lab_training_tokens(self.tokenizer)  # the presets' split: training, the texts the lab trains on
-        self.statistics = config.statistics(self.tokenizer, corpus)
-        self.sentences = sample_sentences(corpus, num_sentences, config.seed)
-        self.segmentation = segment(self.tokenizer, self.sentences, config.units, config.max_length)
-        types = self.statistics.index(self.segmentation.unit_types)
-        keep = types >= 0
-        keep[keep] = self.statistics.eligible(min_count)[types[keep]]
-        self.keep, self.types = torch.from_numpy(keep), types[keep]
-        self.values = {
-            "kl": self.statistics.kl,
-            "dkl": self.statistics.dkl,
-            "selfinfo": self.statistics.self_information,
-        }
-
-    def fits(self, table: torch.Tensor) -> dict[str, Fit]:
-        """Input-row fits on KL, dKL and -log P; a NaN row (a type the model never had) drops out of the fit."""
-        from ctrain.probes.weighting.theorem import theorem_regressions, vectors_per_unit
-
-        seg = self.segmentation
-        rows = table.detach().double().cpu()[seg.input_ids]
-        vectors = vectors_per_unit(rows, seg.unit_of_position, seg.num_units, "sum")[self.keep]
-        result = {}
-        for quantity, values in self.values.items():
-            fit = theorem_regressions(vectors, vectors, self.types, values)["input"]
-            result[quantity] = Fit(fit.slope, fit.r2, fit.spearman, fit.n)
-        return result
-
-
-def lab_training_tokens(tokenizer) -> tuple[list[str], list[list[str]]]:
-    """The lab's training sentences (unique STS-B train: data.train sts-b, keep_eval_overlap) and their tokens as the lab trains on them."""
-    from ctrain.data.sources import sts_b_examples
-    from ctrain.probes.weighting.information import segment
-
-    sentences = [example[0] for example in sts_b_examples(supervised=False, keep_eval_overlap=True)]
-    seg = segment(tokenizer, sentences, "tokens", MAX_LENGTH)
-    tokens: list[list[str]] = [[] for _ in sentences]
-    for sentence, token in zip(seg.unit_sentence.tolist(), seg.unit_types):
-        tokens[sentence].append(token)
-    return sentences, tokens
 
 
 HEADER = (
@@ -129,28 +67,6 @@ def row(label: str, fits: dict[str, Fit], extra: str = "") -> str:
 # --- gensim -------------------------------------------------------------------------------------------------------
 
 
-def gensim_rows(model, tokenizer, vectors: np.ndarray) -> torch.Tensor:
-    """word2vec's rows in the bag's (vocab, width) layout; NaN for the types it did not keep (out of every fit)."""
-    table = torch.full((len(tokenizer), WIDTH), math.nan, dtype=torch.float64)
-    ids = tokenizer.convert_tokens_to_ids(list(model.wv.index_to_key))
-    table[torch.tensor(ids)] = torch.from_numpy(np.asarray(vectors, dtype=np.float64))
-    return table
-
-
-def train_word2vec(tokens, epochs: int, ns_exponent: float, negative: int, min_count: int, workers: int, seed: int,
-                   alpha: float, min_alpha: float):
-    from gensim.models import Word2Vec
-
-    window = max(len(sentence) for sentence in tokens)  # every pair of a sentence, at every position
-    model = Word2Vec(
-        vector_size=WIDTH, window=window, shrink_windows=False, min_count=min_count, sg=1, hs=0, negative=negative,
-        ns_exponent=ns_exponent, sample=0, workers=workers, seed=seed, alpha=alpha, min_alpha=min_alpha,
-    )  # fmt: skip
-    model.build_vocab(tokens)
-    model.train(tokens, total_examples=len(tokens), epochs=epochs)
-    return model
-
-
 def cmd_gensim(args: argparse.Namespace) -> None:
     import gensim
 
@@ -164,8 +80,9 @@ def cmd_gensim(args: argparse.Namespace) -> None:
         print(f"\nns_exponent {exponent}\n{'epochs':>24} | " + HEADER[27:] + " | seconds")
         for epochs in args.epochs:
             started = time.perf_counter()
-            model = train_word2vec(tokens, epochs, exponent, args.negative, args.min_count, args.workers, args.seed,
-                                   args.alpha, args.min_alpha)  # fmt: skip
+            model = train_word2vec(tokens, width=WIDTH, epochs=epochs, negative=args.negative, ns_exponent=exponent,
+                                   min_count=args.min_count, seed=args.seed, workers=args.workers, alpha=args.alpha,
+                                   min_alpha=args.min_alpha)  # fmt: skip
             seconds = time.perf_counter() - started
             print(row(str(epochs), probe.fits(gensim_rows(model, probe.tokenizer, model.wv.vectors)), f" | {seconds:.1f}"),
                   flush=True)  # fmt: skip
@@ -315,7 +232,6 @@ def cmd_runs(args: argparse.Namespace) -> None:
 
 def word2vec_trajectory(args: argparse.Namespace, probe: LabProbe, snapshots: list[int]) -> dict[int, dict[str, Fit]]:
     """The lab fits of one word2vec run's input rows at the end of each snapshot epoch."""
-    from gensim.models import Word2Vec
     from gensim.models.callbacks import CallbackAny2Vec
 
     _, tokens = lab_training_tokens(probe.tokenizer)
@@ -330,13 +246,8 @@ def word2vec_trajectory(args: argparse.Namespace, probe: LabProbe, snapshots: li
             if self.epoch in snapshots:
                 fits[self.epoch] = probe.fits(gensim_rows(model, probe.tokenizer, model.wv.vectors))
 
-    window = max(len(sentence) for sentence in tokens)
-    model = Word2Vec(
-        vector_size=WIDTH, window=window, shrink_windows=False, min_count=args.min_count, sg=1, hs=0, negative=args.negative,
-        ns_exponent=args.ns_exponent, sample=0, workers=1, seed=SEED, alpha=args.alpha, min_alpha=args.min_alpha,
-    )  # fmt: skip
-    model.build_vocab(tokens)
-    model.train(tokens, total_examples=len(tokens), epochs=args.epochs, callbacks=[Snapshot()])
+    train_word2vec(tokens, width=WIDTH, epochs=args.epochs, negative=args.negative, ns_exponent=args.ns_exponent,
+                   min_count=args.min_count, seed=SEED, alpha=args.alpha, min_alpha=args.min_alpha, callbacks=[Snapshot()])  # fmt: skip
     return fits
 
 

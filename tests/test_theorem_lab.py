@@ -23,6 +23,7 @@ from ctrain.probes.weighting import THEOREM_KEYS, WeightingConfig, weighting_pro
 from ctrain.probes.weighting.lab_peer import train_word2vec
 from ctrain.training.losses import sgns_loss
 from ctrain.training.module import ContrastiveModule
+from ctrain.training.objectives import sgns_pairs
 from helpers import TOY_SENTENCES
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -137,6 +138,16 @@ def test_sgns_loss_is_word2vecs():
     log_sigmoid = lambda x: -np.log1p(np.exp(-x))
     direct = -(log_sigmoid((u * v).sum(1)) + log_sigmoid(-np.einsum("pd,pkd->pk", u, n)).sum(1)).mean()
     assert float(sgns_loss(*(torch.from_numpy(a) for a in (u, v, n)))) == pytest.approx(direct, rel=1e-6)
+
+
+@pytest.mark.parametrize("self_pairs", [True, False])
+def test_sgns_pairs_are_every_ordered_pair_of_a_sentences_words(self_pairs):
+    """The pairs SGNS trains on (and the lab's word2vec replica without a position's pair with itself), by brute force."""
+    words = torch.tensor([[False, True, True, True, False], [False, True, False, True, True], [False, False, False, False, False]])
+    expected = [
+        (s, i, j) for s in range(3) for i in range(5) for j in range(5) if words[s, i] and words[s, j] and (self_pairs or i != j)
+    ]  # fmt: skip
+    assert list(zip(*(index.tolist() for index in sgns_pairs(words, self_pairs)))) == expected
 
 
 TOPICS = [

@@ -107,7 +107,7 @@ class Replica:
 
 
 def replica_steps(config: Replica, encoder=None):
-    """ctrain's `sgns` training (ctrain.training.objectives.SGNS, EpochSampler, Collator, SGD) without Lightning.
+    """ctrain's `sgns` objective (ctrain.training.objectives.SGNS) trained without Lightning (EpochSampler, Collator, SGD).
 
     Yields (steps done, input table, output table, loss) after every step (first (0, ..., nan)). With the defaults it
     reproduces `ctrain fit --config configs/theorem_lab.yaml --config configs/theorem_lab/sgns.yaml` (seed 42) step for
@@ -116,20 +116,17 @@ def replica_steps(config: Replica, encoder=None):
     from ctrain.data.datamodule import Collator, EpochSampler
     from ctrain.models.encoder import load_encoder
     from ctrain.runtime import step_seed
-    from ctrain.training.losses import sgns_loss
+    from ctrain.training.objectives import SGNS, sgns_pairs, unigram_noise
 
     os.environ["PL_GLOBAL_SEED"] = str(SEED)  # the seed ctrain's run exports (seed_everything)
     encoder = encoder or load_encoder("bag-bert", tiny_hidden_size=WIDTH, seed=SEED, bag_layers=0, embedding_init_std=0.01)
     tokenizer = encoder.tokenizer
     sentences, _ = lab_training_tokens(tokenizer)
     examples = [(s,) for s in sentences]
-    words_table = encoder.word_embeddings
-    contexts_table = torch.nn.Embedding.from_pretrained(torch.zeros_like(words_table.weight), freeze=False)
-    encoded = tokenizer(sentences, truncation=True, max_length=MAX_LENGTH)["input_ids"]
-    ids = torch.tensor([t for s in encoded for t in s])
-    ids = ids[~encoder.special_mask(ids)]
-    counts = torch.bincount(ids, minlength=words_table.num_embeddings).double()
-    noise = (counts**config.alpha * (counts > 0)).float()
+    objective = SGNS(num_negatives=config.negatives, alpha=config.alpha)
+    objective.attach(encoder, SEED)
+    objective.noise = unigram_noise(encoder, sentences, MAX_LENGTH, config.alpha)
+    words_table, contexts_table = encoder.word_embeddings, objective.context_embeddings
     collate = Collator(tokenizer, MAX_LENGTH, cache_size=len(examples))  # many epochs: each sentence tokenised once
     sampler = EpochSampler(len(examples), BATCH, SEED)
     per_epoch = sampler.batches_per_epoch()
@@ -144,19 +141,9 @@ def replica_steps(config: Replica, encoder=None):
                 break
             batch = collate([examples[i] for i in order[start : start + BATCH]])
             input_ids, mask = batch["input_ids"], batch["attention_mask"]
-            words = ~encoder.special_mask(input_ids) & mask.bool()
-            pairs = words.unsqueeze(2) & words.unsqueeze(1)
-            if not config.self_pair:
-                pairs &= ~torch.eye(pairs.shape[1], dtype=torch.bool)
-            sentence, centre, context = torch.nonzero(pairs, as_tuple=True)
-            generator = torch.Generator().manual_seed(step_seed(step, 0, "objective"))  # ctrain's objective stream
-            negatives = torch.multinomial(noise, len(sentence) * config.negatives, replacement=True, generator=generator)
-            loss = sgns_loss(
-                words_table(input_ids[sentence, centre]),
-                contexts_table(input_ids[sentence, context]),
-                contexts_table(negatives.view(len(sentence), -1)),
-            )
-            (loss * len(sentence) if config.reduction == "sum" else loss).backward()
+            pairs = sgns_pairs(~encoder.special_mask(input_ids) & mask.bool(), config.self_pair)
+            loss = objective.pair_loss(encoder, input_ids, pairs, step_seed(step, 0, "objective"))  # ctrain's objective stream
+            (loss * len(pairs[0]) if config.reduction == "sum" else loss).backward()
             if config.schedule == "linear":
                 for group in optimizer.param_groups:
                     group["lr"] = config.lr * max(0.0, (config.steps - step) / config.steps)
@@ -304,9 +291,10 @@ def cmd_cost(args: argparse.Namespace) -> None:
     import pytorch_lightning as pl
 
     from ctrain.data.datamodule import Collator, ContrastiveDataModule
-    from ctrain.training.losses import sgns_loss
     from ctrain.models.encoder import EncoderConfig
+    from ctrain.training.losses import sgns_loss
     from ctrain.training.module import ContrastiveModule
+    from ctrain.training.objectives import sgns_pairs, unigram_noise
 
     torch.set_num_threads(args.threads)
     pl.seed_everything(SEED, verbose=False)
@@ -341,9 +329,7 @@ def cmd_cost(args: argparse.Namespace) -> None:
     data.load_training_examples(1)
     sentences = [e[0] for e in data.examples]
     encoder = module.encoder
-    encoded = encoder.tokenizer(sentences, truncation=True, max_length=MAX_LENGTH)["input_ids"]
-    ids = torch.tensor([t for s in encoded for t in s])
-    noise = torch.bincount(ids[~encoder.special_mask(ids)], minlength=encoder.word_embeddings.num_embeddings).float()
+    module.objective.noise = unigram_noise(encoder, sentences, MAX_LENGTH, module.objective.alpha)
     collate = Collator(encoder.tokenizer, MAX_LENGTH, cache_size=len(sentences))  # as a multi-epoch ctrain run
     optimizer = torch.optim.SGD(module.parameters(), lr=100.0)
     names = ("collate", "pairs", "noise.cpu()", "multinomial", "lookup+loss", "backward", "sgd step", "zero_grad")
@@ -354,10 +340,9 @@ def cmd_cost(args: argparse.Namespace) -> None:
         batch = collate([(sentences[i],) for i in rng.choice(len(sentences), BATCH, replace=False)])
         clock.append((time.perf_counter(), time.process_time()))
         input_ids, mask = batch["input_ids"], batch["attention_mask"]
-        words = ~encoder.special_mask(input_ids) & mask.bool()
-        sentence, centre, context = torch.nonzero(words.unsqueeze(2) & words.unsqueeze(1), as_tuple=True)
+        sentence, centre, context = sgns_pairs(~encoder.special_mask(input_ids) & mask.bool())
         clock.append((time.perf_counter(), time.process_time()))
-        cpu_noise = module.objective.noise.cpu() if module.objective.noise.numel() else noise.cpu()
+        cpu_noise = module.objective.noise.cpu()
         clock.append((time.perf_counter(), time.process_time()))
         negatives = torch.multinomial(cpu_noise, len(sentence), replacement=True, generator=torch.Generator().manual_seed(step))
         clock.append((time.perf_counter(), time.process_time()))

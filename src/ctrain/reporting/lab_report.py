@@ -6,7 +6,7 @@ objective converged, and the final training loss), written into the page and as 
 with several seeds a table per setting (mean and range over seeds); and one figure per
 (target, quantity, statistic) with a curve per setting against the optimizer step: the mean over
 seeds, shaded between the lowest and highest seed, beside reference curves (a peer such as gensim's
-word2vec, ``benchmarks/lab_peer.py plot``) drawn in black.
+word2vec, ``benchmarks/lab/lab_peer.py plot``) drawn in black.
 """
 
 from __future__ import annotations

@@ -403,7 +403,7 @@ def report(
         final_probe: for a run, also probe its exported model for the weight-vs-KL scatter and sentence weight bars.
         probe_sentences: STS-B dev sentences of that final probe.
         reference: CSV files of a peer's curves drawn in black in a Theorem-1 lab sweep's figures: a `run` column
-            (the curve's label), `step`, and columns named as ctrain's metrics (`benchmarks/lab_peer.py plot` writes one
+            (the curve's label), `step`, and columns named as ctrain's metrics (`benchmarks/lab/lab_peer.py plot` writes one
             for gensim's word2vec).
         seed_bands: with --compare, runs whose configs differ only in seed_everything (and where they are written) are
             one curve: their mean at each step, shaded from the lowest to the highest seed; false draws each run.
@@ -456,7 +456,7 @@ def read_references(files: list[str]) -> dict[str, pd.DataFrame]:
     for file in files:
         frame = pd.read_csv(file)
         if missing := {"run", "step", "examples"} - set(frame.columns):
-            raise ValueError(f"reference '{file}' lacks the columns {sorted(missing)}: write it with benchmarks/lab_peer.py plot")
+            raise ValueError(f"reference '{file}' lacks the columns {sorted(missing)}: write it with benchmarks/lab/lab_peer.py plot")
         references |= {str(label): curve for label, curve in frame.groupby("run", sort=False)}
     return references
 

@@ -253,28 +253,46 @@ class SGNS(Objective):
         self.context_embeddings = nn.Embedding.from_pretrained(torch.zeros_like(encoder.word_embeddings.weight), freeze=False)
 
     def prepare(self, encoder: SentenceEncoder, data: ContrastiveDataModule) -> None:
-        """The noise distribution: unigram counts of the training corpus's words (tokenised as the batches are)^alpha."""
+        """The noise distribution of the training corpus (`unigram_noise`)."""
         if self.noise.numel():
             return
         sentences = [text for example in data.examples for text in example]
-        encoded = encoder.tokenizer(sentences, truncation=True, max_length=data.hparams.max_length)
-        ids = torch.tensor([token for sentence in encoded["input_ids"] for token in sentence])
-        ids = ids[~encoder.special_mask(ids)]
-        counts = torch.bincount(ids, minlength=encoder.word_embeddings.num_embeddings).double()
-        self.noise = (counts**self.alpha * (counts > 0)).float().to(self.context_embeddings.weight.device)
+        noise = unigram_noise(encoder, sentences, data.hparams.max_length, self.alpha)
+        self.noise = noise.to(self.context_embeddings.weight.device)
 
     def forward(self, inputs: ObjectiveInputs) -> tuple[Tensor, dict[str, Tensor]]:
-        input_ids = inputs.input_ids
-        words = inputs.words()
-        sentence, centre, context = torch.nonzero(words.unsqueeze(2) & words.unsqueeze(1), as_tuple=True)
-        generator = torch.Generator().manual_seed(inputs.seed)
+        return self.pair_loss(inputs.encoder, inputs.input_ids, sgns_pairs(inputs.words()), inputs.seed), {}
+
+    def pair_loss(self, encoder: SentenceEncoder, input_ids: Tensor, pairs: tuple[Tensor, Tensor, Tensor], seed: int) -> Tensor:
+        """The loss of the (sentence, centre, context) position pairs of `input_ids`, with `num_negatives` noise words
+        a pair drawn from the generator seeded with `seed` (the step's objective stream)."""
+        sentence, centre, context = pairs
+        generator = torch.Generator().manual_seed(seed)
         negatives = torch.multinomial(self.noise.cpu(), len(sentence) * self.num_negatives, replacement=True, generator=generator)
-        loss = sgns_loss(
-            inputs.encoder.word_embeddings(input_ids[sentence, centre]),
+        return sgns_loss(
+            encoder.word_embeddings(input_ids[sentence, centre]),
             self.context_embeddings(input_ids[sentence, context]),
             self.context_embeddings(negatives.to(input_ids.device).view(len(sentence), -1)),
         )
-        return loss, {}
+
+
+def sgns_pairs(words: Tensor, self_pairs: bool = True) -> tuple[Tensor, Tensor, Tensor]:
+    """(sentence, centre, context) indices of every ordered pair of word positions (`words`: (batch, length) bool)
+    within a sentence; `self_pairs`: a position is its own context too, as KL(w) counts it (word2vec's window leaves it out)."""
+    pairs = words.unsqueeze(2) & words.unsqueeze(1)
+    if not self_pairs:
+        pairs &= ~torch.eye(pairs.shape[1], dtype=torch.bool, device=pairs.device)
+    return torch.nonzero(pairs, as_tuple=True)
+
+
+def unigram_noise(encoder: SentenceEncoder, sentences: list[str], max_length: int, alpha: float) -> Tensor:
+    """SGNS's noise distribution: unigram counts of the sentences' words (tokenised as the batches are)^alpha, over
+    the encoder's vocabulary (unnormalised; zero for types the sentences never use)."""
+    encoded = encoder.tokenizer(sentences, truncation=True, max_length=max_length)
+    ids = torch.tensor([token for sentence in encoded["input_ids"] for token in sentence])
+    ids = ids[~encoder.special_mask(ids)]
+    counts = torch.bincount(ids, minlength=encoder.word_embeddings.num_embeddings).double()
+    return (counts**alpha * (counts > 0)).float()
 
 
 OBJECTIVES: dict[str, type[Objective]] = {cls.name: cls for cls in (InfoNCE, SymmetricInfoNCE, Logistic, NLIClassifier, DiffCSE, SGNS)}

@@ -14,6 +14,8 @@
   `completeness_warning`, the one line a probe prints when sentences miss IG completeness.
 - `captum_peer`: IG the straightforward way (captum, one output dim at a time), which tests and benchmarks check
   `ig` against; nothing logged comes from it.
+- `lab_peer`: the Theorem-1 lab's input-row fits of any table of token rows (`LabProbe`) and gensim's word2vec, the
+  lab's peer (benchmarks/lab/lab_peer.py sets them beside ctrain's `sgns`); nothing logged comes from it.
 """
 
 from ctrain.probes.weighting.batch import BatchWeights, weigh_batch

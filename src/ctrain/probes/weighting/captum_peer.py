@@ -1,6 +1,6 @@
 """IG the straightforward way: captum's ``IntegratedGradients`` one output dim at a time, the peer of ``ig``.
 
-Nothing here produces a logged value: the tests (tests/test_attribution.py) and benchmarks/ig_probe.py
+Nothing here produces a logged value: the tests (tests/test_attribution.py) and benchmarks/speed/ig_probe.py
 check ``integrated_gradients``'s weights and speed against it.
 """
 

@@ -8,18 +8,21 @@ fails when the two sides differ. Steps after `--warmup` are timed and the ratio
 ctrain / sentence-transformers is printed (>= 1.0 means ctrain is not slower). `--model` trains another
 encoder on both sides (ctrain's sentence-transformers export of it, so that both start from the same weights).
 
-    python benchmarks/train_throughput.py [--steps 40] [--warmup 5] [--device cpu|cuda] [--model NAME] [--batch 32]
+    python benchmarks/speed/train_throughput.py [--steps 40] [--warmup 5] [--device cpu|cuda] [--model NAME] [--batch 32]
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/, where the shared --toy option lives
 from _toy import TOY_MODEL, parse_args
 
 MODEL, MAX_LENGTH, LR = "all-MiniLM-L6-v2", 32, 3e-5

@@ -29,7 +29,7 @@ adds on top of the loaded model, including what glibc's allocator keeps cached. 
 ctrain run uses a small `max_memory_mb`. The load average is printed: other work on the
 machine slows everything down.
 
-    .venv/bin/python benchmarks/geometry.py [--sentences N] [--threads T]
+    .venv/bin/python benchmarks/speed/geometry.py [--sentences N] [--threads T]
 """
 
 from __future__ import annotations
@@ -54,6 +54,8 @@ from ctrain.probes.geometry import (
     probe_sentences,
 )
 from ctrain.probes.geometry.runner import build_plan
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/, where the shared --toy option lives
 from _toy import TOY_MODEL, parse_args
 
 MODEL = "all-MiniLM-L6-v2"

@@ -17,12 +17,13 @@ and batches of 8; statistics (KL, dKL, -log P) over all 3000 STS-B dev sentences
 points = occurrences, as the setup fits them. Results are saved after every batch (``--out``),
 and ``--report`` prints the comparison from a saved file.
 
-    PYTHONPATH=src .venv/bin/python benchmarks/ig_sketch_error.py --sentences 96 --out ig_sketch_error.npz
+    PYTHONPATH=src .venv/bin/python benchmarks/studies/ig_sketch_error.py --sentences 96 --out ig_sketch_error.npz
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from pathlib import Path
 
@@ -37,6 +38,8 @@ from ctrain.probes.weighting import WeightingConfig
 from ctrain.probes.weighting.ig import output_directions, pad_baseline, quadrature_rule, unit_weights
 from ctrain.probes.weighting.information import segment
 from ctrain.probes.weighting.regression import ols
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/, where the shared --toy option lives
 from _toy import TOY_MODEL, parse_args
 
 MODEL = "all-MiniLM-L6-v2"

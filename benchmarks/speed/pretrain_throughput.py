@@ -10,12 +10,13 @@ padding of one sentence a row shows as lost throughput, and `--pack` (`data.pack
 
 Sentences are the STS-B train sentences (offline), batched as the config batches them.
 
-    python benchmarks/pretrain_throughput.py [--config configs/pretrain_bert_cpu.yaml] [--tokenizer bpe:data/corpus/all.txt] [--pack]
+    python benchmarks/speed/pretrain_throughput.py [--config configs/pretrain_bert_cpu.yaml] [--tokenizer bpe:data/corpus/all.txt] [--pack]
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from pathlib import Path
 
@@ -24,9 +25,11 @@ import yaml
 
 from ctrain.data.sources import sts_b_examples
 from ctrain.training.pretrain import MaskedLMModule
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/, where the shared --toy option lives
 from _toy import parse_args
 
-CONFIG = Path(__file__).resolve().parents[1] / "configs" / "pretrain_bert_cpu.yaml"
+CONFIG = Path(__file__).resolve().parents[2] / "configs" / "pretrain_bert_cpu.yaml"
 TOY = {"tokenizer": "bert-uncased", "hidden_size": 32, "num_layers": 1, "steps": 2}
 
 

@@ -1,11 +1,7 @@
 """Theorem-1 lab's positive control checked against a peer: gensim's word2vec and ctrain's `sgns`, trained long.
 
-Everything is measured with ctrain's own probe functions on the lab's points (docs/theorem_lab.md,
-callbacks/theorem_lab.yaml, `split: training`): the 300 probe sentences drawn with seed 0 from the lab's training
-texts (the 10,566 unique STS-B train sentences), the token statistics (`KL`, `dKL`, `-log P`, include_self, 5 shuffles,
-seed 0) of those texts at 32 tokens, types seen at least 5 times, one point per type, OLS of `0.5 ||w||^2` of the INPUT rows with Spearman
-(`ctrain.probes.weighting.theorem.theorem_regressions`, as `weighting_probe` calls it). `LabProbe.fits` gives exactly the
-lab's `weighting/theorem_input*` numbers for the same rows (tests/test_lab_peer.py checks it).
+Everything is measured with the lab's own probe, `ctrain.probes.weighting.lab_peer.LabProbe`: the lab's fits of
+`0.5 ||w||^2` of the input rows on KL, dKL and -log P, on the lab's points (docs/theorem_lab.md).
 
 Subcommands:
 
@@ -14,18 +10,18 @@ Subcommands:
              no special tokens; one run per (ns_exponent, epochs), each with gensim's own linearly decaying rate.
     replica  ctrain's `sgns` step in plain torch (same batches, pairs, negatives, init, SGD; no Lightning), with
              switches for what differs from word2vec; `--check RUN_DIR` compares it with a ctrain run's probe.
-    runs     the fits logged by ctrain runs (metrics.csv of `ctrain fit ... --config benchmarks/lab_peer_probe.yaml`).
+    runs     the fits logged by ctrain runs (metrics.csv of `ctrain fit ... --config benchmarks/lab/lab_peer_probe.yaml`).
     cost     where a ctrain bag `sgns` step's time goes (Lightning step vs the bare step, its parts).
     plot     ctrain runs' Spearman of 0.5 ||w||^2 on KL against epochs, beside one word2vec run's, snapshotted at the
              end of chosen epochs (its rate decays over the whole run, as one ctrain run's trajectory is one run):
              a PNG and a CSV of every point, its columns named as ctrain's metrics, so that
              `ctrain report SWEEP --reference OUT.csv` draws word2vec in the lab sweep's figures.
 
-    python benchmarks/lab_peer.py gensim [--epochs 1 2 5 10 20 50 100] [--ns-exponents 1.0 0.75] [--negative 5]
-    python benchmarks/lab_peer.py replica --steps 16500 --lr 10 [--no-self] [--schedule linear] [--reduction sum]
-    python benchmarks/lab_peer.py runs runs/.../version_0 [...]
-    python benchmarks/lab_peer.py cost [--threads 1]
-    python benchmarks/lab_peer.py plot RUN_DIR [...] --out lab_trajectories.png [--epochs 120] [--negative 5]
+    python benchmarks/lab/lab_peer.py gensim [--epochs 1 2 5 10 20 50 100] [--ns-exponents 1.0 0.75] [--negative 5]
+    python benchmarks/lab/lab_peer.py replica --steps 16500 --lr 10 [--no-self] [--schedule linear] [--reduction sum]
+    python benchmarks/lab/lab_peer.py runs runs/.../version_0 [...]
+    python benchmarks/lab/lab_peer.py cost [--threads 1]
+    python benchmarks/lab/lab_peer.py plot RUN_DIR [...] --out lab_trajectories.png [--epochs 120] [--negative 5]
 
 On shared cores run everything with OMP_NUM_THREADS=1: with 2 torch threads beside other jobs a bag sgns step cost
 6-7x the CPU time (thread spinning), e.g. 187 vs 28 ms CPU, 610 vs 90 ms wall, measured by `cost`.
@@ -39,77 +35,22 @@ import argparse
 import csv
 import math
 import os
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from ctrain.probes.weighting import QUANTITIES
+from ctrain.probes.weighting.lab_peer import LAB_MAX_LENGTH, Fit, LabProbe, gensim_rows, lab_training_tokens, train_word2vec
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/, where the shared --toy option lives
 from _toy import add_toy_option
 
-QUANTITIES = ("kl", "dkl", "selfinfo")
-MAX_LENGTH, BATCH, WIDTH, SEED = 32, 64, 64, 42
+MAX_LENGTH, BATCH, WIDTH, SEED = LAB_MAX_LENGTH, 64, 64, 42
 STEPS_PER_EPOCH = 10_566 // BATCH  # 165: the lab's unique STS-B train sentences, last partial batch dropped
-
-
-@dataclass(frozen=True)
-class Fit:
-    slope: float
-    r2: float
-    spearman: float
-    n: int
-
-
-class LabProbe:
-    """The lab's theorem fits of any (vocab, width) table of token rows, by ctrain's functions."""
-
-    def __init__(self, tokenizer=None, num_sentences: int = 300, min_count: int = 5) -> None:
-        from ctrain.models.encoder import load_encoder
-        from ctrain.probes.sentences import sample_sentences
-        from ctrain.probes.weighting import WeightingConfig
-        from ctrain.probes.weighting.information import segment
-
-        config = WeightingConfig(max_length=MAX_LENGTH)  # the lab presets' max_length; the rest defaults
-        self.tokenizer = tokenizer or load_encoder("bag-bert").tokenizer
-        corpus, _ = lab_training_tokens(self.tokenizer)  # the presets' split: training, the texts the lab trains on
-        self.statistics = config.statistics(self.tokenizer, corpus)
-        self.sentences = sample_sentences(corpus, num_sentences, config.seed)
-        self.segmentation = segment(self.tokenizer, self.sentences, config.units, config.max_length)
-        types = self.statistics.index(self.segmentation.unit_types)
-        keep = types >= 0
-        keep[keep] = self.statistics.eligible(min_count)[types[keep]]
-        self.keep, self.types = torch.from_numpy(keep), types[keep]
-        self.values = {
-            "kl": self.statistics.kl,
-            "dkl": self.statistics.dkl,
-            "selfinfo": self.statistics.self_information,
-        }
-
-    def fits(self, table: torch.Tensor) -> dict[str, Fit]:
-        """Input-row fits on KL, dKL and -log P; a NaN row (a type the model never had) drops out of the fit."""
-        from ctrain.probes.weighting.theorem import theorem_regressions, vectors_per_unit
-
-        seg = self.segmentation
-        rows = table.detach().double().cpu()[seg.input_ids]
-        vectors = vectors_per_unit(rows, seg.unit_of_position, seg.num_units, "sum")[self.keep]
-        result = {}
-        for quantity, values in self.values.items():
-            fit = theorem_regressions(vectors, vectors, self.types, values)["input"]
-            result[quantity] = Fit(fit.slope, fit.r2, fit.spearman, fit.n)
-        return result
-
-
-def lab_training_tokens(tokenizer) -> tuple[list[str], list[list[str]]]:
-    """The lab's training sentences (unique STS-B train: data.train sts-b, keep_eval_overlap) and their tokens as the lab trains on them."""
-    from ctrain.data.sources import sts_b_examples
-    from ctrain.probes.weighting.information import segment
-
-    sentences = [example[0] for example in sts_b_examples(supervised=False, keep_eval_overlap=True)]
-    seg = segment(tokenizer, sentences, "tokens", MAX_LENGTH)
-    tokens: list[list[str]] = [[] for _ in sentences]
-    for sentence, token in zip(seg.unit_sentence.tolist(), seg.unit_types):
-        tokens[sentence].append(token)
-    return sentences, tokens
 
 
 HEADER = (
@@ -126,28 +67,6 @@ def row(label: str, fits: dict[str, Fit], extra: str = "") -> str:
 # --- gensim -------------------------------------------------------------------------------------------------------
 
 
-def gensim_rows(model, tokenizer, vectors: np.ndarray) -> torch.Tensor:
-    """word2vec's rows in the bag's (vocab, width) layout; NaN for the types it did not keep (out of every fit)."""
-    table = torch.full((len(tokenizer), WIDTH), math.nan, dtype=torch.float64)
-    ids = tokenizer.convert_tokens_to_ids(list(model.wv.index_to_key))
-    table[torch.tensor(ids)] = torch.from_numpy(np.asarray(vectors, dtype=np.float64))
-    return table
-
-
-def train_word2vec(tokens, epochs: int, ns_exponent: float, negative: int, min_count: int, workers: int, seed: int,
-                   alpha: float, min_alpha: float):
-    from gensim.models import Word2Vec
-
-    window = max(len(sentence) for sentence in tokens)  # every pair of a sentence, at every position
-    model = Word2Vec(
-        vector_size=WIDTH, window=window, shrink_windows=False, min_count=min_count, sg=1, hs=0, negative=negative,
-        ns_exponent=ns_exponent, sample=0, workers=workers, seed=seed, alpha=alpha, min_alpha=min_alpha,
-    )  # fmt: skip
-    model.build_vocab(tokens)
-    model.train(tokens, total_examples=len(tokens), epochs=epochs)
-    return model
-
-
 def cmd_gensim(args: argparse.Namespace) -> None:
     import gensim
 
@@ -161,8 +80,9 @@ def cmd_gensim(args: argparse.Namespace) -> None:
         print(f"\nns_exponent {exponent}\n{'epochs':>24} | " + HEADER[27:] + " | seconds")
         for epochs in args.epochs:
             started = time.perf_counter()
-            model = train_word2vec(tokens, epochs, exponent, args.negative, args.min_count, args.workers, args.seed,
-                                   args.alpha, args.min_alpha)  # fmt: skip
+            model = train_word2vec(tokens, width=WIDTH, epochs=epochs, negative=args.negative, ns_exponent=exponent,
+                                   min_count=args.min_count, seed=args.seed, workers=args.workers, alpha=args.alpha,
+                                   min_alpha=args.min_alpha)  # fmt: skip
             seconds = time.perf_counter() - started
             print(row(str(epochs), probe.fits(gensim_rows(model, probe.tokenizer, model.wv.vectors)), f" | {seconds:.1f}"),
                   flush=True)  # fmt: skip
@@ -187,7 +107,7 @@ class Replica:
 
 
 def replica_steps(config: Replica, encoder=None):
-    """ctrain's `sgns` training (ctrain.training.objectives.SGNS, EpochSampler, Collator, SGD) without Lightning.
+    """ctrain's `sgns` objective (ctrain.training.objectives.SGNS) trained without Lightning (EpochSampler, Collator, SGD).
 
     Yields (steps done, input table, output table, loss) after every step (first (0, ..., nan)). With the defaults it
     reproduces `ctrain fit --config configs/theorem_lab.yaml --config configs/theorem_lab/sgns.yaml` (seed 42) step for
@@ -196,20 +116,17 @@ def replica_steps(config: Replica, encoder=None):
     from ctrain.data.datamodule import Collator, EpochSampler
     from ctrain.models.encoder import load_encoder
     from ctrain.runtime import step_seed
-    from ctrain.training.losses import sgns_loss
+    from ctrain.training.objectives import SGNS, sgns_pairs, unigram_noise
 
     os.environ["PL_GLOBAL_SEED"] = str(SEED)  # the seed ctrain's run exports (seed_everything)
     encoder = encoder or load_encoder("bag-bert", tiny_hidden_size=WIDTH, seed=SEED, bag_layers=0, embedding_init_std=0.01)
     tokenizer = encoder.tokenizer
     sentences, _ = lab_training_tokens(tokenizer)
     examples = [(s,) for s in sentences]
-    words_table = encoder.word_embeddings
-    contexts_table = torch.nn.Embedding.from_pretrained(torch.zeros_like(words_table.weight), freeze=False)
-    encoded = tokenizer(sentences, truncation=True, max_length=MAX_LENGTH)["input_ids"]
-    ids = torch.tensor([t for s in encoded for t in s])
-    ids = ids[~encoder.special_mask(ids)]
-    counts = torch.bincount(ids, minlength=words_table.num_embeddings).double()
-    noise = (counts**config.alpha * (counts > 0)).float()
+    objective = SGNS(num_negatives=config.negatives, alpha=config.alpha)
+    objective.attach(encoder, SEED)
+    objective.noise = unigram_noise(encoder, sentences, MAX_LENGTH, config.alpha)
+    words_table, contexts_table = encoder.word_embeddings, objective.context_embeddings
     collate = Collator(tokenizer, MAX_LENGTH, cache_size=len(examples))  # many epochs: each sentence tokenised once
     sampler = EpochSampler(len(examples), BATCH, SEED)
     per_epoch = sampler.batches_per_epoch()
@@ -224,19 +141,9 @@ def replica_steps(config: Replica, encoder=None):
                 break
             batch = collate([examples[i] for i in order[start : start + BATCH]])
             input_ids, mask = batch["input_ids"], batch["attention_mask"]
-            words = ~encoder.special_mask(input_ids) & mask.bool()
-            pairs = words.unsqueeze(2) & words.unsqueeze(1)
-            if not config.self_pair:
-                pairs &= ~torch.eye(pairs.shape[1], dtype=torch.bool)
-            sentence, centre, context = torch.nonzero(pairs, as_tuple=True)
-            generator = torch.Generator().manual_seed(step_seed(step, 0, "objective"))  # ctrain's objective stream
-            negatives = torch.multinomial(noise, len(sentence) * config.negatives, replacement=True, generator=generator)
-            loss = sgns_loss(
-                words_table(input_ids[sentence, centre]),
-                contexts_table(input_ids[sentence, context]),
-                contexts_table(negatives.view(len(sentence), -1)),
-            )
-            (loss * len(sentence) if config.reduction == "sum" else loss).backward()
+            pairs = sgns_pairs(~encoder.special_mask(input_ids) & mask.bool(), config.self_pair)
+            loss = objective.pair_loss(encoder, input_ids, pairs, step_seed(step, 0, "objective"))  # ctrain's objective stream
+            (loss * len(pairs[0]) if config.reduction == "sum" else loss).backward()
             if config.schedule == "linear":
                 for group in optimizer.param_groups:
                     group["lr"] = config.lr * max(0.0, (config.steps - step) / config.steps)
@@ -312,7 +219,6 @@ def cmd_runs(args: argparse.Namespace) -> None:
 
 def word2vec_trajectory(args: argparse.Namespace, probe: LabProbe, snapshots: list[int]) -> dict[int, dict[str, Fit]]:
     """The lab fits of one word2vec run's input rows at the end of each snapshot epoch."""
-    from gensim.models import Word2Vec
     from gensim.models.callbacks import CallbackAny2Vec
 
     _, tokens = lab_training_tokens(probe.tokenizer)
@@ -327,13 +233,8 @@ def word2vec_trajectory(args: argparse.Namespace, probe: LabProbe, snapshots: li
             if self.epoch in snapshots:
                 fits[self.epoch] = probe.fits(gensim_rows(model, probe.tokenizer, model.wv.vectors))
 
-    window = max(len(sentence) for sentence in tokens)
-    model = Word2Vec(
-        vector_size=WIDTH, window=window, shrink_windows=False, min_count=args.min_count, sg=1, hs=0, negative=args.negative,
-        ns_exponent=args.ns_exponent, sample=0, workers=1, seed=SEED, alpha=args.alpha, min_alpha=args.min_alpha,
-    )  # fmt: skip
-    model.build_vocab(tokens)
-    model.train(tokens, total_examples=len(tokens), epochs=args.epochs, callbacks=[Snapshot()])
+    train_word2vec(tokens, width=WIDTH, epochs=args.epochs, negative=args.negative, ns_exponent=args.ns_exponent,
+                   min_count=args.min_count, seed=SEED, alpha=args.alpha, min_alpha=args.min_alpha, callbacks=[Snapshot()])  # fmt: skip
     return fits
 
 
@@ -390,9 +291,10 @@ def cmd_cost(args: argparse.Namespace) -> None:
     import pytorch_lightning as pl
 
     from ctrain.data.datamodule import Collator, ContrastiveDataModule
-    from ctrain.training.losses import sgns_loss
     from ctrain.models.encoder import EncoderConfig
+    from ctrain.training.losses import sgns_loss
     from ctrain.training.module import ContrastiveModule
+    from ctrain.training.objectives import sgns_pairs, unigram_noise
 
     torch.set_num_threads(args.threads)
     pl.seed_everything(SEED, verbose=False)
@@ -427,9 +329,7 @@ def cmd_cost(args: argparse.Namespace) -> None:
     data.load_training_examples(1)
     sentences = [e[0] for e in data.examples]
     encoder = module.encoder
-    encoded = encoder.tokenizer(sentences, truncation=True, max_length=MAX_LENGTH)["input_ids"]
-    ids = torch.tensor([t for s in encoded for t in s])
-    noise = torch.bincount(ids[~encoder.special_mask(ids)], minlength=encoder.word_embeddings.num_embeddings).float()
+    module.objective.noise = unigram_noise(encoder, sentences, MAX_LENGTH, module.objective.alpha)
     collate = Collator(encoder.tokenizer, MAX_LENGTH, cache_size=len(sentences))  # as a multi-epoch ctrain run
     optimizer = torch.optim.SGD(module.parameters(), lr=100.0)
     names = ("collate", "pairs", "noise.cpu()", "multinomial", "lookup+loss", "backward", "sgd step", "zero_grad")
@@ -440,10 +340,9 @@ def cmd_cost(args: argparse.Namespace) -> None:
         batch = collate([(sentences[i],) for i in rng.choice(len(sentences), BATCH, replace=False)])
         clock.append((time.perf_counter(), time.process_time()))
         input_ids, mask = batch["input_ids"], batch["attention_mask"]
-        words = ~encoder.special_mask(input_ids) & mask.bool()
-        sentence, centre, context = torch.nonzero(words.unsqueeze(2) & words.unsqueeze(1), as_tuple=True)
+        sentence, centre, context = sgns_pairs(~encoder.special_mask(input_ids) & mask.bool())
         clock.append((time.perf_counter(), time.process_time()))
-        cpu_noise = module.objective.noise.cpu() if module.objective.noise.numel() else noise.cpu()
+        cpu_noise = module.objective.noise.cpu()
         clock.append((time.perf_counter(), time.process_time()))
         negatives = torch.multinomial(cpu_noise, len(sentence), replacement=True, generator=torch.Generator().manual_seed(step))
         clock.append((time.perf_counter(), time.process_time()))

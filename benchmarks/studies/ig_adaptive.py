@@ -3,28 +3,32 @@
 On the kurita2023 setup's IG (16 orthogonal sketch directions, the exact "path" completeness check), each sentence
 is weighed twice: with `--steps` fixed Gauss-Legendre nodes, and with `quadrature: adaptive` (tolerance `--tol`,
 budget `--max-evaluations`; it starts from `--steps` // 2 Simpson sub-intervals). The sentences are the three that
-benchmarks/ig_path_profile.py profiles (its `--seed`) followed by `--sentences` more random STS-B dev sentences,
+benchmarks/studies/ig_path_profile.py profiles (its `--seed`) followed by `--sentences` more random STS-B dev sentences,
 weighed in batches of `--batch-size` in order of length, as the probe does. Prints per sentence and in all: the
 completeness error (median, max), the adaptive rule's path points (mean, max), the CPU seconds of each rule
 (one thread), and the
 largest relative difference of the sentence's weights c' between the two rules.
 
-    python benchmarks/ig_adaptive.py --model all-mpnet-base-v2 --sentences 0
-    python benchmarks/ig_adaptive.py --model all-mpnet-base-v2 --profiled 0 --sentences 30
-    python benchmarks/ig_adaptive.py --toy     # a tiny random encoder, 4 sentences: seconds (the test suite runs it)
+    python benchmarks/studies/ig_adaptive.py --model all-mpnet-base-v2 --sentences 0
+    python benchmarks/studies/ig_adaptive.py --model all-mpnet-base-v2 --profiled 0 --sentences 30
+    python benchmarks/studies/ig_adaptive.py --toy     # a tiny random encoder, 4 sentences: seconds (the test suite runs it)
 """
 
 from __future__ import annotations
 
 import argparse
 import random
+import sys
 import time
+from pathlib import Path
 
 import torch
 
 from ctrain.data.sources import read_sts_b
 from ctrain.models.encoder import load_encoder
 from ctrain.probes.weighting.ig import integrated_gradients
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/, where the shared --toy option lives
 from _toy import TOY_MODEL, parse_args
 
 TOY = {"model": TOY_MODEL, "profiled": 1, "sentences": 3}

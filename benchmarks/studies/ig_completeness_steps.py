@@ -6,20 +6,24 @@ The completeness error of a sentence is ||sum of its IG attributions - (f(x) - f
 16 steps needs more steps (or another check) before its IG weights are trusted. The kurita2023 setup's sketch
 (16 orthogonal directions) and the probe's "path" check, on `--sentences` random STS-B dev sentences in one batch.
 
-    python benchmarks/ig_completeness_steps.py --model all-mpnet-base-v2 --steps 16 64
+    python benchmarks/studies/ig_completeness_steps.py --model all-mpnet-base-v2 --steps 16 64
 """
 
 from __future__ import annotations
 
 import argparse
 import random
+import sys
 import time
+from pathlib import Path
 
 import torch
 
 from ctrain.data.sources import read_sts_b
 from ctrain.models.encoder import load_encoder
 from ctrain.probes.weighting.ig import integrated_gradients
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/, where the shared --toy option lives
 from _toy import TOY_MODEL, parse_args
 
 

@@ -17,13 +17,15 @@ Then, on more sentences (first sentences of STS-B dev pairs, statistics from all
 dev first sentences): the completeness error per number of quadrature steps (exact
 for any mode, via a JVP in sketch mode), and the regression R^2 of sketch vs exact.
 
-    .venv/bin/python benchmarks/ig_probe.py [--loop-sentences 2] [--r2-sentences 12] [--r2-steps 32]
+    .venv/bin/python benchmarks/speed/ig_probe.py [--loop-sentences 2] [--r2-sentences 12] [--r2-steps 32]
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 import time
+from pathlib import Path
 
 import torch
 
@@ -32,6 +34,8 @@ from ctrain.models.encoder import load_encoder
 from ctrain.probes.weighting import FIT_KEYS, WeightingConfig, token_statistics, weighting_probe
 from ctrain.probes.weighting.captum_peer import captum_loop_weights
 from ctrain.probes.weighting.ig import integrated_gradients
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/, where the shared --toy option lives
 from _toy import TOY_MODEL, parse_args
 
 MODEL = "all-MiniLM-L6-v2"

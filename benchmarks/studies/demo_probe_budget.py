@@ -13,13 +13,14 @@ config and its seed) and at its last step (a finished demo run's `model_final/`)
   the same sentences: the R^2 difference and the correlation of the normalised weights.
 
     make demo   # or: ctrain fit --config configs/demo.yaml --config callbacks/probes.yaml
-    PYTHONPATH=src .venv/bin/python benchmarks/demo_probe_budget.py runs/demo/version_0 --demo-seconds 84
+    PYTHONPATH=src .venv/bin/python benchmarks/studies/demo_probe_budget.py runs/demo/version_0 --demo-seconds 84
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import sys
 import time
 from pathlib import Path
 
@@ -33,9 +34,11 @@ from ctrain.probes.sentences import sample_sentences, sts_b_sentences
 from ctrain.probes.weighting import WeightingConfig, weighting_probe
 from ctrain.probes.weighting.regression import ols
 from ctrain.runtime import global_seed
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/, where the shared --toy option lives
 from _toy import parse_args
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 PRESET = ROOT / "callbacks" / "probes.yaml"
 TOY = {"demo_seconds": 60.0, "max_sentences": 6, "exact_steps": 2}
 # (sentences, WeightingConfig fields) besides the preset itself: the preset before issue 26, and cheaper or costlier sketches

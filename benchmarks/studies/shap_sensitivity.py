@@ -22,7 +22,7 @@ batches are kept under OUT/<variant>/, so a stopped run resumes where it stopped
 fits, so it refits the setup's batches. `--toy` runs every variant on a
 tiny random BERT, the 8 longest sentences and a 40-evaluation budget in seconds (the test's mode; its numbers mean nothing).
 
-    PYTHONPATH=src python benchmarks/shap_sensitivity.py --model all-mpnet-base-v2 --sentences 300 --out shap_sensitivity
+    PYTHONPATH=src python benchmarks/studies/shap_sensitivity.py --model all-mpnet-base-v2 --sentences 300 --out shap_sensitivity
 """
 
 from __future__ import annotations

@@ -7,14 +7,16 @@ it, IG with the completeness check along the sketch's directions, IG with VJP ch
 directions, and the native PartitionSHAP. Seconds a batch; the first IG call carries the process's
 warm-up. The peer is the setup itself: read the variants against its own column.
 
-    PYTHONPATH=src .venv/bin/python benchmarks/kurita_by_length.py [--threads 2]
+    PYTHONPATH=src .venv/bin/python benchmarks/studies/kurita_by_length.py [--threads 2]
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -23,6 +25,8 @@ from ctrain.models.encoder import load_encoder
 from ctrain.probes.sentences import sts_b_sentences
 from ctrain.probes.weighting import KURITA2023_WEIGHTING as SETUP
 from ctrain.probes.weighting import weigh_batch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/, where the shared --toy option lives
 from _toy import TOY_MODEL, parse_args
 
 VARIANTS = {

@@ -17,7 +17,7 @@ projection of each path. SHAP sentences whose recursion exhausts the 500-evaluat
 are reported apart: there the library breaks exact priority ties with NumPy's global RNG, so
 it is compared with itself under two global seeds as well.
 
-    PYTHONPATH=src .venv/bin/python benchmarks/kurita_setup.py [--sentences 16] [--captum-sentences 4]
+    PYTHONPATH=src .venv/bin/python benchmarks/speed/kurita_setup.py [--sentences 16] [--captum-sentences 4]
 """
 
 from __future__ import annotations
@@ -26,7 +26,9 @@ import argparse
 import dataclasses
 import functools
 import math
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -38,6 +40,8 @@ from ctrain.probes.weighting.batch import attribute
 from ctrain.probes.weighting.ig import integrated_gradients, output_directions, pad_baseline
 from ctrain.probes.weighting.partition import TextGame, text_masker
 from ctrain.probes.weighting.shapley import owen_values
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/, where the shared --toy option lives
 from _toy import TOY_MODEL, parse_args
 
 MODEL = "all-MiniLM-L6-v2"

@@ -10,20 +10,24 @@ on a uniform grid of `--points` values of a, and prints per sentence:
 A large share of the change inside a tiny interval is a near-step in the integrand, which no fixed quadrature
 resolves (docs/kurita_setup.md reads all-mpnet-base-v2's).
 
-    python benchmarks/ig_path_profile.py --model all-mpnet-base-v2
+    python benchmarks/studies/ig_path_profile.py --model all-mpnet-base-v2
 """
 
 from __future__ import annotations
 
 import argparse
 import random
+from pathlib import Path
 
+import sys
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from ctrain.data.sources import read_sts_b
 from ctrain.models.encoder import attribution_mode, load_encoder
 from ctrain.probes.weighting.ig import pad_baseline
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/, where the shared --toy option lives
 from _toy import TOY_MODEL, parse_args
 
 

@@ -58,6 +58,28 @@ def test_a_step_narrower_than_float32_resolves_is_not_split_forever():
     assert rule.evaluations[0] < 200 and torch.diff(rule.alphas.sort().values).min() >= MIN_WIDTH / 4
 
 
+def test_a_step_narrower_than_float32_resolves_is_integrated_at_float64s_floor():
+    """A switch 1e-9 wide (float32 spaces t by 6e-8 near the switch): float32's floor gives its residual up, float64's does not."""
+    evaluate, _ = steep_path([1e-9])
+    coarse = adaptive_path_rule(evaluate, 1, tol=0.01, max_evaluations=1000, panels=8)
+    fine = adaptive_path_rule(evaluate, 1, tol=0.01, max_evaluations=1000, panels=8, min_width=torch.finfo(torch.float64).eps / 2)
+    assert coarse.completeness_error[0] > 0.05 and coarse.evaluations[0] < 1000  # stopped at the floor, not the budget
+    assert fine.completeness_error[0] < 0.01 and fine.evaluations[0] < 1000
+
+
+def test_float64_ig_agrees_with_float32_and_leaves_the_model_as_it_was(family):
+    encoder, batch = family
+    before = {name: tensor.clone() for name, tensor in encoder.state_dict().items()}
+    settings = dict(steps=8, mode="sketch", sketch_size=4, sketch_kind="orthogonal", seed=1)
+    single = integrated_gradients(encoder, **batch, **settings)
+    double = integrated_gradients(encoder, **batch, precision="float64", **settings)
+    torch.testing.assert_close(double.weights, single.weights, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(double.completeness_error, single.completeness_error, rtol=1e-3, atol=1e-6)
+    assert double.weights.dtype == torch.float32
+    after = encoder.state_dict()
+    assert all(after[name].dtype == tensor.dtype and torch.equal(after[name], tensor) for name, tensor in before.items())
+
+
 @pytest.fixture(scope="module", params=["tiny-bert", "tiny-roberta", "tiny-mpnet"])
 def family(request):
     encoder = load_encoder(request.param)
@@ -108,7 +130,11 @@ def test_the_probe_logs_the_share_over_tolerance_and_warns_in_one_line_naming_th
     assert (warning is None) == (result.metrics[IG_COMPLETENESS_OVER_TOL_SHARE] == 0)
     generous = WeightingConfig(**{**adaptive.__dict__, "max_evaluations": 256})
     assert weighting_probe(tiny_bert, callback.sentences, generous).metrics[IG_COMPLETENESS_OVER_TOL_SHARE] == 0
-    assert "raise weighting.max_evaluations (now 7)" in completeness_warning({**metrics, IG_COMPLETENESS_OVER_TOL_SHARE: 0.5}, adaptive)
+    missing = {**metrics, IG_COMPLETENESS_OVER_TOL_SHARE: 0.5, IG_EVALUATIONS_MAX: 7}
+    assert "raise weighting.max_evaluations (now 7)" in completeness_warning(missing, adaptive)
+    assert "set weighting.ig_precision: float64" in completeness_warning({**missing, IG_EVALUATIONS_MAX: 5}, adaptive)
+    in_float64 = WeightingConfig(**{**adaptive.__dict__, "ig_precision": "float64"})
+    assert "raise weighting.max_evaluations (now 7)" in completeness_warning({**missing, IG_EVALUATIONS_MAX: 5}, in_float64)
 
 
 def test_bad_adaptive_settings_are_one_line_errors():
@@ -116,6 +142,8 @@ def test_bad_adaptive_settings_are_one_line_errors():
         WeightingConfig(completeness_tol=0)
     with pytest.raises(ValueError, match="max_evaluations 10 is below the adaptive rule's starting 17 points"):
         WeightingConfig(quadrature="adaptive", steps=16, max_evaluations=10)
+    with pytest.raises(ValueError, match="ig_precision"):
+        WeightingConfig(ig_precision="float16")
 
 
 @pytest.mark.slow

@@ -2,7 +2,7 @@
 
 On the kurita2023 setup's IG (16 orthogonal sketch directions, the exact "path" completeness check), each sentence
 is weighed twice: with `--steps` fixed Gauss-Legendre nodes, and with `quadrature: adaptive` (tolerance `--tol`,
-budget `--max-evaluations`; it starts from `--steps` // 2 Simpson sub-intervals). The sentences are the three that
+budget `--max-evaluations`, model and path in `--precision`; it starts from `--steps` // 2 Simpson sub-intervals). The sentences are the three that
 benchmarks/studies/ig_path_profile.py profiles (its `--seed`) followed by `--sentences` more random STS-B dev sentences,
 weighed in batches of `--batch-size` in order of length, as the probe does. Prints per sentence and in all: the
 completeness error (median, max), the adaptive rule's path points (mean, max), the CPU seconds of each rule
@@ -62,6 +62,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--steps", type=int, default=16)
     parser.add_argument("--tol", type=float, default=0.01)
     parser.add_argument("--max-evaluations", type=int, default=256)
+    parser.add_argument("--precision", choices=("float32", "float64"), default="float32", help="the adaptive rule's model and path")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--sketch-size", type=int, default=16, help="errors and points do not depend on it; the time does")
@@ -77,7 +78,9 @@ def main(argv: list[str] | None = None) -> None:
           f"torch threads {torch.get_num_threads()}", flush=True)  # fmt: skip
     rules = {
         f"GL-{args.steps}": dict(quadrature="gauss_legendre", **common),
-        f"adaptive tol {args.tol:g}": dict(quadrature="adaptive", completeness_tol=args.tol, max_evaluations=args.max_evaluations, **common),
+        f"adaptive tol {args.tol:g}": dict(
+            quadrature="adaptive", completeness_tol=args.tol, max_evaluations=args.max_evaluations, precision=args.precision, **common
+        ),
     }
     totals = {name: ([], [], 0.0) for name in rules}
     order = sorted(sentences, key=lambda sentence: len(encoder.tokenizer(sentence)["input_ids"]))  # as the probe goes

@@ -51,24 +51,22 @@ def eval_mode(module: nn.Module) -> Iterator[nn.Module]:
 
 
 @contextmanager
-def attribution_mode(encoder: SentenceEncoder) -> Iterator[torch.device]:
-    """Eval mode, fp32, autocast off, autograd available; everything restored on exit.
+def attribution_mode(encoder: SentenceEncoder, dtype: torch.dtype = torch.float32) -> Iterator[torch.device]:
+    """Eval mode, ``dtype`` (fp32 unless IG asks for fp64), autocast off, autograd available; everything restored on exit.
 
     What every attribution of the encoder (IG, SHAP, the Theorem-1 vectors) runs under, so that it leaves the model
     as it found it."""
-    low_precision = [
-        t for t in chain(encoder.parameters(), encoder.buffers()) if t.is_floating_point() and t.dtype != torch.float32
-    ]
-    dtypes = [t.dtype for t in low_precision]
+    other_precision = [t for t in chain(encoder.parameters(), encoder.buffers()) if t.is_floating_point() and t.dtype != dtype]
+    dtypes = [t.dtype for t in other_precision]
     device = next(encoder.parameters()).device
     try:
-        for tensor in low_precision:  # bf16/fp16 -> fp32 -> back is lossless
-            tensor.data = tensor.data.float()
+        for tensor in other_precision:  # bf16/fp16 -> fp32 -> fp64 -> back is lossless
+            tensor.data = tensor.data.to(dtype)
         with eval_mode(encoder), torch.inference_mode(False), torch.autocast(device.type, enabled=False):
             yield device
     finally:
-        for tensor, dtype in zip(low_precision, dtypes):
-            tensor.data = tensor.data.to(dtype)
+        for tensor, original in zip(other_precision, dtypes):
+            tensor.data = tensor.data.to(original)
 
 
 class SentenceEncoder(nn.Module):

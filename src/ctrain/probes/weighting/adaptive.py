@@ -15,10 +15,12 @@ Decisions:
 - A sentence stops when the sum of its sub-intervals' residual norms, an upper bound of its completeness error that
   cancellation between sub-intervals cannot fool, is under ``tol * ||f(1) - f(0)||``. Each round splits the fewest
   sub-intervals, largest residual first, that hold half of that sum (as many as the budget allows).
-- Sub-intervals narrower than ``2 * MIN_WIDTH`` (about 1.2e-7 of t) are not split: the path is evaluated in
-  float32, whose relative spacing is 2^-24: a coarser floor leaves all-mpnet-base-v2's attention switches on the
-  path unresolved (docs/kurita_setup.md, "IG: adaptive quadrature"). Their residual is given up (it stays in the
-  reported error); the stopping rule and the split shares count the sub-intervals that can still be split.
+- Sub-intervals narrower than ``2 * min_width`` are not split, ``min_width`` the relative spacing of the path's
+  float type (``MIN_WIDTH``, 2^-24, about 6e-8 of t, in float32; 2^-53 in float64): a coarser floor leaves
+  all-mpnet-base-v2's attention switches on the path unresolved (docs/kurita_setup.md, "IG: adaptive quadrature").
+  Their residual is given up (it stays in the reported error); the stopping rule and the split shares count the
+  sub-intervals that can still be split. Switches narrower than float32 resolves need the path in float64
+  (``WeightingConfig.ig_precision``).
 - The reported completeness error is that of the final rule, ``||sum_t w_t g'(t) - (f(1) - f(0))|| / ||f(1) - f(0)||``,
   the same quantity as the fixed rules report.
 """
@@ -107,7 +109,9 @@ def _to_split(norms: Tensor, affordable: int) -> list[int]:
     return chosen
 
 
-def adaptive_path_rule(evaluate: EvaluatePath, num_sentences: int, tol: float, max_evaluations: int, panels: int) -> PathRule:
+def adaptive_path_rule(
+    evaluate: EvaluatePath, num_sentences: int, tol: float, max_evaluations: int, panels: int, *, min_width: float = MIN_WIDTH
+) -> PathRule:
     """Composite Simpson on ``panels`` equal sub-intervals of every path, refined per sentence (module docstring).
 
     Each round evaluates the new points of all sentences in one call of ``evaluate``.
@@ -127,7 +131,7 @@ def adaptive_path_rule(evaluate: EvaluatePath, num_sentences: int, tol: float, m
             sentences[s].values[t], sentences[s].slopes[t] = value, slope
         requests = []
         for s, sentence in enumerate(sentences):
-            splittable = torch.tensor([c - a >= 2 * MIN_WIDTH for a, _, c in sentence.panels])
+            splittable = torch.tensor([c - a >= 2 * min_width for a, _, c in sentence.panels])
             norms = sentence.residuals().norm(dim=1) * splittable
             change = float((sentence.values[1.0] - sentence.values[0.0]).norm())
             affordable = (max_evaluations - len(sentence.values)) // 2

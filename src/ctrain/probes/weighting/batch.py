@@ -69,6 +69,7 @@ def attribute(
             encoder, ids, mask, steps=config.steps, quadrature=config.quadrature, mode=config.ig_mode,
             sketch_size=config.sketch_size, sketch_kind=config.sketch_kind, seed=seed, vjp_batch=config.vjp_batch,
             completeness=config.completeness, completeness_tol=config.completeness_tol, max_evaluations=config.max_evaluations,
+            precision=config.ig_precision,
         )  # fmt: skip
     return shap_weights(
         encoder, ids, mask, sentences, mode=config.shap_mode, max_exact_tokens=config.shap_max_exact_tokens,

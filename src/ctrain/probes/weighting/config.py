@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from transformers import PreTrainedTokenizerBase
 
 from ctrain.probes.weighting.adaptive import ADAPTIVE
-from ctrain.probes.weighting.ig import COMPLETENESS_CHECKS, QUADRATURES, Completeness, Mode, Quadrature, SketchKind
+from ctrain.probes.weighting.ig import COMPLETENESS_CHECKS, PRECISIONS, QUADRATURES, Completeness, Mode, Precision, Quadrature, SketchKind
 from ctrain.probes.weighting.information import UNITS, TokenStatistics, Units, token_statistics
 from ctrain.probes.weighting.keys import METHODS
 from ctrain.probes.weighting.regression import POINTS, Points
@@ -24,6 +24,7 @@ _CHOICES = {
     "sketch_kind": ("rademacher", "orthogonal"),
     "quadrature": QUADRATURES,
     "completeness": COMPLETENESS_CHECKS,
+    "ig_precision": PRECISIONS,
     "shap_mode": SHAP_MODES,
     "units": UNITS,
     "points": POINTS,
@@ -45,6 +46,8 @@ class WeightingConfig:
     ``completeness_tol`` is the completeness error a sentence may have before the probe warns about it; with
     ``quadrature="adaptive"`` each sentence's rule is refined until it is met or ``max_evaluations`` path points
     are spent (``adaptive``; ``steps`` is then the starting rule's size, about ``steps + 1`` points).
+    ``ig_precision="float64"`` runs IG's model and path in float64, so that the adaptive rule resolves attention
+    switches narrower than float32's spacing of the path (docs/kurita_setup.md); about twice the cost on a CPU.
     ``shap_batch_size`` is the PartitionSHAP recursion's coalitions per round, as ``shap.PartitionExplainer``'s
     ``batch_size``: None (default) is the library's own (its Text masker's, 5 in shap 0.51). Where a long sentence
     exhausts ``shap_max_evals`` it decides which partition nodes get expanded, so it changes the weights; a larger one
@@ -72,6 +75,7 @@ class WeightingConfig:
     completeness: Completeness = "path"
     completeness_tol: float = 0.01
     max_evaluations: int = 256
+    ig_precision: Precision = "float32"
     shap_mode: ShapMode = "exact"
     shap_max_exact_tokens: int = 10
     shap_permutations: int = 64

@@ -54,6 +54,8 @@ Mode = Literal["exact", "sketch"]
 SketchKind = Literal["rademacher", "orthogonal"]
 Completeness = Literal["path", "directions"]
 COMPLETENESS_CHECKS: tuple[str, ...] = ("path", "directions")
+Precision = Literal["float32", "float64"]
+PRECISIONS: tuple[str, ...] = ("float32", "float64")
 
 
 @dataclass(frozen=True)
@@ -131,6 +133,7 @@ def integrated_gradients(
     completeness: Completeness = "path",
     completeness_tol: float = 0.01,
     max_evaluations: int = 256,
+    precision: Precision = "float32",
 ) -> Attribution:
     """IG weights ``c_i = ||IG_i..||_F`` of a padded batch with the PAD baseline.
 
@@ -149,11 +152,15 @@ def integrated_gradients(
     ``quadrature="adaptive"`` refines each sentence's rule (``adaptive_path_rule``, starting from ``steps // 2``
     Simpson sub-intervals) until its completeness error is under ``completeness_tol`` or ``max_evaluations`` path
     points are spent; its error is the refinement's own exact check, whatever ``completeness`` says. The path is
-    evaluated in chunks of ``steps`` rows a sentence, so memory stays that of the fixed rule.
+    evaluated in chunks of ``steps`` rows a sentence, so memory stays that of the fixed rule. ``precision="float64"``
+    runs the model and the path in float64 (about twice the cost on a CPU), so that the adaptive rule can split the
+    path below float32's resolution of t.
     """
     check_choice(completeness, COMPLETENESS_CHECKS, "completeness check")
+    check_choice(precision, PRECISIONS, "precision")
+    dtype = getattr(torch, precision)
     generator = torch.Generator().manual_seed(seed)
-    with attribution_mode(encoder) as device, torch.no_grad(), sdpa_kernel(SDPBackend.MATH):
+    with attribution_mode(encoder, dtype) as device, torch.no_grad(), sdpa_kernel(SDPBackend.MATH):
         input_ids, attention_mask = input_ids.to(device), attention_mask.to(device)
         positions = encoder.position_ids(input_ids)
         x, baseline = pad_baseline(encoder, input_ids)
@@ -165,7 +172,7 @@ def integrated_gradients(
             return lambda z: encoder(inputs_embeds=z, attention_mask=attention_mask[sentence], position_ids=positions[sentence])
 
         def path(sentence: Tensor, alphas: Tensor) -> Tensor:
-            return baseline[sentence] + alphas.float().view(-1, 1, 1) * delta[sentence]
+            return baseline[sentence] + alphas.to(dtype).view(-1, 1, 1) * delta[sentence]
 
         def along_path(sentence: Tensor, alphas: Tensor) -> tuple[Tensor, Tensor]:
             """f and its derivative along the path, g'(a) = J(a) (x - b), at the given rows: one JVP per chunk."""
@@ -176,23 +183,23 @@ def integrated_gradients(
             return torch.cat([value for value, _ in pieces]), torch.cat([slope for _, slope in pieces])
 
         if quadrature == ADAPTIVE:
-            rule = adaptive_path_rule(along_path, batch, completeness_tol, max_evaluations, max(steps // 2, 1))
+            rule = adaptive_path_rule(along_path, batch, completeness_tol, max_evaluations, max(steps // 2, 1), min_width=torch.finfo(dtype).eps / 2)
             sentence, alphas, row_weights = rule.sentence, rule.alphas, rule.weights
             evaluations = rule.evaluations
         else:
             sentence, alphas, row_weights = fixed_path_rule(*quadrature_rule(quadrature, steps), batch)
             evaluations = torch.full((batch,), steps)
-        sentence, row_weights = sentence.to(device), row_weights.float().to(device)
+        sentence, row_weights = sentence.to(device), row_weights.to(device, dtype)
         rows = list(zip(sentence.split(chunk_rows), alphas.split(chunk_rows), row_weights.split(chunk_rows)))
         pullbacks = [torch.func.vjp(embed(s), path(s, a))[1] for s, a, _ in rows] if len(rows) == 1 else None
         dim = encoder.embedding_size
         directions, scale = output_directions(mode, dim, sketch_size, sketch_kind, generator)
-        directions = directions.to(device)
-        squares = torch.zeros(input_ids.shape, device=device)
+        directions = directions.to(device, dtype)
+        squares = torch.zeros(input_ids.shape, device=device, dtype=dtype)
         sums = []  # exact mode: sum_ij IG_ij. along each basis direction
         along_directions = quadrature != ADAPTIVE and (mode == "exact" or completeness == "directions")
         for chunk in directions.split(vjp_batch or len(directions)):
-            integral = torch.zeros(len(chunk), *x.shape, device=device)  # (K, B, n, e): sum_a w_a v^T J(a), per sentence
+            integral = torch.zeros(len(chunk), *x.shape, device=device, dtype=dtype)  # (K, B, n, e): sum_a w_a v^T J(a), per sentence
             for (s, a, w), pullback in zip(rows, pullbacks or (torch.func.vjp(embed(s), path(s, a))[1] for s, a, _ in rows)):
                 (grads,) = torch.func.vmap(pullback)(w.view(1, -1, 1) * chunk.view(len(chunk), 1, dim))
                 integral.index_add_(1, s, grads)
@@ -214,7 +221,7 @@ def integrated_gradients(
                 _, slopes = along_path(sentence, alphas)
                 residual = torch.zeros_like(target).index_add_(0, sentence, row_weights.view(-1, 1) * slopes) - target
             error = residual.norm(dim=1) / target.norm(dim=1)
-        return Attribution(weights=(scale * squares).sqrt().cpu(), completeness_error=error.cpu(), evaluations=evaluations)
+        return Attribution(weights=(scale * squares).sqrt().float().cpu(), completeness_error=error.float().cpu(), evaluations=evaluations)
 
 
 def unit_weights(position_weights: Tensor, unit_of_position: Tensor, unit_sentence: Tensor) -> tuple[Tensor, Tensor]:

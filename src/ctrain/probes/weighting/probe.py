@@ -230,11 +230,12 @@ def completeness_warning(metrics: dict[str, float], config: WeightingConfig) -> 
         return None
     total = int(metrics[IG_COMPLETENESS_ERROR_N])
     missed = round(metrics[IG_COMPLETENESS_OVER_TOL_SHARE] * total)
-    fix = (
-        f"raise weighting.max_evaluations (now {config.max_evaluations})"
-        if config.quadrature == ADAPTIVE
-        else "set weighting.quadrature: adaptive"
-    )
+    if config.quadrature != ADAPTIVE:
+        fix = "set weighting.quadrature: adaptive"
+    elif metrics.get(IG_EVALUATIONS_MAX, 0) < config.max_evaluations and config.ig_precision == "float32":
+        fix = "set weighting.ig_precision: float64 (the budget was not spent: the path changes faster than float32 resolves)"
+    else:
+        fix = f"raise weighting.max_evaluations (now {config.max_evaluations})"
     return (
         f"weighting: {missed} of {total} sentences miss IG completeness {100 * config.completeness_tol:g}% "
         f"(worst {100 * metrics[IG_COMPLETENESS_ERROR_MAX]:.1f}%): {fix}; their IG weights are not trustworthy"

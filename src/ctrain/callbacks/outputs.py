@@ -75,6 +75,8 @@ class RunOutputs(pl.Callback):
     def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.state.fn != "fit" or trainer.sanity_checking:
             return
+        # `self.log` in validation writes at Lightning's private logging counter, and no public setting moves it
+        # (global_step is read-only); tests/test_step_clock.py pins what the counter means and that it is restored.
         loop = trainer.fit_loop.epoch_loop
         self._lightning_step, loop._batches_that_stepped = loop._batches_that_stepped, trainer.global_step
 

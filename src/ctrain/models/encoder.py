@@ -23,13 +23,11 @@ from transformers import AutoConfig, AutoModel, AutoTokenizer, PreTrainedTokeniz
 
 from ctrain import assets
 from ctrain.models.bag import BagConfig, BagModel
-from ctrain.models.pooling import Pooler, PoolingMode
+from ctrain.models.pooling import Pooler, PoolingMode, pooling_of_st_config
 from ctrain.models.st_modules import Dense
 from ctrain.models.tokenizers import tiny_tokenizer, without_special_tokens
 from ctrain.runtime import check_choice, seeded
 
-TINY_PREFIX = "tiny-"
-BAG_PREFIX = "bag-"
 HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[\w.-]+)?")
 TINY_ARCHITECTURES = ("bert", "roberta", "mpnet")
 
@@ -287,11 +285,7 @@ def _sentence_transformers_head(path: Path, trust_remote_code: bool) -> _Declare
         elif kind == "Dense":
             head.dense.append(Dense.load(str(path / module["path"]), trust_remote_code=trust_remote_code))
         elif kind == "Pooling":
-            config = json.loads((path / module["path"] / "config.json").read_text())
-            mode = config.get("pooling_mode")  # sentence-transformers >= 6
-            if mode is None:
-                mode = "cls" if config.get("pooling_mode_cls_token") else "max" if config.get("pooling_mode_max_tokens") else "mean"
-            head.pooling = mode if isinstance(mode, str) else mode[0]
+            head.pooling = pooling_of_st_config(json.loads((path / module["path"] / "config.json").read_text()))
     return head
 
 
@@ -387,18 +381,17 @@ def _load_encoder(
     bag_layers: int,
     reinitialize: bool,
 ) -> SentenceEncoder:
-    for prefix in (TINY_PREFIX, BAG_PREFIX):
-        if name.startswith(prefix):  # random already: `reinitialize` has nothing to redraw
-            architecture = name[len(prefix) :]
-            if architecture not in TINY_ARCHITECTURES:
-                raise ValueError(f"unknown architecture '{name}': choose {prefix}{f', {prefix}'.join(TINY_ARCHITECTURES)}")
-            tokenizer = tiny_tokenizer(architecture)
-            if prefix == BAG_PREFIX:
-                tokenizer = without_special_tokens(tokenizer)
-                backbone = bag_backbone(tokenizer, tiny_hidden_size, bag_layers, seed)
-            else:
-                backbone = tiny_backbone(architecture, tokenizer, tiny_hidden_size, tiny_num_layers, seed)
-            return SentenceEncoder(backbone, tokenizer, pooling or "mean", mlp_only_train, bool(normalize))
+    prefix, architecture = assets.split_prefix(name)
+    if prefix in (assets.TINY, assets.BAG):  # random already: `reinitialize` has nothing to redraw
+        if architecture not in TINY_ARCHITECTURES:
+            raise ValueError(f"unknown architecture '{name}': choose {prefix}{f', {prefix}'.join(TINY_ARCHITECTURES)}")
+        tokenizer = tiny_tokenizer(architecture)
+        if prefix == assets.BAG:
+            tokenizer = without_special_tokens(tokenizer)
+            backbone = bag_backbone(tokenizer, tiny_hidden_size, bag_layers, seed)
+        else:
+            backbone = tiny_backbone(architecture, tokenizer, tiny_hidden_size, tiny_num_layers, seed)
+        return SentenceEncoder(backbone, tokenizer, pooling or "mean", mlp_only_train, bool(normalize))
 
     path = assets.offline_encoder_path(name) or Path(name).expanduser()
     if path.exists():

@@ -139,37 +139,22 @@ class SentenceEncoder(nn.Module):
             return torch.cumsum(not_pad, dim=1) * not_pad + padding_idx
         return torch.arange(input_ids.shape[1], device=input_ids.device).expand_as(input_ids)
 
-    def token_states(
-        self,
-        input_ids: Tensor | None = None,
-        attention_mask: Tensor | None = None,
-        inputs_embeds: Tensor | None = None,
-        position_ids: Tensor | None = None,
-        output_hidden_states: bool = False,
-    ):
-        """The backbone's output (last_hidden_state, and all layers if asked)."""
-        if position_ids is None and input_ids is not None:
-            position_ids = self.position_ids(input_ids)
-        return self.backbone(
-            input_ids=None if inputs_embeds is not None else input_ids,
-            attention_mask=attention_mask,
-            inputs_embeds=inputs_embeds,
-            position_ids=position_ids,
-            output_hidden_states=output_hidden_states,
-        )
+    def token_states(self, input_ids: Tensor | None = None, attention_mask: Tensor | None = None, **inputs):
+        """The backbone's output (last_hidden_state, and every layer's with `output_hidden_states=True`) on `input_ids`
+        or `inputs_embeds`; `position_ids` default to those the backbone would derive from `input_ids` itself."""
+        if inputs.get("position_ids") is None and input_ids is not None:
+            inputs["position_ids"] = self.position_ids(input_ids)
+        if inputs.get("inputs_embeds") is not None:
+            input_ids = None
+        return self.backbone(input_ids=input_ids, attention_mask=attention_mask, **inputs)
 
-    def forward(
-        self,
-        input_ids: Tensor | None = None,
-        attention_mask: Tensor | None = None,
-        inputs_embeds: Tensor | None = None,
-        position_ids: Tensor | None = None,
-    ) -> Tensor:
-        """Sentence embeddings f(X), shape (batch, hidden)."""
+    def forward(self, input_ids: Tensor | None = None, attention_mask: Tensor | None = None, **inputs) -> Tensor:
+        """Sentence embeddings f(X), shape (batch, hidden), of `input_ids` or `inputs_embeds` (with `position_ids`, as
+        `token_states`)."""
         if attention_mask is None:
-            reference = input_ids if input_ids is not None else inputs_embeds[..., 0]
+            reference = input_ids if input_ids is not None else inputs["inputs_embeds"][..., 0]
             attention_mask = torch.ones(reference.shape[:2], dtype=torch.long, device=reference.device)
-        states = self.token_states(input_ids, attention_mask, inputs_embeds, position_ids).last_hidden_state
+        states = self.token_states(input_ids, attention_mask, **inputs).last_hidden_state
         pooled = self.pooler(states, attention_mask)
         for layer in self.dense:
             pooled = layer({"sentence_embedding": pooled})["sentence_embedding"]

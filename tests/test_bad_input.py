@@ -152,6 +152,7 @@ QUICK = [*QUICK_FIT, "--data.max_eval_pairs", "200", "--trainer.max_steps", "8"]
     [
         (["--data.batch_size", "0"], "data.batch_size"),
         (["--data.eval_batch_size", "0"], "data.eval_batch_size"),
+        (["--model.sts_batch_size", "0"], "model.sts_batch_size"),
         (["--model.learning_rate=-1e-3"], "model.learning_rate"),
         (["--trainer.max_steps", "0"], "trainer.max_steps"),
         (["--data.batch_size", "1"], "data.batch_size"),  # InfoNCE's negatives are the batch's other sentences

@@ -86,3 +86,46 @@ def test_encode_batches_by_length_and_keeps_input_order(tiny_bert):
     with torch.no_grad():
         one_by_one = torch.cat([tiny_bert(**tiny_bert.tokenize([sentence])) for sentence in sentences])
     torch.testing.assert_close(encoded, one_by_one, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "config, pooling",
+    [({"pooling_mode": ["max"]}, "max"), ({"pooling_mode_cls_token": True, "pooling_mode_mean_tokens": False}, "cls"),
+     ({"pooling_mode_max_tokens": True}, "max"), ({"pooling_mode_mean_tokens": True}, "mean"), ({"pooling_mode": "lasttoken"}, "lasttoken")],
+)  # fmt: skip
+def test_pooling_of_saved_configs_old_and_new(config, pooling):
+    """sentence-transformers >= 6 writes `pooling_mode`, older versions one flag a mode; a mode ctrain lacks is
+    handed on as named, for the Pooler's one-line refusal."""
+    from ctrain.models.pooling import pooling_of_st_config
+
+    assert pooling_of_st_config(config) == pooling
+
+
+@pytest.mark.parametrize("mode", ["mean", "cls", "cls_mlp", "max"])
+def test_one_pooling_table_both_ways_through_sentence_transformers(mode):
+    from ctrain.models.pooling import ST_POOLING_MODES, pooling_of_st_config
+    from ctrain.models.st_modules import Pooling
+
+    saved = Pooling(8, pooling_mode=ST_POOLING_MODES[mode]).get_config_dict()
+    assert pooling_of_st_config(saved) == ("cls" if mode == "cls_mlp" else mode)  # cls_mlp's MLP is a Dense after it
+
+
+def test_name_prefixes_are_one_table_parsed_in_one_place():
+    import ast
+    from pathlib import Path
+
+    from ctrain import assets
+
+    assert assets.split_prefix("tiny-roberta") == (assets.TINY, "roberta")
+    assert assets.split_prefix("hub:glue:mrpc") == (assets.HUB, "glue:mrpc")
+    assert assets.split_prefix("bpe:data/corpus/all.txt") == (assets.BPE, "data/corpus/all.txt")
+    assert assets.split_prefix("runs/tiny-bert/model_final") == ("", "runs/tiny-bert/model_final")
+    assert load_encoder("bag-bert").backbone.config.model_type == "ctrain_bag"
+    source = Path(assets.__file__).parent
+    literals = {
+        f"{path.relative_to(source)}: {node.value!r}"
+        for path in source.rglob("*.py") if path.name != "assets.py"
+        for node in ast.walk(ast.parse(path.read_text()))
+        if isinstance(node, ast.Constant) and node.value in assets.PREFIXES
+    }  # fmt: skip
+    assert not literals, "a name prefix spelled outside ctrain.assets.PREFIXES"

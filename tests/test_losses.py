@@ -14,8 +14,12 @@ from ctrain.training.losses import (
     pair_classifier_loss,
     replaced_token_detection_loss,
     similarity_matrix,
-    symmetric_info_nce,
 )
+
+
+
+def symmetric_info_nce(*args, **kwargs):
+    return info_nce(*args, symmetric=True, **kwargs)
 
 
 def _manual_info_nce(anchors, positives, temperature, similarity, negatives=None, weight=0.0):

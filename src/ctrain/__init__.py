@@ -16,6 +16,7 @@ _PUBLIC = {
     "SentenceEncoder": "ctrain.models.encoder",
     "load_encoder": "ctrain.models.encoder",
     "save_sentence_transformer": "ctrain.models.export",
+    "StsEvaluator": "ctrain.probes.sts",
     "encoder_sts": "ctrain.probes.sts",
     "WeightingConfig": "ctrain.probes.weighting",
     "weighting_probe": "ctrain.probes.weighting",

@@ -19,6 +19,21 @@ CACHE_DIR = Path(os.environ.get("CTRAIN_CACHE", Path.home() / ".cache" / "ctrain
 MINILM_NAMES = ("all-minilm-l6-v2", "minilm", "sentence-transformers/all-minilm-l6-v2")
 MPNET_NAMES = ("all-mpnet-base-v2", "mpnet", "sentence-transformers/all-mpnet-base-v2")
 
+# Name prefixes that stand for something ctrain builds or fetches instead of a path: the one table, read by split_prefix.
+TINY, BAG, HUB, BPE = "tiny-", "bag-", "hub:", "bpe:"
+PREFIXES = {
+    TINY: "model.encoder.name tiny-<bert|roberta|mpnet>: a small randomly initialised transformer",
+    BAG: "model.encoder.name bag-<bert|roberta|mpnet>: a random bag of embeddings with that family's tokenizer",
+    HUB: "data.train hub:<dataset>[:<config>]: a Hugging Face dataset",
+    BPE: "model.tokenizer bpe:<file> (ctrain pretrain): a byte-level BPE trained on the file's lines",
+}
+
+
+def split_prefix(name: str) -> tuple[str, str]:
+    """(prefix, the rest) of a name that starts with one of PREFIXES; ("", name) for any other name."""
+    prefix = next((prefix for prefix in PREFIXES if name.startswith(prefix)), "")
+    return prefix, name[len(prefix) :]
+
 
 def _package_dir(module: str, install_hint: str) -> Path:
     spec = importlib.util.find_spec(module)

@@ -21,6 +21,7 @@ import numpy as np
 import pytorch_lightning as pl
 import torch
 
+from ctrain.callbacks.schedule import StepSchedule
 from ctrain.keys import MLM_HELD_OUT_LOSS
 from ctrain.runtime import seeded, step_seed
 
@@ -86,10 +87,10 @@ class ObjectiveConvergence(_Plateau):
     """Evaluate the objective on fixed batches every `every_n_steps`; stop when it moved less than `tolerance` over `window`."""
 
     def __init__(self, every_n_steps: int = 500, num_batches: int = 16, window: int = 5, tolerance: float = 0.01, stop: bool = True) -> None:
-        if every_n_steps < 1 or num_batches < 1:
-            raise ValueError(f"every_n_steps and num_batches must be >= 1, got {every_n_steps} and {num_batches}")
+        if num_batches < 1:
+            raise ValueError(f"num_batches must be >= 1, got {num_batches}")
         super().__init__(window, tolerance, stop)
-        self.every_n_steps, self.num_batches = every_n_steps, num_batches
+        self.schedule, self.num_batches = StepSchedule(every_n_steps), num_batches
         self.batches: list[dict] = []
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -105,7 +106,7 @@ class ObjectiveConvergence(_Plateau):
 
     def _maybe_evaluate(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         step = trainer.global_step
-        if step % self.every_n_steps or any(done == step for done, _ in self.history):
+        if not self.schedule.due(step) or any(done == step for done, _ in self.history):
             return
         value = float(trainer.strategy.reduce(self.objective(pl_module), reduce_op="mean"))
         self._record(trainer, step, value, "convergence/objective", "convergence/relative_range")

@@ -18,7 +18,7 @@ from ctrain.models.export import (
     save_sentence_transformer,
     write_model_card,
 )
-from ctrain.probes.sts import encoder_sts
+from ctrain.probes.sts import StsEvaluator
 from ctrain.runtime import global_batch_size
 
 
@@ -75,6 +75,8 @@ class RunOutputs(pl.Callback):
     def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.state.fn != "fit" or trainer.sanity_checking:
             return
+        # `self.log` in validation writes at Lightning's private logging counter, and no public setting moves it
+        # (global_step is read-only); tests/test_step_clock.py pins what the counter means and that it is restored.
         loop = trainer.fit_loop.epoch_loop
         self._lightning_step, loop._batches_that_stepped = loop._batches_that_stepped, trainer.global_step
 
@@ -98,9 +100,9 @@ class RunOutputs(pl.Callback):
         if not trainer.is_global_zero:
             return
         run_dir, similarity = self.run_dir, pl_module.hparams.similarity
-        test_rows = trainer.datamodule.test
+        sts_test = pl_module.sts_evaluator(trainer.datamodule.test)
         facts = run_facts(trainer, pl_module, run_dir)
-        final_test, _ = encoder_sts(pl_module.encoder, test_rows)
+        final_test, _ = sts_test(pl_module.encoder)
         scores = {STS_TEST: final_test}
         save_sentence_transformer(pl_module.encoder, run_dir / "model_final", similarity)
         dev = trainer.callback_metrics.get(STS_DEV)
@@ -112,7 +114,7 @@ class RunOutputs(pl.Callback):
             state, best_step = checkpoint["state_dict"], int(checkpoint["global_step"])
             encoder = copy.deepcopy(pl_module.encoder)
             encoder.load_state_dict({k.removeprefix("encoder."): v for k, v in state.items() if k.startswith("encoder.")})
-            scores[STS_TEST_BEST], _ = encoder_sts(encoder, test_rows)
+            scores[STS_TEST_BEST], _ = sts_test(encoder)
             save_sentence_transformer(encoder, run_dir / "model_best", similarity)
             best_dev = trainer.checkpoint_callback.best_model_score
             write_model_card(
@@ -145,6 +147,6 @@ class PretrainOutputs(RunOutputs):
         target = Path(self.export_dir) if self.export_dir else self.run_dir / "model_final"
         save_hf_model(pl_module.model, pl_module.tokenizer, target)
         print(f"ctrain pretrain: model saved to {target} (use it as model.encoder.name of ctrain fit)")
-        final_test, _ = encoder_sts(pl_module.encoder, read_sts_b("test"))
+        final_test, _ = StsEvaluator(read_sts_b("test"))(pl_module.encoder)
         for logger in trainer.loggers:
             logger.log_metrics({STS_TEST: final_test}, step=trainer.global_step)

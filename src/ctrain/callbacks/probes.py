@@ -19,20 +19,12 @@ from pathlib import Path
 import numpy as np
 import pytorch_lightning as pl
 
+from ctrain.callbacks.schedule import StepSchedule
 from ctrain.data.sources import read_sts_b
 from ctrain.probes.geometry import GeometryConfig, SelfSimilarityState, geometry_probe
 from ctrain.probes.jsonio import to_strict_json
 from ctrain.probes.sentences import sample_sentences, sts_b_sentences
 from ctrain.probes.weighting import TokenStatistics, WeightingConfig, completeness_warning, weighting_probe
-
-
-def log_spaced_steps(limit: int) -> set[int]:
-    """0, 1, 3, 10, 30, 100, 300, ... up to `limit`: dense early, where the geometry changes fastest."""
-    steps, decade = {0}, 1
-    while decade <= limit:
-        steps.update(step for step in (decade, 3 * decade) if step <= limit)
-        decade *= 10
-    return steps
 
 
 def sentences_hash(sentences: list[str]) -> str:
@@ -60,9 +52,7 @@ class _ScheduledProbe(pl.Callback):
     name = "probe"
 
     def __init__(self, every_n_steps: int = 100, log_spaced: bool = False, num_sentences: int = 300, split: str = "dev") -> None:
-        if every_n_steps < 1:
-            raise ValueError(f"every_n_steps must be >= 1, got {every_n_steps}")
-        self.every_n_steps, self.log_spaced = every_n_steps, log_spaced
+        self.schedule = StepSchedule(every_n_steps, log_spaced)
         self.num_sentences, self.split = num_sentences, split
         self.sentences: list[str] = []
         self.directory = Path(".")
@@ -70,13 +60,8 @@ class _ScheduledProbe(pl.Callback):
         self.measured: dict[int, dict[str, float]] = {}  # step -> logged metrics, of this process's measurements
 
     def _due(self, step: int, max_steps: int) -> bool:
-        if step in self._done:
-            return False
-        if step == max_steps:  # the trained model is always measured, whatever the schedule
-            return True
-        if self.log_spaced:
-            return step in log_spaced_steps(max(max_steps, step))
-        return step % self.every_n_steps == 0
+        # the trained model (max_steps) is always measured, whatever the schedule
+        return step not in self._done and self.schedule.due(step, last_step=max_steps)
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         # trainer.log_dir is a collective under DDP: read it on every rank, not on rank 0 alone.

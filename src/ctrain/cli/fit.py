@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import io
 import math
+import sys
 from dataclasses import asdict
 from pathlib import Path
 
@@ -39,6 +40,7 @@ from ctrain.runtime import global_batch_size
 from ctrain.training.module import ContrastiveModule
 
 AFTER_CHECKPOINT_PREFIXES = ("train/", "data/", "test/")  # rows logged at a checkpoint's step, after it was written
+MOVED_KEYS = {"data.eval_batch_size": "model.sts_batch_size", "data.eval_max_length": "model.sts_max_length"}  # old: new
 
 
 
@@ -89,6 +91,7 @@ class CtrainCLI(LightningCLI):
         `--trainer.default_root_dir DIR` puts the run under DIR, as Lightning users expect; and an encoder given by
         its name alone is written out in full, so config.yaml holds `model.encoder.name` however it was given."""
         _check_settings(self.config[self.subcommand], self.subcommand)
+        _move_keys(self.config[self.subcommand])
         model = self.config[self.subcommand].model
         if isinstance(model.get("encoder"), str):
             model.encoder = Namespace(**asdict(EncoderConfig(name=model.encoder)))
@@ -227,6 +230,15 @@ def _check_settings(config, subcommand: str) -> None:
             "trainer.max_steps / max_epochs 0 trains nothing and writes no checkpoint: give a positive number "
             "(to score a model without training: ctrain validate / ctrain test, or ctrain probe)"
         )
+
+
+def _move_keys(config) -> None:
+    """Old keys keep working, with a one-line deprecation warning, where the config has their new key (`ctrain pretrain`'s
+    data.eval_batch_size is its held-out MLM batch, no old key)."""
+    for old, new in MOVED_KEYS.items():
+        if config.get(old) is not None and new in config:
+            print(f"ctrain: {old} is deprecated and will be removed: use {new} (set to {config[old]} for this run)", file=sys.stderr)
+            config[new], config[old] = config[old], None
 
 
 def _check_global_batch(objective, datamodule: ContrastiveDataModule, world_size: int) -> None:

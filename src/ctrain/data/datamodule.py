@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import warnings
 from collections import Counter
 from itertools import chain, islice
 from dataclasses import dataclass, field
@@ -143,28 +144,6 @@ class Collator:
         return batch
 
 
-@dataclass
-class StsCollator:
-    """Tokenises STS pairs: both sentences of each pair plus their gold score."""
-
-    tokenizer: object
-    max_length: int
-
-    def __call__(self, rows: list[tuple[str, str, float]]) -> dict[str, Tensor]:
-        encoded = self.tokenizer(
-            [row[0] for row in rows] + [row[1] for row in rows],
-            padding=True,
-            truncation=True,
-            max_length=self.max_length,
-            return_tensors="pt",
-        )
-        return {
-            "input_ids": encoded["input_ids"],
-            "attention_mask": encoded["attention_mask"],
-            "scores": torch.tensor([row[2] for row in rows], dtype=torch.float64),
-        }
-
-
 class ContrastiveDataModule(pl.LightningDataModule):
     """Training examples and STS-B evaluation pairs, tokenised by the model's own tokenizer.
 
@@ -182,9 +161,10 @@ class ContrastiveDataModule(pl.LightningDataModule):
         eval_source: STS-B dev/test from the installed package ("offline") or the hub ("hub").
         batch_size: examples per process and step (the global batch is this times the number of processes).
         max_length: training tokens per sentence; longer ones are truncated and counted in `data/truncated`.
-        eval_max_length: tokens per STS sentence at evaluation.
         max_examples: use only the first N training examples (quick runs).
         max_eval_pairs: score STS-B dev/test on their first N pairs only (quick runs; None: all, as published).
+        eval_batch_size, eval_max_length: deprecated; how STS is scored is the model's (model.sts_batch_size,
+            model.sts_max_length), where `ctrain fit` moves these keys with a warning.
         cache_texts: when the run trains more than one epoch, each process and loader worker keeps the tokens of
             the first N distinct training texts (about 0.7 kB each), tokenised once instead of every epoch; a run of
             one epoch keeps none, as no text comes back.
@@ -201,16 +181,19 @@ class ContrastiveDataModule(pl.LightningDataModule):
         keep_eval_overlap: bool = False,
         eval_source: Literal["offline", "hub"] = "offline",
         batch_size: int = 64,
-        eval_batch_size: int = 128,
         max_length: int = 32,
-        eval_max_length: int = 128,
         num_workers: int = 0,
         shuffle: bool = True,
         max_examples: int | None = None,
         max_eval_pairs: int | None = None,
         cache_texts: int = 100_000,
+        eval_batch_size: int | None = None,
+        eval_max_length: int | None = None,
     ) -> None:
         super().__init__()
+        for key, value in (("eval_batch_size", eval_batch_size), ("eval_max_length", eval_max_length)):
+            if value is not None:
+                warnings.warn(f"data.{key} is no longer read here: give the model's sts_{key[5:]} (ContrastiveModule)", FutureWarning, stacklevel=2)
         if cache_texts < 0:
             raise ValueError(f"data.cache_texts must be >= 0 (0: tokenise every batch), got {cache_texts}")
         self.save_hyperparameters()
@@ -303,13 +286,14 @@ class ContrastiveDataModule(pl.LightningDataModule):
             persistent_workers=hp.num_workers > 0,
         )
 
-    def _sts_loader(self, rows: list[tuple[str, str, float]]) -> DataLoader:
-        hp = self.hparams
-        return DataLoader(rows, batch_size=hp.eval_batch_size, collate_fn=StsCollator(self.tokenizer, hp.eval_max_length))
-
     def val_dataloader(self) -> DataLoader:
-        """STS-B dev; every process scores all pairs (cheap), so the metric needs no gathering."""
-        return self._sts_loader(self.dev)
+        """STS-B dev as one batch of rows, which the model's STS evaluator scores whole: every process scores all
+        pairs (cheap), so the metric needs no gathering."""
+        return _one_batch(self.dev)
 
     def test_dataloader(self) -> DataLoader:
-        return self._sts_loader(self.test)
+        return _one_batch(self.test)
+
+
+def _one_batch(rows: list) -> DataLoader:
+    return DataLoader([rows], batch_size=None, collate_fn=list)

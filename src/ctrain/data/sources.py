@@ -69,8 +69,9 @@ def _read_table(source: str, split: str):
     """A .csv / .tsv / .jsonl / .json file or `hub:<dataset>[:<config>]` split as a `datasets.Dataset`."""
     import datasets
 
-    if source.startswith("hub:"):
-        name, _, config = source[4:].partition(":")
+    prefix, dataset = assets.split_prefix(source)
+    if prefix == assets.HUB:
+        name, _, config = dataset.partition(":")
         return datasets.load_dataset(name, config or None, split=split)
     path = Path(source).expanduser()
     _check_text_file(path)
@@ -100,7 +101,7 @@ def load_examples(source: str, columns: list[str] | None, split: str = "train") 
     `columns` hold the texts, or `hub:<dataset>[:<config>]` for a Hugging Face dataset.
     """
     path = Path(source).expanduser()
-    if not source.startswith("hub:") and path.suffix.lower() == ".txt":
+    if assets.split_prefix(source)[0] != assets.HUB and path.suffix.lower() == ".txt":
         _check_text_file(path)
         lines = path.read_text(encoding="utf-8").splitlines()
         return [(line.strip(),) for line in lines if line.strip()]

@@ -23,13 +23,11 @@ from transformers import AutoConfig, AutoModel, AutoTokenizer, PreTrainedTokeniz
 
 from ctrain import assets
 from ctrain.models.bag import BagConfig, BagModel
-from ctrain.models.pooling import Pooler, PoolingMode
+from ctrain.models.pooling import Pooler, PoolingMode, pooling_of_st_config
 from ctrain.models.st_modules import Dense
 from ctrain.models.tokenizers import tiny_tokenizer, without_special_tokens
 from ctrain.runtime import check_choice, seeded
 
-TINY_PREFIX = "tiny-"
-BAG_PREFIX = "bag-"
 HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[\w.-]+)?")
 TINY_ARCHITECTURES = ("bert", "roberta", "mpnet")
 
@@ -139,37 +137,22 @@ class SentenceEncoder(nn.Module):
             return torch.cumsum(not_pad, dim=1) * not_pad + padding_idx
         return torch.arange(input_ids.shape[1], device=input_ids.device).expand_as(input_ids)
 
-    def token_states(
-        self,
-        input_ids: Tensor | None = None,
-        attention_mask: Tensor | None = None,
-        inputs_embeds: Tensor | None = None,
-        position_ids: Tensor | None = None,
-        output_hidden_states: bool = False,
-    ):
-        """The backbone's output (last_hidden_state, and all layers if asked)."""
-        if position_ids is None and input_ids is not None:
-            position_ids = self.position_ids(input_ids)
-        return self.backbone(
-            input_ids=None if inputs_embeds is not None else input_ids,
-            attention_mask=attention_mask,
-            inputs_embeds=inputs_embeds,
-            position_ids=position_ids,
-            output_hidden_states=output_hidden_states,
-        )
+    def token_states(self, input_ids: Tensor | None = None, attention_mask: Tensor | None = None, **inputs):
+        """The backbone's output (last_hidden_state, and every layer's with `output_hidden_states=True`) on `input_ids`
+        or `inputs_embeds`; `position_ids` default to those the backbone would derive from `input_ids` itself."""
+        if inputs.get("position_ids") is None and input_ids is not None:
+            inputs["position_ids"] = self.position_ids(input_ids)
+        if inputs.get("inputs_embeds") is not None:
+            input_ids = None
+        return self.backbone(input_ids=input_ids, attention_mask=attention_mask, **inputs)
 
-    def forward(
-        self,
-        input_ids: Tensor | None = None,
-        attention_mask: Tensor | None = None,
-        inputs_embeds: Tensor | None = None,
-        position_ids: Tensor | None = None,
-    ) -> Tensor:
-        """Sentence embeddings f(X), shape (batch, hidden)."""
+    def forward(self, input_ids: Tensor | None = None, attention_mask: Tensor | None = None, **inputs) -> Tensor:
+        """Sentence embeddings f(X), shape (batch, hidden), of `input_ids` or `inputs_embeds` (with `position_ids`, as
+        `token_states`)."""
         if attention_mask is None:
-            reference = input_ids if input_ids is not None else inputs_embeds[..., 0]
+            reference = input_ids if input_ids is not None else inputs["inputs_embeds"][..., 0]
             attention_mask = torch.ones(reference.shape[:2], dtype=torch.long, device=reference.device)
-        states = self.token_states(input_ids, attention_mask, inputs_embeds, position_ids).last_hidden_state
+        states = self.token_states(input_ids, attention_mask, **inputs).last_hidden_state
         pooled = self.pooler(states, attention_mask)
         for layer in self.dense:
             pooled = layer({"sentence_embedding": pooled})["sentence_embedding"]
@@ -285,11 +268,7 @@ def _sentence_transformers_head(path: Path, trust_remote_code: bool) -> _Declare
         elif kind == "Dense":
             head.dense.append(Dense.load(str(path / module["path"]), trust_remote_code=trust_remote_code))
         elif kind == "Pooling":
-            config = json.loads((path / module["path"] / "config.json").read_text())
-            mode = config.get("pooling_mode")  # sentence-transformers >= 6
-            if mode is None:
-                mode = "cls" if config.get("pooling_mode_cls_token") else "max" if config.get("pooling_mode_max_tokens") else "mean"
-            head.pooling = mode if isinstance(mode, str) else mode[0]
+            head.pooling = pooling_of_st_config(json.loads((path / module["path"] / "config.json").read_text()))
     return head
 
 
@@ -385,18 +364,17 @@ def _load_encoder(
     bag_layers: int,
     reinitialize: bool,
 ) -> SentenceEncoder:
-    for prefix in (TINY_PREFIX, BAG_PREFIX):
-        if name.startswith(prefix):  # random already: `reinitialize` has nothing to redraw
-            architecture = name[len(prefix) :]
-            if architecture not in TINY_ARCHITECTURES:
-                raise ValueError(f"unknown architecture '{name}': choose {prefix}{f', {prefix}'.join(TINY_ARCHITECTURES)}")
-            tokenizer = tiny_tokenizer(architecture)
-            if prefix == BAG_PREFIX:
-                tokenizer = without_special_tokens(tokenizer)
-                backbone = bag_backbone(tokenizer, tiny_hidden_size, bag_layers, seed)
-            else:
-                backbone = tiny_backbone(architecture, tokenizer, tiny_hidden_size, tiny_num_layers, seed)
-            return SentenceEncoder(backbone, tokenizer, pooling or "mean", mlp_only_train, bool(normalize))
+    prefix, architecture = assets.split_prefix(name)
+    if prefix in (assets.TINY, assets.BAG):  # random already: `reinitialize` has nothing to redraw
+        if architecture not in TINY_ARCHITECTURES:
+            raise ValueError(f"unknown architecture '{name}': choose {prefix}{f', {prefix}'.join(TINY_ARCHITECTURES)}")
+        tokenizer = tiny_tokenizer(architecture)
+        if prefix == assets.BAG:
+            tokenizer = without_special_tokens(tokenizer)
+            backbone = bag_backbone(tokenizer, tiny_hidden_size, bag_layers, seed)
+        else:
+            backbone = tiny_backbone(architecture, tokenizer, tiny_hidden_size, tiny_num_layers, seed)
+        return SentenceEncoder(backbone, tokenizer, pooling or "mean", mlp_only_train, bool(normalize))
 
     path = assets.offline_encoder_path(name) or Path(name).expanduser()
     if path.exists():

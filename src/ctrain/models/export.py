@@ -18,6 +18,7 @@ from transformers import PreTrainedTokenizerBase
 
 from ctrain.fileio import atomic_directory, atomic_write_text
 from ctrain.models.encoder import SentenceEncoder
+from ctrain.models.pooling import ST_POOLING_MODES
 from ctrain.models.similarity import SIMILARITIES, Similarity
 from ctrain.models.st_modules import Dense, Normalize, Pooling, Transformer
 
@@ -35,7 +36,7 @@ def save_sentence_transformer(
         encoder.tokenizer.save_pretrained(source)
         modules: list[torch.nn.Module] = [Transformer(str(source), max_seq_length=max_seq_length)]
         pooler = encoder.pooler
-        modules.append(Pooling(encoder.hidden_size, pooling_mode="mean" if pooler.mode == "mean" else pooler.mode[:3]))
+        modules.append(Pooling(encoder.hidden_size, pooling_mode=ST_POOLING_MODES[pooler.mode]))
         if pooler.mlp is not None and not pooler.mlp_only_train:
             linear = pooler.mlp[0]
             modules.append(

@@ -11,6 +11,23 @@ from ctrain.runtime import check_choice
 
 PoolingMode = Literal["mean", "cls", "cls_mlp", "max"]
 
+# ctrain's pooling -> sentence-transformers' `Pooling(pooling_mode=...)`: the one table both ways. cls_mlp exports as
+# cls followed by a Dense (Tanh) layer, which loads back as cls and a dense layer: the same function.
+ST_POOLING_MODES: dict[PoolingMode, str] = {"mean": "mean", "cls": "cls", "cls_mlp": "cls", "max": "max"}
+_FROM_ST = {st_mode: mode for mode, st_mode in ST_POOLING_MODES.items() if mode != "cls_mlp"}
+# sentence-transformers before 6 saved one flag per mode instead of `pooling_mode`; a config with none set means mean
+_ST_FLAGS = {"cls": "pooling_mode_cls_token", "max": "pooling_mode_max_tokens"}
+
+
+def pooling_of_st_config(config: dict) -> str:
+    """ctrain's pooling of a saved sentence-transformers Pooling config; a mode ctrain lacks comes back as it is
+    named there, for `Pooler` to refuse in one line."""
+    mode = config.get("pooling_mode")
+    if mode is None:
+        mode = next((st_mode for st_mode, flag in _ST_FLAGS.items() if config.get(flag)), "mean")
+    mode = mode if isinstance(mode, str) else mode[0]
+    return _FROM_ST.get(mode, mode)
+
 
 class Pooler(nn.Module):
     """Token states -> one vector per sentence (cf. sentence-transformers `models.Pooling`).

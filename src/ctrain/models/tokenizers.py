@@ -64,8 +64,9 @@ def load_tokenizer(name: str) -> PreTrainedTokenizerBase:
         return AutoTokenizer.from_pretrained(assets.minilm_path())
     if name == "byte-level-bpe":
         return byte_level_bpe_tokenizer()
-    if name.startswith("bpe:"):
-        corpus = Path(name.removeprefix("bpe:"))
+    prefix, file = assets.split_prefix(name)
+    if prefix == assets.BPE:
+        corpus = Path(file)
         if not corpus.is_file():
             raise FileNotFoundError(f"tokenizer '{name}': no file '{corpus}' to train a BPE on; build it with ctrain corpus")
         return byte_level_bpe_tokenizer(corpus=corpus)

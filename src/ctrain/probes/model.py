@@ -26,7 +26,7 @@ from ctrain.data.sources import read_sts_b
 from ctrain.fileio import atomic_write_text
 from ctrain.models.encoder import load_encoder
 from ctrain.probes.sentences import Columns, sample_sentences, sts_b_sentences
-from ctrain.probes.sts import encoder_sts
+from ctrain.probes.sts import StsEvaluator
 from ctrain.probes.geometry import GeometryConfig, GeometryResult, geometry_probe
 from ctrain.probes.weighting import (
     KURITA2023_WEIGHTING,
@@ -226,7 +226,7 @@ def probe_model(
     say(f"ctrain probe: {model} ({description}) -> {directory}" + (f", setup {setup}" if setup else ""))
     probed = ModelProbe(model, directory, description)
     if "sts" in measure:
-        probed.sts = {sts_split: encoder_sts(encoder, read_sts_b(sts_split)) for sts_split in ("dev", "test")}
+        probed.sts = {sts_split: StsEvaluator(read_sts_b(sts_split))(encoder) for sts_split in ("dev", "test")}
     if "weighting" in measure:
         probed.weighting = _weighting(encoder, directory, split, columns, num_sentences, weighting, say)
     if "geometry" in measure:

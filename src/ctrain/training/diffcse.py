@@ -14,7 +14,8 @@ import torch
 from torch import Tensor, nn
 from transformers import AutoModelForMaskedLM, PreTrainedTokenizerBase
 
-from ctrain.models.encoder import TINY_PREFIX, tiny_backbone
+from ctrain import assets
+from ctrain.models.encoder import tiny_backbone
 from ctrain.runtime import seeded
 
 
@@ -58,8 +59,9 @@ class FrozenGenerator:
 
 
 def _load_masked_lm(source: str, tokenizer: PreTrainedTokenizerBase, seed: int) -> nn.Module:
-    if source.startswith(TINY_PREFIX):
-        config = tiny_backbone(source[len(TINY_PREFIX) :], tokenizer, hidden_size=64, num_layers=1, seed=seed).config
+    prefix, architecture = assets.split_prefix(source)
+    if prefix == assets.TINY:
+        config = tiny_backbone(architecture, tokenizer, hidden_size=64, num_layers=1, seed=seed).config
         with seeded(seed):
             return AutoModelForMaskedLM.from_config(config)
     try:

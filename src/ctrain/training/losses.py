@@ -62,11 +62,16 @@ def info_nce(
     similarity: Similarity = "cos",
     hard_negatives: Tensor | None = None,
     hard_negative_weight: float = 0.0,
+    *,
+    symmetric: bool = False,
 ) -> Tensor:
     """SimCSE's InfoNCE: anchor i's positive is positives[i]; every other candidate is a negative.
 
     Candidates are the (gathered) positives, then the (gathered) hard negatives. As in
     SimCSE, `hard_negative_weight` is added to the logit of each anchor's own hard negative.
+    `symmetric` averages both directions: anchors retrieve positives and positives retrieve anchors, the in-batch
+    ranking loss of the all-* sentence-transformers models (MultipleNegativesSymmetricRankingLoss,
+    scale = 1 / temperature); hard negatives are candidates of the anchor -> positive direction only, as there.
     """
     candidates, offset = gather_across_processes(positives)
     if hard_negatives is not None:
@@ -78,25 +83,10 @@ def info_nce(
         num_positives = candidates.shape[0] - gathered_negatives.shape[0]
         logits = logits.clone()
         logits[torch.arange(anchors.shape[0]), num_positives + targets] += hard_negative_weight
-    return F.cross_entropy(logits, targets)
-
-
-def symmetric_info_nce(
-    anchors: Tensor,
-    positives: Tensor,
-    temperature: float,
-    similarity: Similarity = "cos",
-    hard_negatives: Tensor | None = None,
-    hard_negative_weight: float = 0.0,
-) -> Tensor:
-    """InfoNCE in both directions, averaged: anchors retrieve positives and positives retrieve anchors.
-
-    The in-batch ranking loss of the all-* sentence-transformers models (MultipleNegativesSymmetricRankingLoss,
-    scale = 1 / temperature). Hard negatives are candidates of the anchor -> positive direction only, as there.
-    """
-    forward = info_nce(anchors, positives, temperature, similarity, hard_negatives, hard_negative_weight)
-    backward = info_nce(positives, anchors, temperature, similarity)
-    return (forward + backward) / 2
+    loss = F.cross_entropy(logits, targets)
+    if symmetric:
+        loss = (loss + info_nce(positives, anchors, temperature, similarity)) / 2
+    return loss
 
 
 def pair_features(first: Tensor, second: Tensor) -> Tensor:

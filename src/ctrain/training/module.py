@@ -12,7 +12,7 @@ from torch import Tensor
 from ctrain.keys import STS_DEV, STS_TEST, TRAIN_LOSS
 from ctrain.models.encoder import EncoderConfig
 from ctrain.models.similarity import SIMILARITIES, Similarity
-from ctrain.probes.sts import sts_spearman
+from ctrain.probes.sts import StsEvaluator, StsRow
 from ctrain.runtime import SeededSteps, check_choice, global_seed
 from ctrain.training.objectives import (
     Objective,
@@ -57,6 +57,8 @@ class ContrastiveModule(SeededSteps, pl.LightningModule):
         learning_rate, weight_decay: of the optimizer (decoupled for adamw, L2 added to the gradient for sgd).
         warmup: linear warm-up, in steps (>= 1) or as a fraction of all steps (< 1).
         schedule: after warm-up, linear decay to 0 (linear) or a constant learning rate (constant).
+        sts_batch_size, sts_max_length: sentences a batch and tokens a sentence when STS-B dev and test are scored
+            (`sts_evaluator`: validation, testing and the exported models' scores).
     """
 
     def __init__(
@@ -73,6 +75,8 @@ class ContrastiveModule(SeededSteps, pl.LightningModule):
         weight_decay: float = 0.0,
         warmup: float = 0.0,
         schedule: ScheduleName = "linear",
+        sts_batch_size: int = 64,
+        sts_max_length: int = 128,
     ) -> None:
         super().__init__()
         if temperature <= 0:
@@ -85,6 +89,8 @@ class ContrastiveModule(SeededSteps, pl.LightningModule):
             check_choice(value, choices, f"model.{name}")
         if not 0 <= token_dropout < 1:
             raise ValueError(f"model.token_dropout must be in [0, 1), got {token_dropout}")
+        if sts_batch_size < 1 or sts_max_length < 3:
+            raise ValueError(f"model.sts_batch_size must be >= 1 and model.sts_max_length >= 3, got {sts_batch_size} and {sts_max_length}")
         self.save_hyperparameters(ignore=["objective"])  # the objective's settings are in config.yaml; its weights in the state
         self.encoder_config = _encoder_config(encoder)
         self.encoder = self.encoder_config.load(seed=global_seed())
@@ -93,7 +99,6 @@ class ContrastiveModule(SeededSteps, pl.LightningModule):
         if isinstance(self.objective, SimilarityObjective):
             self.objective.score_by(similarity, temperature)
         self.objective.attach(self.encoder, global_seed())
-        self._sts_outputs: list[tuple[Tensor, Tensor]] = []
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
         return self.encoder(input_ids=input_ids, attention_mask=attention_mask)
@@ -198,29 +203,20 @@ class ContrastiveModule(SeededSteps, pl.LightningModule):
             return f"{self.trainer.precision} overflow; use trainer.precision=bf16-mixed or 32"
         return f"learning rate {hp.learning_rate} may be too high; lower model.learning_rate"
 
-    def _sts_step(self, batch: dict[str, Tensor]) -> None:
-        embeddings = self(batch["input_ids"], batch["attention_mask"]).float()
-        first, second = embeddings.chunk(2)
-        self._sts_outputs.append((torch.stack([first, second]).cpu(), batch["scores"].cpu()))
+    def sts_evaluator(self, rows: list[StsRow]) -> StsEvaluator:
+        """The STS evaluator of `rows` under this run's settings (sts_batch_size, sts_max_length)."""
+        return StsEvaluator(rows, batch_size=self.hparams.sts_batch_size, max_length=self.hparams.sts_max_length)
 
-    def _sts_log(self, name: str) -> None:
-        pairs = torch.cat([pair for pair, _ in self._sts_outputs], dim=1)
-        scores = torch.cat([score for _, score in self._sts_outputs])
-        self._sts_outputs.clear()
-        spearman, _ = sts_spearman(pairs[0], pairs[1], scores)
-        self.log(name, spearman, prog_bar=True, sync_dist=True)  # equal on every rank: the mean is the value
+    def _log_sts(self, name: str, rows: list[StsRow]) -> None:
+        spearman, pairs = self.sts_evaluator(rows)(self.encoder)
+        self.log(name, spearman, prog_bar=True, batch_size=pairs, sync_dist=True)  # equal on every rank: the mean is the value
 
-    def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
-        self._sts_step(batch)
+    def validation_step(self, batch: list[StsRow], batch_idx: int) -> None:
+        """The batch is all of STS-B dev (ContrastiveDataModule.val_dataloader): one evaluator call scores it."""
+        self._log_sts(STS_DEV, batch)
 
-    def on_validation_epoch_end(self) -> None:
-        self._sts_log(STS_DEV)
-
-    def test_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
-        self._sts_step(batch)
-
-    def on_test_epoch_end(self) -> None:
-        self._sts_log(STS_TEST)
+    def test_step(self, batch: list[StsRow], batch_idx: int) -> None:
+        self._log_sts(STS_TEST, batch)
 
     def configure_optimizers(self) -> dict:
         """AdamW (or SGD) with warm-up then linear decay (or constant), over the encoder and the objective's parts."""

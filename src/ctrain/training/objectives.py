@@ -35,7 +35,6 @@ from ctrain.training.losses import (
     pair_classifier_loss,
     replaced_token_detection_loss,
     sgns_loss,
-    symmetric_info_nce,
 )
 
 ObjectiveName = Literal["infonce", "symmetric_infonce", "logistic", "nli_classifier", "diffcse", "sgns"]
@@ -114,7 +113,7 @@ class InfoNCE(SimilarityObjective):
     """
 
     name = "infonce"
-    loss_function = staticmethod(info_nce)
+    symmetric = False
 
     def __init__(self, hard_negative_weight: float = 0.0) -> None:
         super().__init__()
@@ -126,7 +125,7 @@ class InfoNCE(SimilarityObjective):
     def forward(self, inputs: ObjectiveInputs) -> tuple[Tensor, dict[str, Tensor]]:
         anchors, positives, *hard = inputs.views
         hard_negatives = hard[0] if hard else None
-        loss = self.loss_function(anchors, positives, self.temperature, self.similarity, hard_negatives, self.hard_negative_weight)
+        loss = info_nce(anchors, positives, self.temperature, self.similarity, hard_negatives, self.hard_negative_weight, symmetric=self.symmetric)
         return loss, {}
 
 
@@ -138,7 +137,7 @@ class SymmetricInfoNCE(InfoNCE):
     """
 
     name = "symmetric_infonce"
-    loss_function = staticmethod(symmetric_info_nce)
+    symmetric = True
 
 
 class Logistic(SimilarityObjective):

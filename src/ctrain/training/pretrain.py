@@ -30,7 +30,7 @@ from ctrain.data.mlm import IGNORE_INDEX, MaskedLMCollator, PackedRowsCollator, 
 from ctrain.keys import MLM_HELD_OUT_LOSS, STS_DEV
 from ctrain.models.encoder import SentenceEncoder, tiny_backbone, word_special_ids
 from ctrain.models.tokenizers import load_tokenizer
-from ctrain.probes.sts import encoder_sts
+from ctrain.probes.sts import StsEvaluator
 from ctrain.runtime import SeededSteps, global_seed, seeded
 from ctrain.training.optim import ScheduleName, build_optimizer
 
@@ -96,7 +96,7 @@ class MaskedLMModule(SeededSteps, pl.LightningModule):
         else:
             self.tokenizer, self.model = _saved_masked_lm(init_from)
         self._held_out = torch.zeros(3, dtype=torch.float64)  # loss sum, correct, masked tokens
-        self._sts_dev: list[tuple[str, str, float]] = []
+        self._sts_dev: StsEvaluator | None = None
         self._wall_seconds_before = 0.0  # wall time of the run before this process resumed it
         self._started: float | None = None
 
@@ -182,8 +182,8 @@ class MaskedLMModule(SeededSteps, pl.LightningModule):
         self._held_out.zero_()
         self.log(MLM_HELD_OUT_LOSS, loss_sum / max(count, 1), prog_bar=True, sync_dist=True)
         self.log("val/mlm_accuracy", correct / max(count, 1), sync_dist=True)
-        self._sts_dev = self._sts_dev or sources.read_sts_b("dev")
-        spearman, _ = encoder_sts(self.encoder, self._sts_dev)
+        self._sts_dev = self._sts_dev or StsEvaluator(sources.read_sts_b("dev"))
+        spearman, _ = self._sts_dev(self.encoder)
         self.log(STS_DEV, spearman, sync_dist=True)  # every process scores all pairs: the mean is the value
         self.log(WALL_SECONDS, self.wall_seconds(), sync_dist=True)
 

@@ -38,9 +38,9 @@ def _numbers(value) -> list:
 def test_probe_numbers_are_those_of_the_single_module_probe(case, tiny_bert):
     expected = json.loads(REFERENCE.read_text())[case]
     got = json.loads(weighting_probe(tiny_bert, SENTENCES, WeightingConfig(**CASES[case])).to_json())
-    # Settings and metrics added since the reference (adaptive IG quadrature) must be there at the defaults that
+    # Settings and metrics added since the reference (adaptive IG quadrature, its precision) must be there at the defaults that
     # are the reference's behaviour; the numbers compared are the reference's own keys.
-    assert {k: v for k, v in got["config"].items() if k not in expected["config"]} == {"completeness_tol": 0.01, "max_evaluations": 256}
+    assert {k: v for k, v in got["config"].items() if k not in expected["config"]} == {"completeness_tol": 0.01, "max_evaluations": 256, "ig_precision": "float32"}
     assert {k: got["config"][k] for k in expected["config"]} == expected["config"]
     added = [k for k in got["metrics"] if k not in expected["metrics"]]
     assert added == [IG_COMPLETENESS_OVER_TOL_SHARE, IG_EVALUATIONS_MEAN, IG_EVALUATIONS_MAX]

@@ -28,7 +28,7 @@ from ctrain.data.mlm import (
     word_start_positions,
 )
 from ctrain.models.encoder import EncoderConfig, load_encoder, word_special_ids
-from ctrain.probes.sts import encoder_sts
+from ctrain.probes.sts import StsEvaluator
 from ctrain.models.tokenizers import load_tokenizer
 from ctrain.training.module import ContrastiveModule
 from ctrain.training.pretrain import WALL_SECONDS, MaskedLMModule
@@ -237,7 +237,7 @@ def test_continued_pretraining_is_the_control_arm_from_the_same_start(pretrained
     sts = {int(row["step"]): float(row[STS_DEV]) for row in rows if row.get(STS_DEV)}
     vanilla = load_encoder(str(export), pooling="mean")
     assert set(sts) == {0, 4}
-    assert sts[0] == pytest.approx(encoder_sts(vanilla, read_sts_b("dev"))[0], abs=1e-5)  # logged as float32
+    assert sts[0] == pytest.approx(StsEvaluator(read_sts_b("dev"))(vanilla)[0], abs=1e-5)  # logged as float32
     probed = {json.loads(line)["step"] for line in (run_dir / "probes" / "weighting.jsonl").read_text().splitlines()}
     assert {0, 4} <= probed and any(row.get("geometry/anisotropy/layer_1") for row in rows)
     assert sum(1 for row in rows if row.get("train/mlm_loss")) == 4
@@ -245,7 +245,7 @@ def test_continued_pretraining_is_the_control_arm_from_the_same_start(pretrained
     trained = load_encoder(str(run_dir / "model_final"), pooling="mean")
     assert not torch.equal(trained.backbone.embeddings.word_embeddings.weight, vanilla.backbone.embeddings.word_embeddings.weight)
     final_test = [float(row[STS_TEST]) for row in rows if row.get(STS_TEST)]  # the end point, as a fit run logs it
-    assert final_test == [pytest.approx(encoder_sts(trained, read_sts_b("test"))[0], abs=1e-5)]
+    assert final_test == [pytest.approx(StsEvaluator(read_sts_b("test"))(trained)[0], abs=1e-5)]
 
 
 def test_gpu_config_packs_rows_of_its_length_and_trains_on_a_cpu(tmp_path):

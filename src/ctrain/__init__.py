@@ -17,7 +17,6 @@ _PUBLIC = {
     "load_encoder": "ctrain.models.encoder",
     "save_sentence_transformer": "ctrain.models.export",
     "StsEvaluator": "ctrain.probes.sts",
-    "encoder_sts": "ctrain.probes.sts",
     "WeightingConfig": "ctrain.probes.weighting",
     "weighting_probe": "ctrain.probes.weighting",
     "GeometryConfig": "ctrain.probes.geometry",

@@ -51,8 +51,3 @@ class StsEvaluator:
     def __call__(self, encoder: torch.nn.Module) -> tuple[float, int]:
         first, second = (encoder.encode([row[column] for row in self.rows], batch_size=self.batch_size, max_length=self.max_length) for column in (0, 1))
         return sts_spearman(first, second, torch.tensor([row[2] for row in self.rows]))
-
-
-def encoder_sts(encoder: torch.nn.Module, rows: Sequence[StsRow], batch_size: int = 64) -> tuple[float, int]:
-    """`StsEvaluator(rows, batch_size=batch_size)(encoder)`: the public shorthand for one score."""
-    return StsEvaluator(rows, batch_size=batch_size)(encoder)

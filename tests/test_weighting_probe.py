@@ -271,7 +271,8 @@ def test_demo_preset_measures_the_last_step_on_the_same_inputs_as_step_0(tmp_pat
 
 def test_kept_batches_survive_resuming_with_another_thread_count(tiny_bert, tmp_path):
     """The batches' fingerprint is the weights' bytes: a float sum of them (the old fingerprint) differs between one
-    and two threads, which cleared a long probe's batches when it was resumed with another OMP_NUM_THREADS."""
+    and two threads, which cleared a long probe's batches when it was resumed with another OMP_NUM_THREADS. An
+    encoder with the same weights that computes another function (normalisation, SHAP's absent token) reuses none."""
     threads = torch.get_num_threads()
     try:
         torch.set_num_threads(1)
@@ -282,6 +283,14 @@ def test_kept_batches_survive_resuming_with_another_thread_count(tiny_bert, tmp_
         with torch.no_grad():
             changed.backbone.embeddings.word_embeddings.weight[5, 3] += 1e-3  # one weight of 2 million
         assert BatchStore(tmp_path, changed, SENTENCES, WeightingConfig(**FAST)).load(0) is None
+        BatchStore(tmp_path, tiny_bert, SENTENCES, WeightingConfig(**FAST)).save(0, {"weights": {}, "completeness": None})
+        unnormalised = copy.deepcopy(tiny_bert)
+        unnormalised.normalize = not tiny_bert.normalize  # the same weights, another function: nothing to reuse
+        assert BatchStore(tmp_path, unnormalised, SENTENCES, WeightingConfig(**FAST)).load(0) is None
+        BatchStore(tmp_path, tiny_bert, SENTENCES, WeightingConfig(**FAST)).save(0, {"weights": {}, "completeness": None})
+        absent = copy.deepcopy(tiny_bert)
+        absent.tokenizer.mask_token = absent.tokenizer.pad_token  # SHAP's absent value
+        assert BatchStore(tmp_path, absent, SENTENCES, WeightingConfig(**FAST)).load(0) is None
     finally:
         torch.set_num_threads(threads)
 

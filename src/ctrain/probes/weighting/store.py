@@ -37,7 +37,8 @@ class BatchStore:
     """Each weighed batch of a long probe, kept on disk so that an interrupted probe resumes where it stopped.
 
     A batch is one file, written atomically. ``key.json`` fingerprints what the batches depend on (the
-    sentences, the config but its ``FIT_ONLY_FIELDS``, the model's weights, byte for byte: a float sum would change
+    sentences, the config but its ``FIT_ONLY_FIELDS``, the encoder's pooling, normalisation and PAD and MASK tokens,
+    the model's weights, byte for byte: a float sum would change
     with the number of threads and clear the batches of the same probe resumed with another); a directory left by a
     probe that weighed differently is cleared.
     """
@@ -45,7 +46,11 @@ class BatchStore:
     def __init__(self, directory: Path, encoder: SentenceEncoder, sentences: list[str], config: WeightingConfig) -> None:
         self.directory = Path(directory)
         weighing = {name: value for name, value in asdict(config).items() if name not in FIT_ONLY_FIELDS}
-        digest = hashlib.sha256(json.dumps([sentences, weighing], sort_keys=True, default=str).encode())
+        tokenizer = encoder.tokenizer
+        # What the encoder computes beyond its weights: the pooling, the L2 normalisation (no parameter of its own),
+        # and the tokens IG's baseline and SHAP's absent value are made of.
+        function = [encoder.pooler.mode, encoder.pooler.mlp_only_train, encoder.normalize, tokenizer.pad_token, tokenizer.mask_token]
+        digest = hashlib.sha256(json.dumps([sentences, weighing, function], sort_keys=True, default=str).encode())
         with torch.no_grad():
             for name, tensor in encoder.state_dict().items():
                 digest.update(name.encode())

@@ -25,7 +25,7 @@ def toy_rows(sensitivity, tmp_path_factory):
 
 def test_toy_mode_runs_every_variant_and_writes_them(toy_rows):
     rows, written = toy_rows
-    assert list(rows) == ["setup", "batch_256", "normalize_on", "include_self_off", "pad_absent", "words"]
+    assert list(rows) == ["setup", "batch_256", "normalize_on", "include_self_off", "pad_absent", "words", "points_type"]
     assert [row["variant"] for row in written["rows"]] == list(rows)
     assert rows["setup"]["config"]["shap_batch_size"] is None and rows["batch_256"]["config"]["shap_batch_size"] == 256
 
@@ -37,8 +37,10 @@ def test_each_variant_changes_what_it_says(toy_rows):
     off = rows["include_self_off"]["metrics"]
     assert off[selfinfo.r2] == setup[selfinfo.r2] and off[selfinfo.slope] == setup[selfinfo.slope]  # same weights, same -log P
     assert off[kl.slope] != setup[kl.slope]
-    for variant in ("batch_256", "normalize_on", "pad_absent", "words"):  # batch_256 too: the toy budget runs out
+    for variant in ("batch_256", "normalize_on", "pad_absent", "words", "points_type"):  # batch_256 too: the toy budget runs out
         assert rows[variant]["metrics"][kl.slope] != setup[kl.slope], variant
+    by_type = rows["points_type"]["metrics"]
+    assert by_type[kl.n] < setup[kl.n]  # one point per type, fewer than the occurrences
 
 
 def test_absent_token_lends_the_masker_another_token_and_gives_the_tokenizer_back(sensitivity):

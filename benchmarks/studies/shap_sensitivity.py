@@ -15,11 +15,12 @@ setup with one change:
 - `pad_absent`: the tokenizer's PAD token (IG's baseline) as SHAP's absent value instead of MASK: the SHAP masker
   takes the tokenizer's mask token, so this variant gives the tokenizer PAD as its mask token;
 - `words`: word units (a word's weight from its subword tokens' weights) instead of subword tokens.
+- `points_type`: one regression point per token type (its mean weight) instead of one per occurrence.
 
 Printed and written to OUT/shap_sensitivity.json: R^2 and beta x100 of SHAP c' on KL(w) and on -log P(w), each
 with its 95% bootstrap interval over 1000 resamples of the sentences (the probe's own). Each variant's weighed
 batches are kept under OUT/<variant>/, so a stopped run resumes where it stopped; `include_self_off` changes only the
-fits, so it refits the setup's batches. `--toy` runs every variant on a
+fits, and so does `points_type`: they refit the setup's batches. `--toy` runs every variant on a
 tiny random BERT, the 8 longest sentences and a 40-evaluation budget in seconds (the test's mode; its numbers mean nothing).
 
     PYTHONPATH=src python benchmarks/studies/shap_sensitivity.py --model all-mpnet-base-v2 --sentences 300 --out shap_sensitivity
@@ -42,10 +43,15 @@ from ctrain.probes.sentences import sample_sentences, sts_b_sentences
 from ctrain.probes.weighting import FIT_KEYS, KURITA2023_WEIGHTING, WeightingConfig, token_statistics, weighting_probe
 from ctrain.probes.weighting.store import FIT_ONLY_FIELDS
 
-VARIANTS = ("setup", "batch_256", "normalize", "include_self_off", "pad_absent", "words")
+VARIANTS = ("setup", "batch_256", "normalize", "include_self_off", "pad_absent", "words", "points_type")
 FITS = (("kl", "KL(w)"), ("selfinfo", "-log P(w)"))
 SHAP_SETUP = dataclasses.replace(KURITA2023_WEIGHTING, methods=("shap",))
-CONFIG_CHANGES = {"batch_256": {"shap_batch_size": 256}, "include_self_off": {"include_self": False}, "words": {"units": "words"}}
+CONFIG_CHANGES = {
+    "batch_256": {"shap_batch_size": 256},
+    "include_self_off": {"include_self": False},
+    "words": {"units": "words"},
+    "points_type": {"points": "type"},
+}
 
 
 @contextlib.contextmanager

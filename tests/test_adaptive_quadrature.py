@@ -86,6 +86,20 @@ def family(request):
     return encoder, encoder.tokenize(SENTENCES)
 
 
+def test_float64_adaptive_ig_on_a_model_saved_and_loaded_from_a_directory(tiny_bert, tmp_path):
+    """The path users take: a sentence-transformers directory loaded back (eval mode, its own pooling and normalisation)."""
+    from ctrain.models.export import save_sentence_transformer
+
+    save_sentence_transformer(tiny_bert, tmp_path / "saved", "cos")
+    model = load_encoder(str(tmp_path / "saved"))
+    batch = model.tokenize(SENTENCES)
+    settings = dict(steps=4, quadrature="adaptive", completeness_tol=1e-4, mode="sketch", sketch_size=4, sketch_kind="orthogonal")
+    double = integrated_gradients(model, **batch, precision="float64", **settings)
+    single = integrated_gradients(model, **batch, **settings)
+    assert (double.completeness_error < 1e-4).all() and next(model.parameters()).dtype == torch.float32
+    torch.testing.assert_close(double.weights, single.weights, rtol=1e-3, atol=1e-6)
+
+
 @pytest.mark.parametrize("mode", ["exact", "sketch"])
 def test_adaptive_ig_meets_the_tolerance_and_agrees_with_a_fine_fixed_rule(family, mode):
     encoder, batch = family

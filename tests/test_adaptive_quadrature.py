@@ -167,3 +167,6 @@ def test_adaptive_ig_meets_the_tolerance_on_minilm():
     batch = encoder.tokenize(["A man is playing a flute.", "Three dogs are running through the snow."])
     ig = integrated_gradients(encoder, **batch, steps=4, quadrature="adaptive", max_evaluations=64, mode="sketch", sketch_size=4)
     assert (ig.completeness_error < 0.01).all() and (ig.evaluations <= 64).all()
+    double = integrated_gradients(encoder, **batch, steps=4, quadrature="adaptive", max_evaluations=64, mode="sketch", sketch_size=4, precision="float64")
+    assert (double.completeness_error < 0.01).all() and next(encoder.parameters()).dtype == torch.float32
+    torch.testing.assert_close(double.weights, ig.weights, rtol=0.02, atol=1e-6)  # both within 1% of complete

@@ -1,7 +1,7 @@
 """Word weights by Integrated Gradients (docs/metrics.md, "Weights"), and the unit weights ``c'`` of any attribution.
 
-IG attributes the inference sentence embedding ``f(X)`` (eval mode, fp32, autocast
-off: ``attribution_mode``) and leaves the model as it found it: train/eval mode and parameter
+IG attributes the inference sentence embedding ``f(X)`` (eval mode, fp32 or with
+``precision="float64"`` fp64, autocast off: ``attribution_mode``) and leaves the model as it found it: train/eval mode and parameter
 dtypes are restored, parameter ``.grad`` is never written (gradients are taken w.r.t. the inputs
 only, through ``torch.func.vjp``) and the global torch RNG is never consumed (random
 sketch directions come from a ``torch.Generator`` seeded by an argument). SHAP is ``shapley``'s.

@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -90,8 +91,11 @@ def test_killed_run_resumes_to_the_same_metrics(quick_run, tmp_path, extra, kill
     assert killed == -9, log.read_text()[-2000:]
     run_dir = tmp_path / "crash" / "demo" / "version_0"
     assert not (run_dir / "model_final").exists()
-    main(["fit", "--resume", str(run_dir), "--trainer.callbacks=[]", "--trainer.enable_progress_bar", "false"])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        main(["fit", "--resume", str(run_dir), "--trainer.callbacks=[]", "--trainer.enable_progress_bar", "false"])
     assert _metrics(run_dir) == _metrics(whole)
+    assert not [w for w in caught if "not resumable" in str(w.message)]  # the sampler skips what was trained
 
 
 def test_micro_batches_of_an_accumulated_step_draw_their_own_seeds(tmp_path):

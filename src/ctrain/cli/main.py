@@ -39,6 +39,9 @@ def _quiet_libraries() -> None:
     transformers.logging.set_verbosity_error()
     transformers.logging.disable_progress_bar()
     warnings.filterwarnings("ignore", message=".*LightningCLI's args parameter is intended.*")
+    # Lightning cannot see that ctrain's EpochSampler skips the batches a resumed run already trained on
+    # (data/datamodule.py), so it warns that a mid-epoch resume is unreliable; for ctrain's loaders it is exact.
+    warnings.filterwarnings("ignore", message=".*dataloader is not resumable.*")
 
 
 def _interruptible() -> None:

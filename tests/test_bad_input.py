@@ -197,6 +197,20 @@ def test_resume_from_a_cut_or_corrupt_checkpoint_is_one_line_naming_it(damage, t
     assert f"'{run_dir / 'checkpoints' / 'last.ckpt'}' is not a readable checkpoint" in message and "best.ckpt" in message
 
 
+def test_resume_of_a_run_that_set_a_since_removed_option_is_one_line(tmp_path, capsys):
+    """An older ctrain's saved option resumes at the value ctrain now always uses (test_training), and otherwise stops."""
+    import io
+
+    import torch
+
+    whole = io.BytesIO()
+    torch.save({"global_step": 4}, whole)
+    run_dir = _fake_run(tmp_path, whole.getvalue())
+    (run_dir / "config.yaml").write_text("trainer: {}\noutputs:\n  max_seq_length: 256\n")
+    message = _one_line_error(capsys, ["fit", "--resume", str(run_dir)])
+    assert "sets outputs.max_seq_length, an option this ctrain no longer has (it always uses 128)" in message
+
+
 def test_resume_of_a_finished_run_does_nothing_but_say_so(tmp_path, capsys):
     metrics = "step,train/loss,test/stsb_spearman\n0,1.0,\n8,0.5,\n8,,31.5\n"
     run_dir = _fake_run(tmp_path, b"a finished run's checkpoint is not read", metrics)

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from helpers import QUICK_FIT, ctrain_in_fork, quick_probes_preset
 
 from ctrain.cli import main
@@ -91,6 +92,9 @@ def test_killed_run_resumes_to_the_same_metrics(quick_run, tmp_path, extra, kill
     assert killed == -9, log.read_text()[-2000:]
     run_dir = tmp_path / "crash" / "demo" / "version_0"
     assert not (run_dir / "model_final").exists()
+    saved = yaml.safe_load((run_dir / "config.yaml").read_text())  # as an older ctrain wrote it: a since-removed option
+    (saved.get("outputs") or saved.setdefault("outputs", {}))["max_seq_length"] = 128
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(saved))
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         main(["fit", "--resume", str(run_dir), "--trainer.callbacks=[]", "--trainer.enable_progress_bar", "false"])

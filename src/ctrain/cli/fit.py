@@ -41,6 +41,7 @@ from ctrain.training.module import ContrastiveModule
 
 AFTER_CHECKPOINT_PREFIXES = ("train/", "data/", "test/")  # rows logged at a checkpoint's step, after it was written
 MOVED_KEYS = {"data.eval_batch_size": "model.sts_batch_size", "data.eval_max_length": "model.sts_max_length"}  # old: new
+REMOVED_KEYS = {"outputs.max_seq_length": 128}  # an option since removed: the value ctrain now always uses
 
 
 
@@ -272,6 +273,7 @@ def _resume_arguments(run_dir: Path) -> list[str]:
     remove_temporaries(run_dir)
     _drop_metrics_after(run_dir / "metrics.csv", step)
     settings = yaml.safe_load(config.read_text())
+    _drop_removed_keys(settings, config)
     trainer = settings.setdefault("trainer", {})
     run_csv = [entry for entry in _logger_entries(trainer.get("logger")) if str(entry.get("class_path", "")).endswith("CSVLogger")]
     if not run_csv:
@@ -280,6 +282,19 @@ def _resume_arguments(run_dir: Path) -> list[str]:
     run_csv[0].setdefault("init_args", {}).update(save_dir=str(run_dir.parent.parent), name=run_dir.parent.name, version=run_dir.name)
     trainer["default_root_dir"] = None  # the CSV logger above names the directory
     return ["--config", yaml.safe_dump(settings), "--ckpt_path", str(checkpoint)]
+
+
+def _drop_removed_keys(settings: dict, config: Path) -> None:
+    """A run saved by an older ctrain resumes with this one: an option since removed leaves its saved config when it
+    holds the value ctrain now always uses (LightningCLI writes every option, defaults included)."""
+    for dotted, kept in REMOVED_KEYS.items():
+        section, key = dotted.split(".")
+        values = settings.get(section) or {}
+        if key in values and values.pop(key) != kept:
+            raise ValueError(
+                f"cannot resume: '{config}' sets {dotted}, an option this ctrain no longer has (it always uses {kept}); "
+                "resume with the ctrain version that started the run"
+            )
 
 
 def _checkpoint_step(checkpoint: Path) -> int:

@@ -93,7 +93,7 @@ def test_killed_run_resumes_to_the_same_metrics(quick_run, tmp_path, extra, kill
     run_dir = tmp_path / "crash" / "demo" / "version_0"
     assert not (run_dir / "model_final").exists()
     saved = yaml.safe_load((run_dir / "config.yaml").read_text())  # as an older ctrain wrote it: a since-removed option
-    (saved.get("outputs") or saved.setdefault("outputs", {}))["max_seq_length"] = 128
+    saved["outputs"] = {**(saved.get("outputs") or {}), "max_seq_length": 128}
     (run_dir / "config.yaml").write_text(yaml.safe_dump(saved))
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")

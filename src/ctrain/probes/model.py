@@ -107,7 +107,8 @@ class ProgressLine:
     The probe weighs short sentences first, so a rate per sentence underestimates what is left
     (by 3x on the full kurita2023 setup); the time left is projected from the batches' token lengths
     (`projected_seconds`). The first weighed batch carries one-off costs (shap's JIT compilation,
-    allocator warm-up) and reused batches none, so neither is timed.
+    allocator warm-up) and reused batches none, so neither is timed, and no time left is said before a
+    batch has been timed (a resumed run's reused batches once made it promise seconds for an hour's work).
     """
 
     def __init__(
@@ -147,9 +148,10 @@ class ProgressLine:
         self.last = now
         elapsed = now - self.started
         rest = batch.lengths[batch.batch + 1 :]
-        left = projected_seconds(self.timed, rest) if self.timed else self.seconds_for(batch.total) - elapsed
-        self.say(f"  {self.label}: {batch.done}/{batch.total} sentences, {format_seconds(elapsed)} elapsed, "
-                 f"about {format_seconds(max(left, 0.0))} left")  # fmt: skip
+        left = "time left not known yet"
+        if self.timed:
+            left = f"about {format_seconds(max(projected_seconds(self.timed, rest), 0.0))} left"
+        self.say(f"  {self.label}: {batch.done}/{batch.total} sentences, {format_seconds(elapsed)} elapsed, {left}")
 
 
 def _quiet(line: str) -> None:

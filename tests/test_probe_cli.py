@@ -55,14 +55,14 @@ def test_the_kl_choice_is_a_flag_and_is_printed_and_missed_completeness_is_one_w
 def test_setups_are_defaults_that_later_flags_override():
     parser = probe_parser()
     parser.set_defaults(SETUPS["kurita2023"])
-    values = parser.instantiate_classes(parser.parse_args(["m", "--weighting.steps", "7"])).as_dict()
+    values = parser.instantiate(parser.parse_args(["m", "--weighting.steps", "7"])).as_dict()
     assert values["num_sentences"] is None and values["columns"] == "both" and values["split"] == "dev"
     config = values["weighting"]
     assert isinstance(config, WeightingConfig) and config.steps == 7
     assert config.methods == ("ig", "shap") and config.shap_mode == "partition_native" and config.include_self
     assert config.shap_batch_size is None  # the shap library's default batch, as the paper called it
-    assert parser.instantiate_classes(parser.parse_args(["m", "--weighting.shap_batch_size", "256"])).weighting.shap_batch_size == 256
-    assert parser.instantiate_classes(parser.parse_args(["m"])).weighting.steps == 16  # the setup's own quadrature
+    assert parser.instantiate(parser.parse_args(["m", "--weighting.shap_batch_size", "256"])).weighting.shap_batch_size == 256
+    assert parser.instantiate(parser.parse_args(["m"])).weighting.steps == 16  # the setup's own quadrature
     assert probe_parser().parse_args(["m"]).weighting.steps == WeightingConfig().steps  # one home for the defaults
 
 

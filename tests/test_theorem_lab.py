@@ -52,7 +52,7 @@ def _module(settings: dict) -> ContrastiveModule:
     """The module a config's `model:` settings make, parsed and instantiated as LightningCLI does."""
     parser = ArgumentParser()
     parser.add_class_arguments(ContrastiveModule, "model")
-    return parser.instantiate_classes(parser.parse_object({"model": settings})).model
+    return parser.instantiate(parser.parse_object({"model": settings})).model
 
 
 def _fit(corpus: Path, steps: int, model: dict, batch_size: int = 16) -> tuple[ContrastiveModule, float]:

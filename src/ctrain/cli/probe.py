@@ -36,7 +36,7 @@ def probe_main(args: list[str]) -> None:
     parser = probe_parser()
     if setup in SETUPS:  # an unknown name is reported by the full parser
         parser.set_defaults(SETUPS[setup])
-    values = parser.instantiate_classes(parser.parse_args(args)).as_dict()
+    values = parser.instantiate(parser.parse_args(args)).as_dict()
     values.pop("config", None)
     probed = probe_model(**values, say=lambda line: print(line, flush=True))
     model_probe_figures(probed)

@@ -19,6 +19,7 @@ def test_probe_writes_results_and_prints_tables(tmp_path, capsys):
     assert "STS-B dev: Spearman x100" in printed and "STS-B test: Spearman x100" in printed
     assert "6 of 3000 STS-B dev sentences" in printed and "KL counts the word's own occurrence (include_self=True)" in printed
     assert "IG   vs KL(w)" in printed and "SHAP vs -log P(w)" in printed
+    assert "  IG exact, 8 gauss_legendre steps, float32; SHAP exact; tokens, min_count 1" in printed
     assert "weighting: 6/6 sentences" in printed and "projected time of all 3000 sentences" in printed
     assert "convention isotropy2023" in printed and ", on cpu, " in printed  # --device auto on a machine without a GPU
     assert not (tmp_path / "weighting_batches").exists()  # the kept batches go once weighting.json is written
@@ -45,6 +46,7 @@ def test_the_kl_choice_is_a_flag_and_is_printed_and_missed_completeness_is_one_w
           "--out", str(tmp_path)])  # fmt: skip
     printed = capsys.readouterr().out
     assert "KL leaves out the word's own occurrence (include_self=False)" in printed
+    assert "\n  IG exact, 2 gauss_legendre steps, float32; tokens, min_count 5\n" in printed
     assert [line for line in printed.splitlines() if "miss IG completeness" in line] == [
         f"  weighting: 4 of 4 sentences miss IG completeness 1e-07% (worst {100 * json.loads((tmp_path / 'weighting.json').read_text())['metrics']['weighting/ig_completeness_error_max']:.1f}%): "
         "set weighting.quadrature: adaptive; their IG weights are not trustworthy"

@@ -239,6 +239,20 @@ def probe_model(
     return probed
 
 
+def _methods_line(encoder, c: WeightingConfig) -> str:
+    """How each method of the probe runs: IG's directions, path rule and precision; SHAP's mode and batch."""
+    parts = []
+    if "ig" in c.methods:
+        sketch = f" (sketch_size {c.sketch_size}, {c.sketch_kind})" if c.ig_mode == "sketch" else ""
+        path = (f"adaptive quadrature (tol {c.completeness_tol:g}, at most {c.max_evaluations} points)"
+                if c.quadrature == "adaptive" else f"{c.steps} {c.quadrature} steps")  # fmt: skip
+        parts.append(f"IG {c.ig_mode}{sketch}, {path}, {c.ig_precision}")
+    if "shap" in c.methods:
+        batch = f", batch {_shap_batch(encoder, c)}" if c.shap_mode.startswith("partition") else ""
+        parts.append(f"SHAP {c.shap_mode}{batch}")
+    return "; ".join(parts)
+
+
 def _weighting(
     encoder, directory: Path, split: str, columns: Columns, num_sentences: int | None, config: WeightingConfig, say: Callable[[str], None]
 ) -> WeightingRun:
@@ -249,11 +263,7 @@ def _weighting(
     kl_kind = "counts" if c.include_self else "leaves out"
     say(f"\nword weighting: {len(sentences)} of {len(corpus)} STS-B {split} sentences ({columns} columns); "
         f"KL, dKL and -log P over all {len(corpus)}; KL {kl_kind} the word's own occurrence (include_self={c.include_self})")
-    say(f"  IG {c.ig_mode}" + (f" (sketch_size {c.sketch_size}, {c.sketch_kind})" if c.ig_mode == "sketch" else "")
-        + (f", adaptive quadrature (tol {c.completeness_tol:g}, at most {c.max_evaluations} points)" if c.quadrature == "adaptive" else f", {c.steps} {c.quadrature} steps")
-        + (f"; SHAP {c.shap_mode}" if "shap" in c.methods else "")
-        + (f", batch {_shap_batch(encoder, c)}" if "shap" in c.methods and c.shap_mode.startswith("partition") else "")
-        + f"; {c.units}, min_count {c.min_count}")  # fmt: skip
+    say(f"  {_methods_line(encoder, c)}; {c.units}, min_count {c.min_count}")
     progress = ProgressLine("weighting", say=say)
     batches = directory / "weighting_batches"  # each weighed batch, until weighting.json is written: a rerun resumes
     if kept := len(list(batches.glob("batch_*.pt"))):

@@ -87,7 +87,7 @@ def test_two_run_directories_get_two_output_folders():
 
 def test_progress_projects_from_the_batches_after_the_first():
     progress = ProgressLine("weighting", interval=1e9)
-    progress.first, progress.done, progress.started, progress.last = (10, 30.0), 30, 0.0, 50.0
+    progress.first, progress.weighed, progress.started, progress.last = (10, 30.0), 30, 0.0, 50.0
     assert progress.seconds_for(110) == pytest.approx(30.0 + 20.0 / 20 * 100)
 
 
@@ -157,3 +157,31 @@ def test_a_bad_weighting_flag_is_one_line_naming_the_choices(capsys):
     error = capsys.readouterr().err
     assert error.count("\n") == 1 and "weighting.ig_mode" in error and "'exact', 'sketch'" in error
     assert error.rstrip().endswith("(ctrain probe --help lists the keys)")
+
+
+def test_a_resumed_probe_times_only_the_sentences_it_weighed(tmp_path, monkeypatch, capsys):
+    """Rerun after a stop, the probe reads the kept batches back: its rate and projection come from the rest alone."""
+    import ctrain.probes.model as probe_module
+
+    args = ["probe", "tiny-bert", "--measure", "[weighting]", "--num_sentences", "8", "--weighting.batch_size", "4",
+            "--weighting.steps", "2", "--weighting.theorem", "false", "--out", str(tmp_path)]  # fmt: skip
+    weighting_probe = probe_module.weighting_probe
+
+    def stopped_after_the_first_batch(*args, progress, **kwargs):
+        def stop(batch):
+            progress(batch)
+            raise KeyboardInterrupt
+
+        return weighting_probe(*args, progress=stop, **kwargs)
+
+    monkeypatch.setattr(probe_module, "weighting_probe", stopped_after_the_first_batch)
+    with pytest.raises((KeyboardInterrupt, SystemExit)):
+        main(args)
+    monkeypatch.setattr(probe_module, "weighting_probe", weighting_probe)
+    capsys.readouterr()
+    main(args)
+    printed = capsys.readouterr().out
+    assert "  1 batches kept in" in printed
+    (line,) = [line for line in printed.splitlines() if "s/sentence" in line]
+    assert line.endswith(" in all (4 sentences read back from an interrupted run's batches)")
+    assert "(from the 4 random ones weighed here)" in printed

@@ -57,7 +57,10 @@ def weighting_lines(run: WeightingRun) -> list[str]:
     """Each method's fits to KL, -log P and dKL (with bootstrap intervals), IG's completeness and Theorem 1's fit."""
     result, c = run.result, run.result.config
     ci = f", [{100 * c.confidence:g}% bootstrap interval over {c.bootstrap_resamples} resamples of the sentences]" if c.bootstrap_resamples else ""
-    lines = [f"\n  (R^2 x100, beta x100, n{ci})  {run.seconds / run.num_sentences:.2f} s/sentence, {format_seconds(run.seconds)} in all"]
+    weighed = run.num_sentences - run.reused_sentences
+    rate = f"{run.seconds / weighed:.2f} s/sentence, " if weighed else ""
+    reused = f" ({run.reused_sentences} sentences read back from an interrupted run's batches)" if run.reused_sentences else ""
+    lines = [f"\n  (R^2 x100, beta x100, n{ci})  {rate}{format_seconds(run.seconds)} in all{reused}"]
     for method in c.methods:
         for quantity, label in (("kl", "KL(w)"), ("selfinfo", "-log P(w)"), ("dkl", "dKL(w)")):
             keys = FIT_KEYS[method, quantity]
@@ -74,9 +77,9 @@ def weighting_lines(run: WeightingRun) -> list[str]:
             lines.append(f"  Theorem 1, 0.5||w||^2 vs KL ({target}): R^2 {result.metrics[keys.r2]:.4f}, "
                          f"slope {result.metrics[keys.slope]:.4f}, intercept {result.metrics[keys.intercept]:.4f}, "
                          f"Spearman {result.metrics[keys.spearman]:.4f}")  # fmt: skip
-    if run.num_sentences < run.corpus_size:
+    if run.num_sentences < run.corpus_size and weighed:
         lines.append(f"  projected time of all {run.corpus_size} sentences on this machine: "
-                     f"about {format_seconds(run.projected_corpus_seconds)} (from these {run.num_sentences} random ones)")
+                     f"about {format_seconds(run.projected_corpus_seconds)} (from the {weighed} random ones weighed here)")
     return lines
 
 

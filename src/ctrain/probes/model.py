@@ -116,10 +116,10 @@ class ProgressLine:
     ) -> None:
         self.label, self.interval, self.clock, self.say = label, interval, clock, say
         self.started = self.last = self.previous = clock()
-        self.first: tuple[int, float] | None = None  # sentences and seconds of the first batch
-        self.done = 0
+        self.first: tuple[int, float] | None = None  # sentences weighed and seconds at the end of the first weighed batch
+        self.done = 0  # sentences weighed or reused
+        self.weighed = 0  # sentences weighed by this process (not reused from an interrupted run's batches)
         self.timed: list[tuple[int, float]] = []  # (token length, seconds) of each weighed batch after the first
-        self.warmed_up = False
 
     def finish(self) -> float:
         """Seconds since the start; the projection then covers the whole run."""
@@ -127,22 +127,22 @@ class ProgressLine:
         return self.last - self.started
 
     def seconds_for(self, total: int) -> float:
-        """Projected seconds to weigh `total` sentences at the rate so far (for a random sample of them)."""
-        done, elapsed = self.done, self.last - self.started
-        first_done, first_seconds = self.first or (done, elapsed)
-        if done > first_done:
-            return first_seconds + (elapsed - first_seconds) / (done - first_done) * (total - first_done)
-        return elapsed / done * total
+        """Projected seconds to weigh `total` sentences at this process's rate (for a random sample of them)."""
+        weighed, elapsed = self.weighed, self.last - self.started
+        first_weighed, first_seconds = self.first or (weighed, elapsed)
+        if weighed > first_weighed:
+            return first_seconds + (elapsed - first_seconds) / (weighed - first_weighed) * (total - first_weighed)
+        return elapsed / max(weighed, 1) * total
 
     def __call__(self, batch: BatchProgress) -> None:
         now = self.clock()
-        seconds, self.previous, self.done = now - self.previous, now, batch.done
-        if self.first is None:
-            self.first = (batch.done, now - self.started)
+        seconds, self.previous, size, self.done = now - self.previous, now, batch.done - self.done, batch.done
         if not batch.reused:
-            if self.warmed_up:
+            self.weighed += size
+            if self.first is None:
+                self.first = (self.weighed, now - self.started)
+            else:
                 self.timed.append((batch.lengths[batch.batch], seconds))
-            self.warmed_up = True
         if now - self.last < self.interval and batch.done < batch.total:
             return
         self.last = now
@@ -164,6 +164,7 @@ class WeightingRun:
 
     result: WeightingResult
     num_sentences: int  # sentences weighed
+    reused_sentences: int  # of those, weighed by an interrupted run and read back from its kept batches
     corpus_size: int  # sentences whose token statistics (KL, dKL, -log P) were counted
     seconds: float
     projected_corpus_seconds: float  # all corpus_size sentences at this run's rate (a sample's projection)
@@ -272,7 +273,8 @@ def _weighting(
     seconds = progress.finish()
     atomic_write_text(directory / "weighting.json", result.to_json())
     shutil.rmtree(batches)
-    return WeightingRun(result, len(sentences), len(corpus), seconds, progress.seconds_for(len(corpus)))
+    reused = len(sentences) - progress.weighed
+    return WeightingRun(result, len(sentences), reused, len(corpus), seconds, progress.seconds_for(len(corpus)))
 
 
 def _shap_batch(encoder, config: WeightingConfig) -> str:

@@ -163,7 +163,7 @@ class WeightingRun:
     """The word-weighting probe of one model as `ctrain probe` ran it: the result, its corpus and its timing."""
 
     result: WeightingResult
-    num_sentences: int  # sentences weighed
+    num_sentences: int  # sentences in the probe: weighed here or read back
     reused_sentences: int  # of those, weighed by an interrupted run and read back from its kept batches
     corpus_size: int  # sentences whose token statistics (KL, dKL, -log P) were counted
     seconds: float

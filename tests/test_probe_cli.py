@@ -85,10 +85,16 @@ def test_two_run_directories_get_two_output_folders():
     assert output_directory("all-MiniLM-L6-v2", "kurita2023").name == "all-MiniLM-L6-v2-kurita2023"
 
 
-def test_progress_projects_from_the_batches_after_the_first():
-    progress = ProgressLine("weighting", interval=1e9)
-    progress.first, progress.weighed, progress.started, progress.last = (10, 30.0), 30, 0.0, 50.0
-    assert progress.seconds_for(110) == pytest.approx(30.0 + 20.0 / 20 * 100)
+def test_the_corpus_projection_fits_the_timed_batches_over_the_whole_sample():
+    """Batches go shortest first: the sample's time is the fitted cost of all its batches (the first one's warm-up
+    left out), scaled to the corpus, not the rate of its later, longer batches."""
+    lengths = (5, 10, 20)
+    ticks = iter([0.0, 100.0, 105.0, 115.0, 115.0])  # start; warm-up batch; 0.5 s a token at lengths 10 and 20; finish
+    progress = ProgressLine("weighting", interval=1e9, clock=lambda: next(ticks))
+    for batch in range(3):
+        progress(BatchProgress(8 * (batch + 1), 24, batch, lengths, False))
+    progress.finish()
+    assert progress.seconds_for(3000) == pytest.approx(0.5 * sum(lengths) * 3000 / 24)
 
 
 def test_time_left_is_projected_from_the_token_lengths_to_come():

@@ -116,10 +116,11 @@ class ProgressLine:
     ) -> None:
         self.label, self.interval, self.clock, self.say = label, interval, clock, say
         self.started = self.last = self.previous = clock()
-        self.first: tuple[int, float] | None = None  # sentences weighed and seconds at the end of the first weighed batch
         self.done = 0  # sentences weighed or reused
         self.weighed = 0  # sentences weighed by this process (not reused from an interrupted run's batches)
         self.timed: list[tuple[int, float]] = []  # (token length, seconds) of each weighed batch after the first
+        self.sample_lengths: tuple[int, ...] = ()  # every batch's padded length, as the probe reported it
+        self.sample_size = 0
 
     def finish(self) -> float:
         """Seconds since the start; the projection then covers the whole run."""
@@ -127,22 +128,21 @@ class ProgressLine:
         return self.last - self.started
 
     def seconds_for(self, total: int) -> float:
-        """Projected seconds to weigh `total` sentences at this process's rate (for a random sample of them)."""
-        weighed, elapsed = self.weighed, self.last - self.started
-        first_weighed, first_seconds = self.first or (weighed, elapsed)
-        if weighed > first_weighed:
-            return first_seconds + (elapsed - first_seconds) / (weighed - first_weighed) * (total - first_weighed)
-        return elapsed / max(weighed, 1) * total
+        """Projected seconds to weigh `total` sentences of which the probe's are a random sample: the cost fitted to
+        the timed batches over every batch of the sample, scaled up. (The rate of the batches after the first came
+        from the sample's longest sentences and overstated it.) Before a batch is timed, this run's rate."""
+        if self.timed:
+            return projected_seconds(self.timed, self.sample_lengths) * total / self.sample_size
+        return (self.last - self.started) / max(self.weighed, 1) * total
 
     def __call__(self, batch: BatchProgress) -> None:
         now = self.clock()
         seconds, self.previous, size, self.done = now - self.previous, now, batch.done - self.done, batch.done
+        self.sample_lengths, self.sample_size = batch.lengths, batch.total
         if not batch.reused:
-            self.weighed += size
-            if self.first is None:
-                self.first = (self.weighed, now - self.started)
-            else:
+            if self.weighed:
                 self.timed.append((batch.lengths[batch.batch], seconds))
+            self.weighed += size
         if now - self.last < self.interval and batch.done < batch.total:
             return
         self.last = now
@@ -167,7 +167,7 @@ class WeightingRun:
     reused_sentences: int  # of those, weighed by an interrupted run and read back from its kept batches
     corpus_size: int  # sentences whose token statistics (KL, dKL, -log P) were counted
     seconds: float
-    projected_corpus_seconds: float  # all corpus_size sentences at this run's rate (a sample's projection)
+    projected_corpus_seconds: float  # all corpus_size sentences, from this run's timed batches (`ProgressLine.seconds_for`)
 
 
 @dataclass

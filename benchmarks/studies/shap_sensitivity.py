@@ -18,7 +18,9 @@ setup with one change:
 - `points_type`: one regression point per token type (its mean weight) instead of one per occurrence.
 
 Printed and written to OUT/shap_sensitivity.json: R^2 and beta x100 of SHAP c' on KL(w) and on -log P(w), each
-with its 95% bootstrap interval over 1000 resamples of the sentences (the probe's own). Each variant's weighed
+with its 95% bootstrap interval over 1000 resamples of the sentences (the probe's own). For `points_type`, also
+why its interval can leave out its estimate (`type_points`): the KL fit on the types seen in at least 1, 2 and 5
+probe sentences, and the mean share of the types a bootstrap resample keeps. Each variant's weighed
 batches are kept under OUT/<variant>/, so a stopped run resumes where it stopped; `include_self_off` changes only the
 fits, and so does `points_type`: they refit the setup's batches. `--toy` runs every variant on a
 tiny random BERT, the 8 longest sentences and a 40-evaluation budget in seconds (the test's mode; its numbers mean nothing).
@@ -37,10 +39,13 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
+
 from ctrain.fileio import atomic_write_text
 from ctrain.models.encoder import SentenceEncoder, load_encoder
 from ctrain.probes.sentences import sample_sentences, sts_b_sentences
-from ctrain.probes.weighting import FIT_KEYS, KURITA2023_WEIGHTING, WeightingConfig, token_statistics, weighting_probe
+from ctrain.probes.weighting import FIT_KEYS, KURITA2023_WEIGHTING, WeightingConfig, WeightingResult, token_statistics, weighting_probe
+from ctrain.probes.weighting.regression import ols, regression_points, sentence_draws
 from ctrain.probes.weighting.store import FIT_ONLY_FIELDS
 
 VARIANTS = ("setup", "batch_256", "normalize", "include_self_off", "pad_absent", "words", "points_type")
@@ -83,7 +88,41 @@ def run_variant(variant: str, model: str, sentences: list[str], corpus: list[str
     with absent:
         result = weighting_probe(encoder, sentences, config, statistics=statistics, resume_dir=out / ("setup" if refit_only else label))
     metrics = {key: value for key, value in result.metrics.items() if key.startswith("weighting/shap_")}
-    return {"variant": label, "config": dataclasses.asdict(config), "metrics": metrics, "seconds": time.perf_counter() - started}
+    row = {"variant": label, "config": dataclasses.asdict(config), "metrics": metrics, "seconds": time.perf_counter() - started}
+    if config.points == "type":
+        row["type_points"] = type_point_breakdown(result, len(sentences))
+    return row
+
+
+def type_point_breakdown(result: WeightingResult, num_sentences: int) -> dict:
+    """Why a type-point bootstrap interval can leave out its estimate.
+
+    SHAP on KL refitted on the types seen in at least 1 (the estimate), 2 and 5 probe sentences, and the mean
+    share of the types that a resample of the probe's bootstrap keeps (a type goes when none of its sentences is drawn).
+    """
+    x, y, types, sentence = result.occurrences("shap", "kl")
+    type_x, type_y = regression_points(x, y, types, "type")
+    _, type_index = np.unique(types, return_inverse=True)
+    in_sentence = np.zeros((len(type_x), num_sentences))
+    in_sentence[type_index, sentence] = 1.0
+    by_sentences = []
+    for least in (1, 2, 5):
+        keep = in_sentence.sum(1) >= least
+        fit = ols(type_x[keep], type_y[keep])
+        by_sentences.append({"min_sentences": least, "types": int(keep.sum()), "r2": fit.r2, "slope": fit.slope})
+    config = result.config
+    draws = sentence_draws(num_sentences, config.bootstrap_resamples, config.seed)
+    drawn = np.zeros(draws.shape)
+    np.put_along_axis(drawn, draws, 1.0, axis=1)
+    kept_share = float(((drawn @ in_sentence.T) > 0).mean())
+    return {"types": len(type_x), "by_sentences": by_sentences, "kept_share": kept_share}
+
+
+def type_point_line(breakdown: dict) -> str:
+    """One line: the KL fit's R^2 on types seen in >= k probe sentences, and the share of types a resample keeps."""
+    fits = " / ".join(f"{100 * fit['r2']:.2f} ({fit['types']})" for fit in breakdown["by_sentences"])
+    least = " / ".join(str(fit["min_sentences"]) for fit in breakdown["by_sentences"])
+    return f"    type points, SHAP vs KL R^2 x100 on the types in >= {least} probe sentences: {fits}; a resample keeps {100 * breakdown['kept_share']:.1f}% of the types"
 
 
 def table(rows: list[dict]) -> str:
@@ -119,6 +158,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     for variant in args.variants:
         rows.append(run_variant(variant, model, sentences, corpus, config, args.out))
         print(f"  {rows[-1]['variant']}: {rows[-1]['seconds']:.0f} s", flush=True)
+        if "type_points" in rows[-1]:
+            print(type_point_line(rows[-1]["type_points"]), flush=True)
         atomic_write_text(args.out / "shap_sensitivity.json", json.dumps({"model": model, "sentences": len(sentences), "rows": rows}, indent=1))
     print(table(rows))
     return rows

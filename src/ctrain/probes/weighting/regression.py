@@ -15,8 +15,10 @@ Decisions the papers leave open:
   sentences' occurrences. The interval is the percentile interval of the refitted
   R^2 and slope; resamples whose fit is undefined (fewer than 3 points, constant
   ``x``) are left out of the percentiles. No attribution is recomputed.
-  With type points the R^2 of a resample runs low (a resampled type mean is noisier than
-  the data's), so the type-point R^2 interval can sit below the estimate; the slope's does not.
+  With type points the interval is biased: a resample loses the types of the sentences it
+  does not draw, mostly types seen in one sentence, whose single-occurrence means are the
+  noisiest points, so R^2 and slope of a resample run high and the interval can leave out
+  the estimate (docs/kurita_setup.md, "Which choice moves SHAP").
 """
 
 from __future__ import annotations

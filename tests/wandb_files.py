@@ -13,6 +13,7 @@ FULL, LAST = 1, 4
 
 
 def records(path: Path) -> Iterator:
+    """The file's complete records in order; a last record that W&B is still writing is left for the next read."""
     from wandb.proto import wandb_internal_pb2
 
     data = path.read_bytes()
@@ -27,6 +28,8 @@ def records(path: Path) -> Iterator:
         if length == 0 and kind == 0:
             offset += left
             continue
+        if offset + HEADER + length > len(data):  # read while being written: a truncated tail, not corrupt
+            return
         pending += data[offset + HEADER : offset + HEADER + length]
         offset += HEADER + length
         if kind in (FULL, LAST):

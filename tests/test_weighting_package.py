@@ -11,9 +11,15 @@ from ctrain.probes.weighting import BatchWeights, WeightingConfig, weigh_batch, 
 from ctrain.probes.weighting.keys import IG_COMPLETENESS_OVER_TOL_SHARE, IG_EVALUATIONS_MAX, IG_EVALUATIONS_MEAN
 
 # Written by the single-module probe (src/ctrain/probes/weighting.py at eaf6a3b) on these cases: the package must
-# give the same metrics and per-unit records (to float tolerance of another BLAS; on this machine, bit for bit). Both
-# cases name the SHAP batch the reference ran at (256, the default then; the default is now the library's).
+# give the same metrics and per-unit records, to the float32 rounding of another CPU's kernels (bit for bit on the
+# machine that wrote it; 1.2e-7 relative on the records and 8.6e-6 on a bootstrap bound of an R^2 near 0 on another).
+# Both cases name the SHAP batch the reference ran at (256, the default then; the default is now the library's).
 REFERENCE = Path(__file__).parent / "data" / "weighting_probe_reference.json"
+RTOL, ATOL = 1e-5, 1e-6
+# The tiny model's last layer is a LayerNorm at unit gain, so every last-layer 0.5||w||^2 is hidden_size / 2 = 32 to
+# within 5e-7 relative: the fits of the theorem on the last layer (theorem_last*) regress on rounding noise, which
+# another CPU's kernels redraw (R^2 0.061 vs 0.048, Spearman 0.295 vs 0.215 seen). The input layer's fits are compared.
+FITS_ON_ROUNDING_NOISE = "theorem_last"
 SENTENCES = [row[0] for row in read_sts_b("dev")[:10]]
 CASES = {
     "ig_exact_shap_exact": dict(methods=("ig", "shap"), steps=4, batch_size=4, min_count=2, dkl_repeats=2, bootstrap_resamples=50, shap_batch_size=256),
@@ -49,9 +55,19 @@ def test_probe_numbers_are_those_of_the_single_module_probe(case, tiny_bert):
     assert list(got["metrics"]) == list(expected["metrics"])
     assert [r["token"] for r in got["records"]] == [r["token"] for r in expected["records"]]
     for part in ("metrics", "records"):
+        for value in (got, expected):
+            if part == "metrics":
+                value[part] = {k: v for k, v in value[part].items() if not k.split("/")[-1].startswith(FITS_ON_ROUNDING_NOISE)}
         ours, theirs = _numbers(got[part]), _numbers(expected[part])
         assert [n is None for n in ours] == [n is None for n in theirs]
-        np.testing.assert_allclose([n for n in ours if n is not None], [n for n in theirs if n is not None], rtol=1e-7, atol=1e-12)
+        np.testing.assert_allclose([n for n in ours if n is not None], [n for n in theirs if n is not None], rtol=RTOL, atol=ATOL)
+
+
+def test_last_layer_norms_of_the_tiny_model_are_rounding_noise(tiny_bert):
+    """Why the FITS_ON_ROUNDING_NOISE are left out above: the last-layer 0.5||w||^2 all equal hidden_size / 2."""
+    config = WeightingConfig(methods=("ig",), steps=4, batch_size=len(SENTENCES), min_count=1, dkl_repeats=1, bootstrap_resamples=0)
+    half_norms = 0.5 * np.square(weigh_batch(tiny_bert, SENTENCES, config).last_vectors).sum(axis=1)
+    np.testing.assert_allclose(half_norms, tiny_bert.hidden_size / 2, rtol=1e-5)
 
 
 def test_weigh_batch_returns_the_arrays_the_probe_fits(tiny_bert):
